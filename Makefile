@@ -1,0 +1,33 @@
+# One venv, CPU torch pinned first (an unpinned `torch` pulls a multi-GB CUDA build).
+# GPU / cluster installs: see README ("Install on a GPU node").
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH_CPU ?= torch==2.13.0
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_CPU)"
+	$(BIN)/pip install -q -e ".[dev,slurm]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo.py
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline models scripts tests
+
+clean:
+	rm -rf results outputs multirun wandb .cache

@@ -1,0 +1,1 @@
+"""Scaling-law pilot pipeline: plan pilot runs, train them, fit a law, recommend (N, D)."""
