@@ -1,0 +1,175 @@
+"""`python -m pipeline.train`: one run -- parse, build, run, record, finish trackers.
+
+    python -m pipeline.train model=tiny run_dir=/tmp/run1              # ~1 min on a laptop CPU
+    python -m pipeline.train experiment=cpu_tiny model.size=2e5 train.flops=3e12
+    accelerate launch -m pipeline.train experiment=h100_pilot ...      # several GPUs, one run
+
+Relaunching the same command resumes from the newest checkpoint in the run directory (derived
+from the run id, never from a timestamp). Exit status: 0 ok or diverged (both are recorded
+outcomes), 75 preempted (checkpoint saved; relaunch to resume), 2 bad input, 1 failure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline.cli import run_main
+from pipeline.config import Study, as_dict, load_config
+from pipeline.errors import UserError
+from pipeline.results import atomic_write_json, write_record
+from pipeline.runspec import RunSpec, resolve_run
+
+USAGE = __doc__
+
+
+def run_directory(job: Study, spec: RunSpec) -> Path:
+    if job.run_dir:
+        return Path(job.run_dir)
+    return Path(job.results_dir) / job.sweep_name / "runs" / spec.run_id
+
+
+def build_record(job: Study, spec: RunSpec, *, status: str, manifest, extra: dict) -> dict:
+    """The run's record (schema: pipeline/results.py). `extra` carries outcome fields."""
+    return {
+        "run_id": spec.run_id,
+        "sweep": job.sweep_name,
+        "status": status,
+        "params": spec.params,
+        "convention": spec.convention,
+        "tokens": spec.tokens,
+        "flops": spec.flops,
+        "flops_per_token": spec.flops_per_token,
+        "target": {"tokens": spec.tokens, "budget_flops": spec.budget_flops, "horizon": spec.horizon_source},
+        "steps": spec.steps,
+        "batch_tokens": spec.batch_tokens,
+        "shape": spec.shape.to_dict(),
+        "hparams": {**spec.hparams.to_dict(), "schedule": job.train.schedule.value,
+                    "min_lr_ratio": job.train.min_lr_ratio, "warmup_steps": spec.warmup_steps,
+                    "cooldown_steps": spec.cooldown_steps, "beta1": job.train.beta1,
+                    "weight_decay": job.train.weight_decay, "grad_clip": job.train.grad_clip,
+                    "micro_batch_size": spec.micro_batch_size, "grad_accum": spec.grad_accum},
+        "data": {"fingerprint": manifest.fingerprint, "source": manifest.source,
+                 "tokenizer": manifest.tokenizer, "train_tokens_unique": manifest.train_tokens,
+                 "val_tokens": manifest.val_tokens,
+                 "epochs": spec.tokens / manifest.train_tokens if manifest.train_tokens else None},
+        "experiment": job.experiment,
+        **extra,
+    }
+
+
+def peak_flops_per_s(device) -> float | None:
+    """Dense bf16 peak of the GPU the run is on, for MFU; None on CPU (no meaningful peak)."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    try:
+        from pipeline.hardware import peak_flops_for_device_name
+    except ImportError:
+        return None
+    return peak_flops_for_device_name(torch.cuda.get_device_name(device))
+
+
+def execute(job: Study) -> dict:
+    """Train the run `job` describes (or resume it) and return its final record."""
+    import torch
+    from accelerate import Accelerator
+
+    from pipeline import data as data_lib
+    from pipeline.engine import REQUEUE_EXIT_CODE, train_run
+    from pipeline.progress import Progress
+    from pipeline.provenance import provenance
+    from pipeline.tracking import Tracker
+
+    t = job.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    use_cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no GPU is visible: use train.device=auto or cpu")
+    precision = t.precision.value
+    if precision == "auto":
+        precision = "bf16" if use_cuda else "fp32"
+    accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if precision == "bf16" else "no")
+
+    manifest = data_lib.prepare_corpus(job.data)
+    spec = resolve_run(job, manifest.vocab_size, world_size=accelerator.num_processes)
+    epochs = data_lib.check_repeat(manifest, spec.tokens, job.data.allow_repeat)
+    run_dir = run_directory(job, spec)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(as_dict(job), indent=2, sort_keys=True) + "\n")
+    except OSError as err:
+        raise UserError(f"cannot write to {run_dir} ({err.strerror}): choose a writable results_dir") from err
+
+    sampler = data_lib.TrainSampler(data_lib.open_tokens(manifest, "train"), spec.shape.seq_len, t.seed)
+    val_batches = data_lib.validation_batches(manifest, spec.shape.seq_len, batch_size=32)
+    attempt = len(list((run_dir / "checkpoints").glob("ckpt-*.pt"))) if (run_dir / "checkpoints").exists() else 0
+    config_for_tracking = {**as_dict(job), "run_id": spec.run_id, "params": spec.params,
+                           "tokens": spec.tokens, "flops": spec.flops, "shape": spec.shape.to_dict(),
+                           "hparams": spec.hparams.to_dict()}
+    tracker = Tracker(job.tracking, run_id=spec.run_id, attempt=attempt, group=job.sweep_name,
+                      config=config_for_tracking, wandb_dir=job.tracking.dir or str(Path(job.results_dir) / "wandb"))
+    base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir)}
+    if accelerator.is_main_process:
+        write_record(run_dir, build_record(job, spec, status="running", manifest=manifest,
+                                           extra={**base, "final_val_loss": None}))
+    progress = Progress(label=spec.run_id, total_steps=spec.steps, start_step=0, batch_tokens=spec.batch_tokens,
+                        enabled=t.progress and accelerator.is_main_process)
+    started = time.time()
+    status, error, outcome = "failed", None, None
+    try:
+        outcome = train_run(job, spec, accelerator=accelerator, sampler=sampler, val_batches=val_batches,
+                            run_dir=run_dir, data_fingerprint=manifest.fingerprint, tracker=tracker,
+                            progress=progress)
+        status = outcome.status
+    except Exception as err:
+        error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise
+    finally:
+        progress.close()
+        peak = peak_flops_per_s(accelerator.device)
+        tok_s = outcome.tokens_per_s if outcome else None
+        extra = {
+            **base,
+            "final_val_loss": outcome.final_val_loss if outcome else None,
+            "tokens_trained": outcome.tokens_done if outcome else None,
+            "steps_done": outcome.steps_done if outcome else None,
+            "resumed_from_step": outcome.resumed_from_step if outcome else None,
+            "wall_s": time.time() - started,
+            "tokens_per_s": tok_s,
+            # MFU with PaLM's count (Chowdhery et al. 2022, App. B): 6N + 12 L H Q T per token.
+            "mfu": (tok_s * spec.flops_per_token["palm"] / (peak * accelerator.num_processes)
+                    if peak and tok_s else None),
+            "error": error or (outcome.diverged_reason if outcome else None),
+            "tracking": tracker.report(),
+        }
+        if accelerator.is_main_process:
+            try:
+                record = build_record(job, spec, status=status, manifest=manifest, extra=extra)
+                write_record(run_dir, record)
+            except OSError as err:
+                raise UserError(f"cannot write the record in {run_dir} ({err.strerror}): the run is "
+                                "marked failed in W&B only; choose a writable results_dir") from err
+        tracker.summary({"final_val_loss": extra["final_val_loss"], "status": status, "mfu": extra["mfu"]})
+        tracker.finish(exit_code=0 if status in ("ok", "diverged") else 1)
+    record["exit_code"] = REQUEUE_EXIT_CODE if status == "preempted" else 0
+    return record
+
+
+def main(overrides: list[str], flags: dict) -> int:
+    job = load_config("study", Study, overrides)
+    if flags["cfg"]:
+        print(json.dumps(as_dict(job), indent=2))
+        return 0
+    record = execute(job)
+    line = (f"{record['run_id']}: {record['status']}, val loss {record['final_val_loss']:.4f}"
+            if record["final_val_loss"] is not None else f"{record['run_id']}: {record['status']}")
+    print(f"{line} -> {Path(record['run_dir']) / 'run.json'}")
+    return record["exit_code"]
+
+
+if __name__ == "__main__":
+    run_main(main, USAGE)
