@@ -227,11 +227,18 @@ def compose(primary: str, overrides: list[str]):
     from hydra.errors import HydraException
 
     GlobalHydra.instance().clear()
+    register_schemas()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name=primary, overrides=list(overrides))
     except HydraException as err:
         message = _one_line(err)
+        unknown = re.match(r"Could not override '([\w.]+)'", message)
+        if unknown:
+            message = (f"unknown key {unknown.group(1)}: check the spelling "
+                       "(`python -m pipeline.train --cfg` prints every key)")
+        elif err.__cause__ is not None:
+            message = f"{message}: {_one_line(err.__cause__)}"
         if "Could not find" in message or "could not find" in message.lower():
             group = re.search(r"'([\w/]+)/([\w.-]+)'", message)
             if group:
@@ -284,9 +291,9 @@ def validate_Study(job: Study) -> None:  # noqa: N802 - named after the schema i
     for key in ("tokens", "tokens_per_param", "flops", "lr", "batch_tokens", "micro_batch_size"):
         value = getattr(t, key)
         if value is not None and value <= 0:
-            raise UserError(f"train.{key}={value} must be positive")
+            raise UserError(f"train.{key}={value:g} must be positive")
     if job.budget_flops is not None and job.budget_flops <= 0:
-        raise UserError(f"budget_flops={job.budget_flops} must be positive")
+        raise UserError(f"budget_flops={job.budget_flops:g} must be positive")
     if t.warmup_tokens is not None and t.warmup_tokens < 0:
         raise UserError(f"train.warmup_tokens={t.warmup_tokens} must be >= 0")
     if not 0 <= t.min_lr_ratio <= 1:
