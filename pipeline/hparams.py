@@ -90,7 +90,10 @@ def resolve_hyperparameters(
                                   "DeepSeek LLM 2024 eq.1: 0.2920*C^0.3271 tokens")
     warm_value, warm_src = pick(warmup_tokens, warmup_tokens_for(n_params, run_tokens),
                                 "Porian et al. 2024: N tokens, <=25% of run")
-    beta2_value, beta2_src = pick(beta2, beta2_for_batch(int(batch_value)), "Porian et al. 2024: small batch -> beta2 near 1")
+    rule_beta2 = beta2_for_batch(int(batch_value))
+    beta2_label = (f"Porian et al. 2024: beta2 {rule_beta2} for {int(batch_value)}-token batches"
+                   + (" (small batches need beta2 near 1)" if rule_beta2 > 0.95 else " (large batch: the usual 0.95)"))
+    beta2_value, beta2_src = pick(beta2, rule_beta2, beta2_label)
     if not math.isfinite(lr_value) or lr_value <= 0:
         raise ValueError(f"learning rate {lr_value} must be positive")
     return Hyperparameters(float(lr_value), int(batch_value), int(warm_value), float(beta2_value),

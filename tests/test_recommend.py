@@ -1,0 +1,131 @@
+"""The recommendation (pipeline.recommend): seed figures, intervals, the concrete run and its config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from models.accounting import count_params, training_flops_per_token
+from models.shape import ModelShape
+from pipeline.errors import UserError
+from pipeline.hardware import resolve_budget
+from pipeline.laws import published_law
+from pipeline.recommend import recommend, sample_intervals, write_full_run_config
+
+EPOCH = published_law("epoch")
+VOCAB, SEQ = 50304, 2048
+
+
+@pytest.fixture(scope="module")
+def h100_two_weeks():
+    budget = resolve_budget({"gpu": "h100_sxm", "gpus": 32, "days": 14})
+    return recommend(EPOCH, budget, vocab_size=VOCAB, seq_len=SEQ, inference_tokens=2e12, unique_tokens=1e11,
+                     pilot={"n_runs": 15, "total_flops": 1.5e20, "max_run_flops": 3e19})
+
+
+def test_seed_figure_1e23_flops_under_epoch_law_is_29b():
+    rec = recommend(EPOCH, resolve_budget({"flops": 1e23}), vocab_size=VOCAB, seq_len=SEQ,
+                    pilot={"n_runs": 9, "total_flops": 5e19, "max_run_flops": 2e19})
+    assert any("5000x the largest pilot budget" in w for w in rec["warnings"])
+    assert rec["n_opt"] == pytest.approx(2.94e10, rel=0.01)
+    assert rec["tokens_per_param"] == pytest.approx(19.2, abs=0.2)
+    rule = {r["name"]: r for r in rec["published"]}["20_tokens_per_param"]
+    assert rule["n_params"] == pytest.approx(2.89e10, rel=0.01) and rule["tokens"] == pytest.approx(5.77e11, rel=0.01)
+    # no hardware: GPU-days quoted on the reference H100 at 40% MFU, 1e23 / (989e12 x 0.4) s
+    assert rec["model"]["compute"]["gpu_days"] == pytest.approx(2926, rel=1e-3)
+
+
+def test_seed_figure_32_h100_two_weeks_is_11b_on_230b_tokens(h100_two_weeks):
+    rec = h100_two_weeks
+    assert rec["budget"]["flops"] == pytest.approx(1.53e22, rel=0.01)
+    assert rec["n_opt"] == pytest.approx(1.13e10, rel=0.01)
+    assert rec["d_opt"] == pytest.approx(2.27e11, rel=0.01)
+    assert rec["predicted_loss"] == pytest.approx(2.1174, abs=1e-4)
+    assert rec["model"]["compute"]["gpu_days"] == 448 and rec["model"]["compute"]["wall_clock_days"] == 14
+    assert rec["intervals"] is None and any("no intervals" in w for w in rec["warnings"])
+    assert rec["pilot"]["extrapolation_factor"] == pytest.approx(510.4, abs=0.1)
+    assert not any("largest pilot budget" in w for w in rec["warnings"])  # 510x: below the 1000x warning
+    assert rec["pilot"]["share_of_budget"] == pytest.approx(1.5e20 / 1.5313e22, rel=1e-3)
+
+
+def test_concrete_model_is_exactly_counted_and_spends_the_budget(h100_two_weeks):
+    model = h100_two_weeks["model"]
+    shape = ModelShape.from_dict(model["shape"])
+    assert model["params"] == count_params(shape)
+    assert model["params"]["total"] == pytest.approx(1.13e10, rel=0.05)
+    exact = training_flops_per_token(shape, SEQ, "exact")
+    assert model["flops_per_token"]["exact"] == exact > model["flops_per_token"]["6n"]  # attention counted
+    # D recomputed for THIS shape with exact FLOPs: within one batch of budget / exact FLOPs per token
+    assert abs(model["tokens"] - h100_two_weeks["budget"]["flops"] / exact) <= model["batch_tokens"] / 2
+    assert model["tokens"] % model["batch_tokens"] == 0 and model["steps"] == model["tokens"] // model["batch_tokens"]
+    # pipeline.hparams at C = 1.53e22: lr 0.3118 C^-0.125, batch 0.292 C^0.3271 tokens, beta2 0.95 above 2^20
+    assert model["lr"] == pytest.approx(0.3118 * 1.5313e22 ** -0.125, rel=1e-3)
+    assert model["batch_tokens"] == pytest.approx(0.2920 * 1.5313e22 ** 0.3271, rel=1e-3)
+    assert model["beta2"] == 0.95 and model["warmup_tokens"] == model["params"]["total"]
+    assert model["memory"]["parallelism"] == "fsdp" and model["memory"]["shards"] == 4
+
+
+def test_tradeoff_sections_and_strict_json(h100_two_weeks):
+    rec = h100_two_weeks
+    assert len(rec["deviation"]["rows"]) == 7
+    inf = rec["inference_aware"]
+    assert {"n_opt", "d_opt", "total_flops", "saving_fraction", "compute_optimal_total_flops"} <= set(inf)
+    assert inf["n_opt"] < rec["n_opt"] and 0 < inf["saving_fraction"] < 0.5
+    assert rec["data_constrained"]["epochs"] == pytest.approx(2.27, abs=0.01)
+    assert {r["name"] for r in rec["published"]} == {"chinchilla", "chinchilla_unrounded", "epoch", "kaplan",
+                                                     "20_tokens_per_param"}
+    json.dumps(rec, allow_nan=False)  # strict JSON: no NaN/inf, no numpy types
+
+
+def test_intervals_from_law_samples_bracket_the_point_estimate():
+    rng = np.random.default_rng(0)
+    base = np.array([EPOCH.E, EPOCH.A, EPOCH.B, EPOCH.alpha, EPOCH.beta])
+    samples = base * (1 + 0.02 * rng.standard_normal((400, 5)))
+    samples[0, 3] = -1.0  # a broken refit is dropped, not propagated
+    intervals = sample_intervals(samples, 1e22)
+    assert intervals["dropped_samples"] == 1 and "percentile 5-95 over 399" in intervals["method"]
+    n_opt, _ = EPOCH.optimal_allocation(1e22)
+    lo, hi = intervals["n_opt"]
+    assert lo < n_opt < hi and hi / lo > 1.1
+    rec = recommend(EPOCH, resolve_budget({"flops": 1e22}), law_samples=samples, vocab_size=VOCAB, seq_len=SEQ)
+    assert rec["intervals"]["predicted_loss"][0] < rec["predicted_loss"] < rec["intervals"]["predicted_loss"][1]
+
+
+def test_kaplan_frontier_sizes_by_non_embedding_and_skips_loss_analyses():
+    rec = recommend(published_law("kaplan"), resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ,
+                    inference_tokens=1e12)
+    assert rec["convention"] == "non_embedding" and rec["predicted_loss"] is None
+    assert rec["model"]["params"]["non_embedding"] == pytest.approx(rec["n_opt"], rel=0.1)
+    assert rec["deviation"] is None and rec["inference_aware"] is None
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"inference_tokens": -5.0}, "inference.tokens=-5.0"),
+    ({"unique_tokens": 0}, "data.unique_tokens=0"),
+])
+def test_bad_tradeoff_inputs_raise_one_line_user_errors(kwargs, fragment):
+    with pytest.raises(UserError) as err:
+        recommend(EPOCH, resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ, **kwargs)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_full_run_config_parses_with_every_key(h100_two_weeks, tmp_path):
+    data = {"name": "stdlib", "vocab_size": 512}
+    path = write_full_run_config(h100_two_weeks, tmp_path, {"data": data, "train": {"seed": 3, "lr": 99.0}})
+    text = path.read_text()
+    assert path == tmp_path / "experiment" / "full_run.yaml" and text.startswith("# @package _global_\n")
+    for loaded in (yaml.safe_load(text), OmegaConf.to_container(OmegaConf.load(path))):
+        model, train = loaded["model"], loaded["train"]
+        shape = h100_two_weeks["model"]["shape"]
+        assert {k: model[k] for k in ("n_layer", "d_model", "n_heads", "d_ff", "seq_len")} == {
+            k: shape[k] for k in ("n_layer", "d_model", "n_heads", "d_ff", "seq_len")}
+        assert train["tokens"] == h100_two_weeks["model"]["tokens"]
+        assert train["lr"] == pytest.approx(h100_two_weeks["model"]["lr"])  # ours wins over the pilots' lr
+        assert isinstance(train["lr"], float) and isinstance(loaded["budget_flops"], float)
+        assert train["schedule"] == "cosine" and train["precision"] == "bf16" and train["seed"] == 3
+        assert loaded["sweep_name"] == "full_run" and loaded["data"] == data
+    assert "DeepSeek LLM 2024" in text and "sizing rule" in text

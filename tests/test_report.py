@@ -1,0 +1,74 @@
+"""The Markdown report and the terminal summary (pipeline.report)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.hardware import resolve_budget
+from pipeline.laws import published_law
+from pipeline.recommend import recommend
+from pipeline.report import count, render_report, terminal_summary
+
+EPOCH = published_law("epoch")
+
+
+@pytest.fixture(scope="module")
+def rec():
+    budget = resolve_budget({"gpu": "h100_sxm", "gpus": 32, "days": 14, "price_per_gpu_hour": 2.0})
+    samples = np.array([EPOCH.E, EPOCH.A, EPOCH.B, EPOCH.alpha, EPOCH.beta]) * (
+        1 + 0.01 * np.random.default_rng(1).standard_normal((200, 5)))
+    return recommend(EPOCH, budget, law_samples=samples, vocab_size=50304, seq_len=2048, inference_tokens=2e12,
+                     unique_tokens=5e10, pilot={"n_runs": 15, "total_flops": 1.5e20, "max_run_flops": 3e19})
+
+
+def test_count_formatting():
+    assert [count(1.12e10), count(2.1e11), count(5e4), count(999), count(None)] == ["11.2B", "210B", "50K", "999", "-"]
+
+
+def test_report_has_headline_first_and_every_section(rec, tmp_path):
+    fit_png = tmp_path / "fit" / "isoflop.png"
+    fit_png.parent.mkdir()
+    fit_png.write_bytes(b"\x89PNG")  # the fit's plot; only linked
+    fit = {"approaches": {"isoflop": {"n_opt": 1.1e10, "a": 0.51, "b": 0.49, "n_opt_interval": [9e9, 1.3e10]},
+                          "parametric": {"n_opt": 1.13e10, "a": 0.513, "b": 0.487}},
+           "excluded": [{"run_id": "n50k-d2M-abc", "reason": "diverged"}], "warnings": ["backtest error 0.02 nats"]}
+    path = render_report(tmp_path / "out", fit, rec, [fit_png])
+    text = path.read_text()
+    assert path.name == "report.md"
+    assert text.startswith("# Recommendation\n\n**Train 11.2B parameters (total) on 210B tokens (18.8 tokens per parameter).**")
+    assert "predicted loss 2.1174 [" in text and "448 GPU-days (32 x h100_sxm for 14.0 days at MFU 0.40)" in text
+    assert "about $21,504" in text  # 448 GPU-days x 24 h x $2
+    for heading in ("## Budget", "## The full run", "## Fit", "## Warnings", "## Deviating from N_opt",
+                    "## Inference-aware size", "## Limited unique data", "## What the published laws say",
+                    "## Plots", "## How these numbers are computed"):
+        assert heading in text
+    assert "| isoflop | 11B | - | 0.51 | 0.49 | [9e+09, 1.3e+10] |" in text
+    assert "n50k-d2M-abc: diverged" in text and "backtest error 0.02 nats" in text
+    assert "32 x 989e12 FLOP/s x 0.40 MFU x 14 d" in text
+    assert "Rajbhandari et al. 2020" in text and "Korthikanti et al." in text and "Sardana & Frankle" in text
+    assert "![isoflop](../fit/isoflop.png)" in text
+    for own in ("deviation.png", "inference_aware.png"):
+        assert (tmp_path / "out" / own).read_bytes()[:4] == b"\x89PNG" and f"]({own})" in text
+
+
+def test_report_for_a_published_law_without_fit(tmp_path):
+    plain = recommend(EPOCH, resolve_budget({"flops": 1e21}), vocab_size=512, seq_len=128)
+    text = render_report(tmp_path, None, plain, []).read_text()
+    assert "No fit: the recommendation uses a published law." in text
+    assert "no interval: the law has no samples" in text
+    assert "inference_aware.png" not in text and "deviation.png" in text
+
+
+def test_terminal_summary_is_a_few_lines(rec):
+    summary = terminal_summary(rec)
+    lines = summary.splitlines()
+    assert 5 <= len(lines) <= 12
+    assert lines[0].startswith("Recommendation (epoch law, total parameters, budget 1.53e+22 FLOPs): 11.2B parameters")
+    assert "saves" in summary and "epochs needed" in summary and "FSDP/ZeRO-3" in summary
+
+
+def test_fit_intervals_without_a_method_still_render(rec, tmp_path):
+    merged = {**rec, "intervals": {"n_opt": [1e10, 1.2e10]}}  # the lead merges the fit's own intervals
+    text = render_report(tmp_path, None, merged, []).read_text()
+    assert "N_opt 11.3B [10B, 12B]" in text and "predicted loss 2.1174 (no loss interval)" in text
