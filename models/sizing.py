@@ -15,12 +15,14 @@ The rule, and why:
   would put 1- and 5-layer models on different curves inside one IsoFLOP profile. Shapes between 8 and
   256 are allowed, at a cost (Levine et al. 2020 show the best depth-width balance drifts with size;
   the tiny CPU models need the freedom because one 16-wide step is 30-60% of their size).
-- Choice. Among all grid shapes, minimise
+- Choice. Among the grid shapes whose count lies within `tolerance` (10%) of the target, minimise
       (ln(N_shape / N_target))^2 + ASPECT_WEIGHT * (ln(aspect / preferred_aspect(d_model)))^2,
   N in the requested convention. With ASPECT_WEIGHT = 0.01 an aspect off by 2x costs as much as a
-  7% count error: the count dominates and the aspect settles near-ties. This choice is monotone: if targets t1 < t2 picked shapes with counts n1, n2, adding the
-  two optimality inequalities leaves 2 (ln n1 - ln n2)(ln t1 - ln t2) >= 0, so n2 >= n1.
-  A request with no shape within `TOLERANCE` raises `SizingError` instead of returning a poor match.
+  7% count error: the count dominates and the aspect settles near-ties. Without the tolerance filter
+  the choice would be provably monotone (adding the two optimality inequalities of targets t1 < t2
+  leaves 2 (ln n1 - ln n2)(ln t1 - ln t2) >= 0); the filter can only break that at a gap's edge, and
+  tests/test_sizing.py checks monotonicity on a dense sweep of targets.
+  A request with no shape within `tolerance` raises `SizingError` instead of returning a poor match.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def shape_for_params(
             below = max(below, count)
         else:
             above = count if above is None else min(above, count)
-        if count >= n_params / window:
+        if abs(math.log(count / n_params)) <= math.log1p(tolerance):
             score = _score(count, shape, log_target)
             if best is None or score < best[0]:
                 best = (score, count, shape)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from models.transformer import Transformer
 from pipeline.checkpoint import clean_stale_temporaries, load_latest_checkpoint, save_checkpoint
 from pipeline.config import Study
+from pipeline.lock import heartbeat
 from pipeline.results import append_jsonl, truncate_jsonl_after_step
 from pipeline.runspec import RunSpec
 from pipeline.schedule import lr_multiplier
@@ -41,6 +42,7 @@ class Outcome:
     tokens_per_s: float
     resumed_from_step: int | None
     diverged_reason: str | None = None
+    stop_signal: str | None = None   # SIGTERM / SIGUSR1 when preempted
     eval_curve: list = field(default_factory=list)
 
 
@@ -140,6 +142,7 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
             payload["rng_cuda"] = torch.cuda.get_rng_state()
         if accelerator.is_main_process:
             save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints)
+            heartbeat(run_dir)
         accelerator.wait_for_everyone()
 
     autocast = accelerator.autocast
@@ -227,4 +230,4 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
     return Outcome(status=status, final_val_loss=val_loss if status == "ok" else None,
                    steps_done=steps_done, tokens_done=steps_done * spec.batch_tokens, train_wall_s=wall,
                    tokens_per_s=trained_here / wall if wall > 0 else 0.0,
-                   resumed_from_step=resumed_from, diverged_reason=reason)
+                   resumed_from_step=resumed_from, diverged_reason=reason, stop_signal=stop.signal_name)

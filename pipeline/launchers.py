@@ -57,7 +57,7 @@ def launch_node(study: Study, runs: list[PlannedRun], overrides: list[str]) -> N
     gpus = study.launcher.gpus
     if gpus < 1:
         raise UserError(f"launcher.gpus={gpus} must be >= 1")
-    queue = list(runs)
+    queue = sorted(runs, key=lambda r: -r.spec.flops["exact"])  # longest first: shortest makespan
     active: dict[int, tuple[subprocess.Popen, PlannedRun]] = {}
     log_dir = Path(study.results_dir) / study.sweep_name / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Claim a run so that two workers never train the same run at once.
 
 `claim(run_dir)` creates `run_dir/.lock` with O_CREAT|O_EXCL (atomic on POSIX filesystems, NFS v3+
-included) holding pid, host and SLURM job id. A lock is stale -- and taken over -- when its process
-is gone (same host) or it is older than `stale_after_s` (another host that died). RELIABILITY.md:
+included) holding pid, host and SLURM job id; the training loop refreshes its time at every
+checkpoint (`heartbeat`). A lock is stale -- and taken over -- when its process is gone (same host)
+or its last heartbeat is older than `stale_after_s` (another host that died). RELIABILITY.md:
 a duplicate array task must not train the same key twice.
 """
 
@@ -66,3 +67,17 @@ def release(run_dir: Path) -> None:
             path.unlink()
     except (FileNotFoundError, json.JSONDecodeError):
         pass
+
+
+def heartbeat(run_dir: Path) -> None:
+    """Refresh the lock's time (called at every checkpoint) so a live run on another host never looks stale."""
+    path = Path(run_dir) / ".lock"
+    try:
+        info = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+        info["time"] = time.time()
+        tmp = path.with_name(f".lock.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)

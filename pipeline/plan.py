@@ -84,8 +84,12 @@ def _run(base: Study, vocab_size: int, world_size: int, model_over: dict, train_
     job = replace(base, model=replace(base.model, **model_over),
                   train=replace(base.train, **{"tokens": None, "tokens_per_param": None, "flops": None, **train_over}),
                   budget_flops=budget, run_dir=None)
+    # The run's overrides on top of the sweep's: the horizon keys it does not set are cleared, so a
+    # preset's default horizon (e.g. train.tokens) cannot collide with the run's own.
+    cleared = {k: "null" for k in ("tokens", "tokens_per_param", "flops") if k not in train_over}
     overrides = tuple(f"model.{k}={v}" for k, v in model_over.items()) + tuple(
-        f"train.{k}={v}" for k, v in train_over.items()) + ((f"budget_flops={budget}",) if budget else ())
+        f"train.{k}={v}" for k, v in {**cleared, **train_over}.items()) + (
+        f"budget_flops={budget}" if budget else "budget_flops=null", "run_dir=null")
     return PlannedRun(resolve_run(job, vocab_size, world_size), job, overrides)
 
 

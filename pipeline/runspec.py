@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from models.accounting import count_params, palm_mfu_flops_per_token, training_flops_per_token
 from models.shape import ModelShape, ShapeError
@@ -119,6 +119,11 @@ def resolve_run(job: Study, vocab_size: int, world_size: int = 1) -> RunSpec:
                                  seq_len=seq_len, lr=t.lr, batch_tokens=t.batch_tokens,
                                  warmup_tokens=t.warmup_tokens, beta2=t.beta2)
     batch_seqs = hp.batch_tokens // seq_len
+    if t.batch_tokens is None and t.micro_batch_size:
+        # The rule's batch, rounded to whole micro-batches on every process (an explicit batch is not moved).
+        unit = t.micro_batch_size * world_size
+        batch_seqs = max(1, round(batch_seqs / unit)) * unit
+        hp = replace(hp, batch_tokens=batch_seqs * seq_len)
     # Whole steps, rounded to the nearest, so an IsoFLOP run lands within half a step of its budget.
     steps = max(1, round(target_tokens / hp.batch_tokens))
     if steps < 10:

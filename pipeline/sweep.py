@@ -82,10 +82,11 @@ def status_counts(states: dict[str, str]) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
-def write_plan(study: Study, runs: list[PlannedRun]) -> Path:
+def write_plan(study: Study, runs: list[PlannedRun], overrides: list[str]) -> Path:
     path = sweep_dir(study) / "plan.json"
     atomic_write_json(path, {
         "sweep": study.sweep_name, "experiment": study.experiment, "config": as_dict(study),
+        "overrides": list(overrides),
         "runs": [{"run_id": r.run_id, "overrides": list(r.overrides), "params": r.spec.params,
                   "tokens": r.spec.tokens, "flops": r.spec.flops, "budget_flops": r.spec.budget_flops,
                   "shape": r.spec.shape.to_dict(), "steps": r.spec.steps} for r in runs],
@@ -116,6 +117,10 @@ def main(overrides: list[str], flags: dict) -> int:
     if flags["cfg"]:
         print(json.dumps(as_dict(study), indent=2))
         return 0
+    if study.launcher.mode.value == "slurm" and not study.sweep.dry_run:
+        from pipeline.slurm import check_launcher
+
+        check_launcher(study)  # before any data preparation or attempt is counted
     from pipeline import data as data_lib
 
     manifest = data_lib.prepare_corpus(study.data)
@@ -125,7 +130,7 @@ def main(overrides: list[str], flags: dict) -> int:
     runs = plan_sweep(study, manifest.vocab_size)
     if not runs:
         raise UserError("the sweep has no runs: give sweep.sizes and budgets (or tokens)")
-    plan_path = write_plan(study, runs)
+    plan_path = write_plan(study, runs, overrides)
     todo, states = pending_runs(study, runs)
     print(plan_table(runs, device_type, states))
     print(f"plan: {plan_path}\nstate: {status_counts(states)}")

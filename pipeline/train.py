@@ -144,6 +144,7 @@ def execute(job: Study) -> dict:
             "mfu": (tok_s * spec.flops_per_token["palm"] / (peak * accelerator.num_processes)
                     if peak and tok_s else None),
             "error": error or (outcome.diverged_reason if outcome else None),
+            "stop_signal": outcome.stop_signal if outcome else None,
             "tracking": tracker.report(),
         }
         if accelerator.is_main_process:

@@ -1,0 +1,26 @@
+"""Shared fixtures: CPU only, no downloads, W&B off, one small real corpus prepared once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+# 300 standard-library files: real text, ~1.5M tokens, prepared in a few seconds.
+SMALL_CORPUS = ["data.source=stdlib", "data.max_documents=300", "data.val_tokens=16384", "data.vocab_size=512"]
+
+
+@pytest.fixture(scope="session")
+def corpus_overrides(tmp_path_factory) -> list[str]:
+    """Overrides that point every run at one prepared small corpus (prepared here, once)."""
+    from pipeline.config import Study, load_config
+    from pipeline.data import prepare_corpus
+
+    cache = tmp_path_factory.mktemp("data-cache")
+    overrides = [*SMALL_CORPUS, f"data.cache_dir={cache}"]
+    prepare_corpus(load_config("study", Study, overrides).data)
+    return overrides

@@ -1,0 +1,100 @@
+"""fit_all end to end on a synthetic sweep from a known law: headline, intervals, checks, plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import fitting
+from pipeline.errors import UserError
+from pipeline.fit_parametric import FitError
+from pipeline.fit_plots import plot_fit
+from pipeline.fitting import bootstrap_samples, fit_all, law_from_fit
+from pipeline.laws import ParametricLaw
+from pipeline.runs_table import load_results_dir
+from test_fit_synthetic import TRUE_LAW, isoflop_design, profile_optimum, table_from_design, write_sweep
+
+TARGET_FLOPS = 1e21
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    write_sweep(root, isoflop_design(noise=0.003, seed=4, sizes=6, ratio=1.5))
+    table = load_results_dir(root)
+    return table, fit_all(table, TARGET_FLOPS, bootstrap=400, seed=0)
+
+
+def test_result_is_strict_json_with_the_documented_keys(sweep):
+    _, result = sweep
+    text = json.dumps(result, allow_nan=False)
+    assert json.loads(text)["headline"] == "parametric"
+    for key in ("budget_flops", "n_opt", "d_opt", "tokens_per_param", "predicted_loss", "intervals", "law",
+                "approaches", "excluded", "convention", "flop_method", "outliers", "backtest", "sensitivity",
+                "agreement", "warnings", "bootstrap"):
+        assert key in result, key
+    assert result["convention"] == "total" and result["flop_method"] == "exact" and result["n_runs"] == 30
+    assert set(result["intervals"]) >= {"n_opt", "d_opt", "tokens_per_param", "predicted_loss", "E", "A", "B",
+                                        "alpha", "beta", "a", "b"}
+
+
+def test_known_law_is_recovered_within_the_reported_intervals(sweep):
+    _, result = sweep
+    truth = {"alpha": TRUE_LAW.alpha, "beta": TRUE_LAW.beta, "a": TRUE_LAW.a,
+             "n_opt": TRUE_LAW.optimal_allocation(TARGET_FLOPS)[0]}
+    for key, value in truth.items():
+        lo, hi = result["intervals"][key]
+        assert lo <= value <= hi, key
+    assert result["d_opt"] == pytest.approx(TARGET_FLOPS / (6 * result["n_opt"]))     # C = 6 N D (eq. 4)
+    iso = result["approaches"]["isoflop"]
+    lo, hi = iso["intervals"]["n_opt"]
+    assert lo <= profile_optimum(TARGET_FLOPS) <= hi and iso["n_budgets_used"] == 5
+    assert abs(result["approaches"]["envelope"]["a"] - TRUE_LAW.a) < 0.06
+    assert "warning" not in result["agreement"] and "warning" not in result["backtest"]
+    assert set(result["sensitivity"]) == {"total", "non_embedding"}
+
+
+def test_law_from_fit_gives_the_law_and_its_samples(sweep):
+    _, result = sweep
+    law, samples = law_from_fit(result)
+    assert isinstance(law, ParametricLaw) and law.alpha == result["law"]["alpha"] and law.convention == "total"
+    assert samples.shape == (result["bootstrap"]["n_used"], 5)
+    np.testing.assert_array_equal(samples, bootstrap_samples(result))
+    assert law.optimal_allocation(TARGET_FLOPS)[0] == pytest.approx(result["n_opt"])
+
+
+def test_plots_are_written(sweep, tmp_path):
+    table, result = sweep
+    paths = plot_fit(result, table, tmp_path / "plots")
+    assert [p.name for p in paths] == ["isoflop_profiles.png", "frontier.png", "parametric_fit.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_headline_falls_back_to_isoflop_when_the_parametric_fit_fails(monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise FitError("parametric fit did not converge (test)")
+
+    monkeypatch.setattr(fitting, "fit_parametric", broken)
+    table = table_from_design(isoflop_design(noise=0.003))
+    result = fit_all(table, TARGET_FLOPS, bootstrap=0, outliers="none")
+    assert result["headline"] == "isoflop" and result["law"] is None and result["predicted_loss"] is None
+    assert result["n_opt"] == result["approaches"]["isoflop"]["n_opt"]
+    assert any("Approach 3 (parametric) failed" in w for w in result["warnings"])
+    with pytest.raises(UserError, match="Approach 3 could not fit the runs .*Approach 2 alone gives N_opt"):
+        law_from_fit(result)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"budget_flops": -1.0}, "budget_flops=-1.0 must be a positive number"),
+    ({"bootstrap": 1}, "fit.bootstrap=1 must be 0"),
+    ({"outliers": "strict"}, "outliers='strict' is not a rule"),
+    ({"convention": "embedding"}, "convention 'embedding' is not in the runs table"),
+])
+def test_bad_arguments_are_one_line_user_errors(kwargs, fragment):
+    table = table_from_design(isoflop_design())
+    with pytest.raises(UserError) as err:
+        fit_all(table, **{"budget_flops": TARGET_FLOPS, "bootstrap": 0, **kwargs})
+    assert fragment in str(err.value)

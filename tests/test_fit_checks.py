@@ -1,0 +1,78 @@
+"""Checks around the fit: outlier rule, backtest, agreement of the approaches, convention sensitivity."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.fit_checks import (BACKTEST_WARN_REL_ERROR, apply_outlier_rule, approach_agreement, backtest,
+                                 convention_sensitivity)
+from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
+
+
+@pytest.fixture(scope="module")
+def table():
+    return table_from_design(isoflop_design(noise=0.003, seed=3))
+
+
+def test_outlier_rule_drops_a_planted_bad_run_and_none_keeps_all(table):
+    bad = table.loss.copy()
+    bad[9] *= 1.25                                      # e.g. a run whose LR was wrong
+    spoiled = replace(table, loss=bad)
+    clean, report = apply_outlier_rule(spoiled, "default")
+    assert [d["run_id"] for d in report["dropped"]] == [table.run_id[9]] and report["dropped"][0]["z"] < -5
+    assert len(clean) == len(table) - 1 and clean.excluded[-1]["reason"].startswith("outlier")
+    kept, report_none = apply_outlier_rule(spoiled, "none")
+    assert len(kept) == len(table) and report_none["dropped"] == [] and "none" in report_none["rule"]
+
+
+def test_outlier_rule_leaves_clean_runs_alone_and_rejects_unknown_rules(table):
+    _, report = apply_outlier_rule(table, "default")
+    assert report["dropped"] == [] and "MAD" in report["rule"]
+    with pytest.raises(UserError, match="outliers='iqr' is not a rule: use one of default, none"):
+        apply_outlier_rule(table, "iqr")
+    few = table.subset(np.arange(len(table)) < 6)
+    assert "not applied: 6 runs" in apply_outlier_rule(few, "default")[1]["note"]
+
+
+def test_backtest_predicts_the_held_out_top_budget(table):
+    result = backtest(table)
+    assert result["held_out"].startswith("top budget (1e+19") and result["n_held_out"] == 7
+    assert result["mean_rel_error"] < 0.005 and "warning" not in result
+
+
+def test_backtest_warns_when_the_top_budget_breaks_the_law(table):
+    loss = table.loss.copy()
+    loss[table.budget_flops == 1e19] *= 1.08            # the largest runs do worse than the law says
+    result = backtest(replace(table, loss=loss))
+    assert result["mean_rel_error"] > BACKTEST_WARN_REL_ERROR and "misses them by" in result["warning"]
+
+
+def test_backtest_without_budgets_holds_out_the_top_fifth_by_flops(table):
+    no_plan = replace(table, budget_flops=np.full(len(table), np.nan),
+                      flops={"exact": table.c * np.exp(np.linspace(-1, 1, len(table)))})
+    result = backtest(no_plan)
+    assert result["held_out"] == "top 20% of runs by FLOPs" and result["n_held_out"] == 7
+
+
+def test_agreement_warns_only_when_intervals_do_not_overlap():
+    close = approach_agreement({"parametric": {"n_opt": 1.0e9, "intervals": {"n_opt": [0.9e9, 1.1e9]}},
+                                "isoflop": {"n_opt": 1.05e9, "intervals": {"n_opt": [0.95e9, 1.3e9]}},
+                                "envelope": {"error": "no curves"}})
+    assert "warning" not in close and close["max_over_min"] == pytest.approx(1.05)
+    far = approach_agreement({"parametric": {"n_opt": 1.0e9, "intervals": {"n_opt": [0.9e9, 1.1e9]}},
+                              "envelope": {"n_opt": 3.0e9}})
+    assert "parametric vs envelope" in far["warning"] and "3x apart" in far["warning"]
+    assert "nothing to compare" in approach_agreement({"parametric": {"n_opt": 1e9}})["note"]
+
+
+def test_sensitivity_refits_every_convention(table):
+    result = convention_sensitivity(table, 1e21, known={"total": {"parametric_a": 0.5}})
+    assert result["total"] == {"parametric_a": 0.5}                 # given, not refitted
+    ne = result["non_embedding"]
+    # N_ne = 0.8 N: the exponents cannot move, N_opt scales by 0.8
+    assert ne["parametric_a"] == pytest.approx(TRUE_LAW.a, abs=0.02)
+    assert ne["isoflop_a"] == pytest.approx(TRUE_LAW.a, abs=0.03)

@@ -1,0 +1,54 @@
+"""Approach 1: the lower envelope of the training curves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.fit_envelope import envelope_points, fit_envelope
+from pipeline.runs_table import load_results_dir
+from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design, write_sweep
+
+
+@pytest.fixture(scope="module")
+def sweep_table(tmp_path_factory):
+    root = tmp_path_factory.mktemp("envelope")
+    write_sweep(root, isoflop_design(noise=0.0, sizes=7, ratio=1.4), n_evals=24)
+    return load_results_dir(root)
+
+
+def test_envelope_of_ideal_curves_recovers_the_exponent(sweep_table):
+    result = fit_envelope(sweep_table, 1e21)
+    # winners are discrete sizes 1.4x apart: a step frontier around the true a = beta/(alpha+beta)
+    assert result["a"] == pytest.approx(TRUE_LAW.a, abs=0.04)
+    assert result["b"] == pytest.approx(TRUE_LAW.b, abs=0.04)
+    assert result["n_bins"] >= 2 * result["bins_per_decade"] and result["n_bins_won_at_edges"] > 0
+    log_n, log_c = np.log(result["frontier"]["n"]), np.log(result["frontier"]["flops"])
+    assert np.corrcoef(log_c, log_n)[0, 1] > 0.97                   # bigger compute -> bigger model
+    truth = TRUE_LAW.optimal_allocation(1e21 / 1.1)[0]             # exact FLOPs here are 1.1 x 6ND
+    assert result["n_opt"] == pytest.approx(truth, rel=0.35)
+
+
+def test_bootstrap_over_runs_gives_an_interval_holding_the_truth(sweep_table):
+    result = fit_envelope(sweep_table, 1e21, bootstrap=200, seed=0)
+    assert result["bootstrap"]["n_used"] >= 190
+    lo, hi = result["intervals"]["a"]
+    assert lo <= TRUE_LAW.a <= hi and lo <= result["a"] <= hi
+    lo, hi = result["intervals"]["n_opt"]
+    assert lo <= TRUE_LAW.optimal_allocation(1e21 / 1.1)[0] <= hi
+
+
+def test_each_bin_winner_is_the_lowest_loss_in_its_bin(sweep_table):
+    pts = envelope_points(sweep_table)
+    result = fit_envelope(sweep_table, 1e21)
+    for flops, loss in zip(result["frontier"]["flops"], result["frontier"]["loss"]):
+        nearby = np.abs(np.log10(pts["flops"] / flops)) < 1e-9
+        assert loss == pts["loss"][nearby].min()
+
+
+def test_tables_without_curves_or_with_too_few_bins_give_an_error_string(tmp_path):
+    no_curves = fit_envelope(table_from_design(isoflop_design()), 1e21)
+    assert "no training curves" in no_curves["error"]
+    write_sweep(tmp_path, isoflop_design(budgets=(1e17,), sizes=3, ratio=1.01), n_evals=1)
+    few = fit_envelope(load_results_dir(tmp_path), 1e21)
+    assert "Approach 1 needs 3+ bins" in few["error"]
