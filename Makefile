@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The CPU demo: a real IsoFLOP study (conf/experiment/cpu_tiny.yaml), then the fit and recommendation.
 demo: $(STAMP)
-	WANDB_MODE=$${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 $(BIN)/python scripts/demo.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.sweep experiment=cpu_tiny
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.fit experiment=cpu_tiny
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q

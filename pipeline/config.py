@@ -205,7 +205,7 @@ class Study:
 SEMANTIC_SECTIONS = ("model", "data", "train")
 NON_SEMANTIC_TRAIN_KEYS = ("log_interval_steps", "checkpoint_interval_s", "keep_checkpoints", "progress",
                            "threads", "device", "compile")
-NON_SEMANTIC_DATA_KEYS = ("cache_dir", "num_proc")
+NON_SEMANTIC_DATA_KEYS = ("cache_dir", "num_proc", "unique_tokens")
 
 
 # --- composition ---------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def stdlib_files(max_documents: int | None = None) -> tuple[Path, list[Path]]:
     """The running interpreter's Lib/ *.py files, sorted (deterministic), site-packages excluded.
 
     site-packages holds third-party code under other licences; Lib/test is kept (PSF too) because
-    without it the 512-token corpus has ~5.8M tokens, with it ~15M (fewer repeated epochs in demos).
+    without it the 512-token corpus has ~7M tokens, with it ~15M (fewer repeated epochs in demos).
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     files = []

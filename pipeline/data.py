@@ -47,6 +47,7 @@ class DataConfig:
     seed: int = 0                       # seeds the document-level train/validation split
     max_documents: int | None = None  # use only the first N documents of the source (tests, quick looks)
     txt_sample_by: str = "document"     # .txt/.py files: one document per "document" (file), "paragraph" or "line"
+    unique_tokens: float | None = None  # fit only: unique tokens available for the FULL run (Muennighoff et al. 2023)
 
     def __post_init__(self) -> None:
         if not self.source:

@@ -79,7 +79,7 @@ def backtest(table: RunsTable) -> dict:
     abs_err = np.abs(predicted - table.loss[held])
     rel_err = abs_err / table.loss[held]
     out = {"held_out": how, "n_held_out": int(held.sum()), "n_fitted": int((~held).sum()),
-           "run_ids": [r for r, h in zip(table.run_id, held) if h],
+           "run_ids": [r for r, h in zip(table.run_id, held, strict=True) if h],
            "mean_abs_error": float(abs_err.mean()), "max_abs_error": float(abs_err.max()),
            "mean_rel_error": float(rel_err.mean()), "max_rel_error": float(rel_err.max()),
            "law": {k: getattr(fit, k) for k in ("E", "A", "B", "alpha", "beta")},
@@ -101,7 +101,8 @@ def approach_agreement(approaches: dict) -> dict:
             continue
         lo, hi = (result.get("intervals") or {}).get("n_opt", [result["n_opt"], result["n_opt"]])
         spans[name] = (float(lo), float(hi), float(result["n_opt"]))
-    out = {"n_opt": {k: v[2] for k, v in spans.items()}, "n_opt_intervals": {k: [v[0], v[1]] for k, v in spans.items()}}
+    out = {"n_opt": {k: v[2] for k, v in spans.items()},
+           "n_opt_intervals": {k: [v[0], v[1]] for k, v in spans.items()}}
     if len(spans) < 2:
         return {**out, "note": "fewer than 2 approaches gave N_opt: nothing to compare"}
     points = [v[2] for v in spans.values()]

@@ -32,7 +32,7 @@ def envelope_points(table: RunsTable) -> dict[str, np.ndarray]:
     """All evaluation points of all runs with curves: flops, tokens, loss, n (the run's N), run (row)."""
     field = _curve_flops_field(table.flop_method)
     parts: dict[str, list[np.ndarray]] = {"flops": [], "tokens": [], "loss": [], "n": [], "run": []}
-    for row, (curve, n) in enumerate(zip(table.curves or [], table.n)):
+    for row, (curve, n) in enumerate(zip(table.curves or [None] * len(table), table.n, strict=True)):
         if curve is None or field is None:
             continue
         parts["flops"].append(curve[field])

@@ -47,7 +47,7 @@ def _two_loop(grad, s_hist, y_hist, rho, gamma, newest):
         q -= alpha[:, None] * y_hist[:, slot]
         alphas.append(alpha)
     r = gamma[:, None] * q
-    for slot, alpha in zip(reversed(order), reversed(alphas)):
+    for slot, alpha in zip(reversed(order), reversed(alphas), strict=True):
         beta = rho[:, slot] * np.einsum("pk,pk->p", y_hist[:, slot], r)
         r += (alpha - beta)[:, None] * s_hist[:, slot]
     return r

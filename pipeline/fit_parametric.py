@@ -28,8 +28,7 @@ from pipeline.fit_lbfgs import minimize_batched
 from pipeline.laws import ParametricLaw
 
 HUBER_DELTA = 1e-3
-PARAM_NAMES = ("a", "b", "e", "alpha", "beta")            # order of theta
-SAMPLE_COLUMNS = ("E", "A", "B", "alpha", "beta")           # order of the bootstrap samples array
+SAMPLE_COLUMNS = ("E", "A", "B", "alpha", "beta")   # order of the bootstrap samples; theta is (a, b, e, alpha, beta)
 # Problems per numpy pass: temporaries of at most 8192 doubles (64 KiB) stay below glibc's 128 KiB
 # mmap threshold, so they are recycled from the heap instead of page-faulted in afresh (3x faster).
 CHUNK_ELEMENTS = 8192
@@ -37,8 +36,8 @@ SCREEN_ITERS = (15, 40)     # successive halving: after 15 iterations keep 1/8, 
 SCREEN_KEEP = (1 / 8, 1 / 4)
 SCREEN_MIN_KEEP = 64
 POLISH_STARTS = 8           # distinct best candidates finished with scipy at tight tolerances
-MOVED_TOL = 1e-6
-EXP_FLOOR = -300.0            # a best solution closer than this to its start "did not move"
+MOVED_TOL = 1e-6            # a best solution closer than this to its start "did not move"
+EXP_FLOOR = -300.0          # see HuberLogObjective._chunk
 INTERVAL_PERCENTILES = (5.0, 95.0)
 
 
@@ -159,7 +158,7 @@ def _screen(objective: HuberLogObjective, starts: np.ndarray) -> tuple[np.ndarra
     """Successive halving over the starts; returns (final thetas, objectives, index of each start)."""
     index = np.arange(len(starts))
     theta = starts
-    for iters, keep in zip(SCREEN_ITERS, SCREEN_KEEP):
+    for iters, keep in zip(SCREEN_ITERS, SCREEN_KEEP, strict=True):
         res = minimize_batched(objective, theta, max_iter=iters)
         n_keep = max(SCREEN_MIN_KEEP, int(len(theta) * keep))
         order = np.argsort(np.where(np.isfinite(res.fun), res.fun, np.inf), kind="stable")[:n_keep]
@@ -240,7 +239,7 @@ def derived_quantities(params: np.ndarray, budget_flops: float) -> dict[str, np.
         law = ParametricLaw(E, A, B, alpha, beta)
         n_opt, d_opt = law.optimal_allocation(budget_flops)
         for key, value in zip(out, (E, A, B, alpha, beta, law.a, law.b, n_opt, d_opt, d_opt / n_opt,
-                                    law.loss(n_opt, d_opt))):
+                                    law.loss(n_opt, d_opt)), strict=True):
             out[key].append(float(value))
     return {k: np.asarray(v) for k, v in out.items()}
 

@@ -33,7 +33,7 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     budgets = np.unique(groups)
     colours = [matplotlib.colormaps["viridis"](x) for x in np.linspace(0, 0.9, budgets.size)]
     profiles = {p["planned_budget_flops"]: p for p in result["approaches"]["isoflop"].get("budgets", [])}
-    for budget, colour in zip(budgets, colours):
+    for budget, colour in zip(budgets, colours, strict=True):
         rows = groups == budget
         ax.scatter(table.n[rows], table.loss[rows], color=colour, s=18, label=f"C = {budget:.2g}")
         prof = profiles.get(float(budget))

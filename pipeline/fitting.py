@@ -4,8 +4,10 @@ Order: outlier rule -> Approach 3 (parametric, Chinchilla sec. 3.3) with its boo
 Approach 2 (IsoFLOP, sec. 3.2) -> Approach 1 (envelope, sec. 3.1) -> backtest, agreement of the
 approaches, sensitivity to the parameter convention. The headline (N_opt, D_opt, loss) comes from
 Approach 3, whose closed-form allocation uses C = 6 N D (Chinchilla eq. 4); when Approach 3 cannot
-run it falls back to Approach 2 and says so. The result is a JSON-able dict; the bootstrap samples
-of (E, A, B, alpha, beta) travel inside it as lists (`bootstrap_samples(result)` gives the array).
+run it falls back to Approach 2 and says so. `bootstrap` resamples are drawn for every approach
+(runs for 3 and 1, runs within budgets for 2); all intervals are percentile 5-95%. The result is a
+JSON-able dict; the Approach-3 samples of (E, A, B, alpha, beta) travel inside it as lists
+(`bootstrap_samples(result)` gives the array, `law_from_fit(result)` the law and the array).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def law_from_fit(result: dict) -> tuple[ParametricLaw, np.ndarray | None]:
         iso = result["approaches"]["isoflop"]
         hint = (f"; Approach 2 alone gives N_opt {iso['n_opt']:.3g}, D_opt {iso['d_opt']:.3g}"
                 if "n_opt" in iso else "")
-        raise UserError(f"Approach 3 could not fit the runs ({result['approaches']['parametric'].get('error')}){hint}: "
+        why = result["approaches"]["parametric"].get("error")
+        raise UserError(f"Approach 3 could not fit the runs ({why}){hint}: "
                         "the recommendation needs the parametric law: add runs, or pass law=epoch")
     fitted = ParametricLaw(law["E"], law["A"], law["B"], law["alpha"], law["beta"], name="fit",
                            convention=result["convention"],
@@ -111,8 +114,9 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     """Fit all three approaches and the checks; see the module docstring for the result's layout."""
     if not (isinstance(budget_flops, (int, float)) and math.isfinite(budget_flops) and budget_flops > 0):
         raise UserError(f"budget_flops={budget_flops!r} must be a positive number of FLOPs: set budget.flops")
-    if not isinstance(bootstrap, int) or bootstrap < 0 or bootstrap == 1:
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0 or bootstrap == 1:
         raise UserError(f"fit.bootstrap={bootstrap!r} must be 0 (skip) or an integer >= 2")
+    bootstrap = int(bootstrap)
     if convention not in table.params:
         raise UserError(f"convention '{convention}' is not in the runs table: use one of {', '.join(table.params)}")
     table = table.with_convention(convention)
@@ -160,8 +164,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "convention": convention, "flop_method": table.flop_method,
         "outliers": outlier_report, "extrapolation_factor": extrapolation,
         "backtest": checks_backtest, "agreement": agreement, "sensitivity": sensitivity,
-        "bootstrap": None if boot is None else {**{k: v for k, v in boot.items() if k != "samples"},
-                                                "samples": boot["samples"]},
+        "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS
         "warnings": warnings,
     }
     return _plain(result)

@@ -46,7 +46,8 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{path} line {line_no} is not valid JSON ({err.msg}): fix or remove that line") from err
+                raise UserError(f"{path} line {line_no} is not valid JSON ({err.msg}): "
+                                "fix or remove that line") from err
             if not isinstance(row, dict):
                 raise UserError(f"{path} line {line_no} is not a JSON object: write one object per line")
             rows.append((line_no, row))

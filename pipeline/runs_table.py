@@ -74,12 +74,13 @@ class RunsTable:
     def subset(self, keep: np.ndarray, reason: str | None = None) -> RunsTable:
         """The rows where `keep` is true; the others join `excluded` with `reason` when given."""
         keep = np.asarray(keep, dtype=bool)
-        dropped = [{"run_id": r, "reason": reason} for r, k in zip(self.run_id, keep) if not k] if reason else []
+        dropped = ([{"run_id": r, "reason": reason} for r, k in zip(self.run_id, keep, strict=True) if not k]
+                   if reason else [])
         return replace(
-            self, run_id=tuple(r for r, k in zip(self.run_id, keep) if k),
+            self, run_id=tuple(r for r, k in zip(self.run_id, keep, strict=True) if k),
             params={k: v[keep] for k, v in self.params.items()}, tokens=self.tokens[keep], loss=self.loss[keep],
             flops={k: v[keep] for k, v in self.flops.items()}, budget_flops=self.budget_flops[keep],
-            curves=tuple(c for c, k in zip(self.curves, keep) if k) if self.curves else (),
+            curves=tuple(c for c, k in zip(self.curves, keep, strict=True) if k) if self.curves else (),
             mfu=None if self.mfu is None else self.mfu[keep], excluded=(*self.excluded, *dropped))
 
     def budget_groups(self) -> np.ndarray:

@@ -9,7 +9,7 @@ bootstrap (1000 more loops of it would take hours).
 Ours: pipeline.fit_parametric.fit_parametric (the same 4500 starts, vectorised L-BFGS with
 successive halving, then scipy polish) and bootstrap_parametric (1000 resamples).
 Prints both times, their ratio and both objectives; the fit must reach an objective <= the
-baseline's. Output of a run is kept in docs/fit_benchmark.md.
+baseline's. Output of a run is kept in docs/fit_benchmark.md. Both run with one BLAS thread.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from scipy.optimize import minimize
+# One BLAS thread for both sides, set before numpy loads: the baseline's many tiny dot products
+# otherwise wake OpenBLAS threads that fight for the cores (measured on 2 busy cores: baseline
+# 93 s instead of 16 s), which would flatter our ratio.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.fit_parametric import (HUBER_DELTA, bootstrap_parametric, chinchilla_grid,  # noqa: E402
-                                     fit_parametric)
+from pipeline.fit_parametric import HUBER_DELTA, bootstrap_parametric, chinchilla_grid, fit_parametric  # noqa: E402
 from pipeline.runs_sources import load_table_file  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
@@ -95,7 +99,8 @@ def main() -> int:
     print(f"| ours: bootstrap, {args.bootstrap} resamples | {boot_s:.2f} | | | | | | |")
     print(f"\ngrid speed-up (baseline grid / our grid): {baseline_s / grid_s:.1f}x")
     print(f"our full fit (grid + {args.bootstrap}-resample bootstrap): {grid_s + boot_s:.2f} s (target < 60 s)")
-    print(f"objective: ours - baseline = {ours_obj - base_obj:+.3e} ({'<=' if ours_obj <= base_obj else '>'} baseline)")
+    verdict = "<=" if ours_obj <= base_obj else ">"
+    print(f"objective: ours - baseline = {ours_obj - base_obj:+.3e} ({verdict} baseline)")
     if boot:
         se = boot["standard_errors"]
         print(f"bootstrap standard errors: E {se['E']:.3f}, A {se['A']:.1f}, B {se['B']:.1f}, "

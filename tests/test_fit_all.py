@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from test_fit_synthetic import TRUE_LAW, isoflop_design, profile_optimum, table_from_design, write_sweep
 
 from pipeline import fitting
 from pipeline.errors import UserError
@@ -14,7 +15,6 @@ from pipeline.fit_plots import plot_fit
 from pipeline.fitting import bootstrap_samples, fit_all, law_from_fit
 from pipeline.laws import ParametricLaw
 from pipeline.runs_table import load_results_dir
-from test_fit_synthetic import TRUE_LAW, isoflop_design, profile_optimum, table_from_design, write_sweep
 
 TARGET_FLOPS = 1e21
 

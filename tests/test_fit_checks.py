@@ -6,11 +6,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
 
 from pipeline.errors import UserError
-from pipeline.fit_checks import (BACKTEST_WARN_REL_ERROR, apply_outlier_rule, approach_agreement, backtest,
-                                 convention_sensitivity)
-from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
+from pipeline.fit_checks import (
+    BACKTEST_WARN_REL_ERROR,
+    apply_outlier_rule,
+    approach_agreement,
+    backtest,
+    convention_sensitivity,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design, write_sweep
 
 from pipeline.fit_envelope import envelope_points, fit_envelope
 from pipeline.runs_table import load_results_dir
-from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design, write_sweep
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_bootstrap_over_runs_gives_an_interval_holding_the_truth(sweep_table):
 def test_each_bin_winner_is_the_lowest_loss_in_its_bin(sweep_table):
     pts = envelope_points(sweep_table)
     result = fit_envelope(sweep_table, 1e21)
-    for flops, loss in zip(result["frontier"]["flops"], result["frontier"]["loss"]):
+    for flops, loss in zip(result["frontier"]["flops"], result["frontier"]["loss"], strict=True):
         nearby = np.abs(np.log10(pts["flops"] / flops)) < 1e-9
         assert loss == pts["loss"][nearby].min()
 
