@@ -37,7 +37,8 @@ def clean_stale_temporaries(ckpt_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(ckpt_dir: Path, step: int, state: dict, keep: int = 2, protect: frozenset = frozenset()) -> Path:
+    """Save atomically; keep the newest `keep` plus the `protect`ed steps (a trunk's branch points)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"ckpt-{step:09d}.pt"
     tmp = final.with_name(final.name + ".tmp")
@@ -48,7 +49,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict, keep: int = 2) -> Pa
     os.replace(tmp, final)
     _fsync_dir(ckpt_dir)
     for old in list_checkpoints(ckpt_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+        if int(_NAME.match(old.name).group(1)) not in protect:
+            old.unlink(missing_ok=True)
     return final
 
 
@@ -79,3 +81,16 @@ def load_latest_checkpoint(ckpt_dir: Path, *, run_id: str, data_fingerprint: str
         state["_path"] = str(path)
         return state
     return None
+
+
+def load_branch_point(trunk_dir: Path, step: int, *, trunk_id: str, data_fingerprint: str) -> dict:
+    """The trunk's checkpoint at `step`, where a cooldown branch starts (Hägele et al. 2024)."""
+    path = trunk_dir / "checkpoints" / f"ckpt-{step:09d}.pt"
+    if not path.exists():
+        raise UserError(f"the trunk {trunk_id} has no checkpoint at step {step} ({path}): "
+                        "train the trunk first (the sweep orders it before its branches)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("run_id") != trunk_id or state.get("data_fingerprint") != data_fingerprint:
+        raise UserError(f"{path} is not a checkpoint of trunk {trunk_id} on this data: re-run the trunk")
+    state["_path"] = str(path)
+    return state

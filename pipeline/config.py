@@ -90,6 +90,9 @@ class TrainConfig:
     threads: Optional[int] = None           # CPU threads for torch; unset: torch's default
     seed: int = 0
     diverge_ratio: float = 2.0              # loss above ratio x best-so-far (after warmup) = diverged
+    # Cooldown reuse (Hägele et al. 2024; planned by pipeline.plan when sweep.cooldown_reuse=true):
+    branch_from: Optional[str] = None       # run id of the stable-phase trunk this wsd run branches from
+    keep_steps: list[int] = field(default_factory=list)  # trunk: checkpoints kept for branches to start from
     progress: bool = True
 
 
@@ -131,6 +134,9 @@ class SweepConfig:
     # grid: sizes x tokens, absolute or per parameter
     tokens: list[float] = field(default_factory=list)
     tokens_per_param: list[float] = field(default_factory=list)
+    # One warmup-stable trunk per model size, with (1 - sqrt) cooldowns branched from its stable phase at
+    # each requested token count (Hägele et al. 2024, sec. 4): each branch is its own run and record.
+    cooldown_reuse: bool = False
     max_retries: int = 1                    # failed runs are retried this many times, diverged never
     dry_run: bool = False
 

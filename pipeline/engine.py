@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from models.transformer import Transformer
-from pipeline.checkpoint import clean_stale_temporaries, load_latest_checkpoint, save_checkpoint
+from pipeline.checkpoint import clean_stale_temporaries, load_branch_point, load_latest_checkpoint, save_checkpoint
 from pipeline.config import Study
 from pipeline.lock import heartbeat
 from pipeline.results import append_jsonl, truncate_jsonl_after_step
@@ -41,6 +41,7 @@ class Outcome:
     train_wall_s: float              # wall time of the training steps in this attempt
     tokens_per_s: float
     resumed_from_step: int | None
+    branched_from: dict | None = None  # {"run_id", "step"} of the trunk a cooldown branch started from
     diverged_reason: str | None = None
     stop_signal: str | None = None   # SIGTERM / SIGUSR1 when preempted
     eval_curve: list = field(default_factory=list)
@@ -117,15 +118,22 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
 
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, branched_from = 0, None, None
     state = load_latest_checkpoint(ckpt_dir, run_id=spec.run_id, data_fingerprint=data_fingerprint)
+    if state is None and t.branch_from:
+        # A cooldown branch starts from its trunk's stable phase at the step where its decay begins.
+        branch_step = spec.steps - spec.cooldown_steps
+        state = load_branch_point(run_dir.parent / t.branch_from, branch_step, trunk_id=t.branch_from,
+                                  data_fingerprint=data_fingerprint)
+        branched_from = {"run_id": t.branch_from, "step": branch_step}
     if state is not None:
         getattr(raw_model, "_orig_mod", raw_model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
-        start_step = resumed_from = int(state["step"])
+        start_step = int(state["step"])
+        resumed_from = None if branched_from else start_step
         best_loss = float(state["best_train_loss"])
     else:
         best_loss = math.inf
@@ -141,7 +149,7 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
         if device.type == "cuda":
             payload["rng_cuda"] = torch.cuda.get_rng_state()
         if accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints)
+            save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints, protect=frozenset(t.keep_steps))
             heartbeat(run_dir)
         accelerator.wait_for_everyone()
 
@@ -164,7 +172,7 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
             loss_sum = torch.zeros((), device=device)
             for micro in range(spec.grad_accum):
                 x, y = sampler.batch(step, micro, spec.micro_batch_size, accelerator.process_index,
-                                     accelerator.num_processes)
+                                     accelerator.num_processes, spec.grad_accum)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 sync = micro == spec.grad_accum - 1
                 with (nullcontext() if sync else accelerator.no_sync(model)), autocast():
@@ -217,7 +225,8 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
                 checkpoint(done)
                 status, reason = "preempted", f"received {stop.signal_name} at step {done}"
                 break
-            if done == spec.steps or time.monotonic() - last_ckpt_time > t.checkpoint_interval_s:
+            if (done == spec.steps or done in t.keep_steps
+                    or time.monotonic() - last_ckpt_time > t.checkpoint_interval_s):
                 checkpoint(done)
                 last_ckpt_time = time.monotonic()
         if status == "ok" and val_loss is None:  # resumed after the last step (e.g. killed writing the record)
@@ -230,4 +239,5 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
     return Outcome(status=status, final_val_loss=val_loss if status == "ok" else None,
                    steps_done=steps_done, tokens_done=steps_done * spec.batch_tokens, train_wall_s=wall,
                    tokens_per_s=trained_here / wall if wall > 0 else 0.0,
-                   resumed_from_step=resumed_from, diverged_reason=reason, stop_signal=stop.signal_name)
+                   resumed_from_step=resumed_from, branched_from=branched_from, diverged_reason=reason,
+                   stop_signal=stop.signal_name)

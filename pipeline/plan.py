@@ -18,9 +18,10 @@ Budgets come from `budgets_flops`, or from `pilot_share` of the full budget: `n_
 from __future__ import annotations
 
 import math
+from enum import Enum
 from dataclasses import dataclass, replace
 
-from pipeline.config import Study
+from pipeline.config import Schedule, Study
 from pipeline.errors import UserError
 from pipeline.runspec import RunSpec, resolve_run
 
@@ -40,10 +41,19 @@ class PlannedRun:
     spec: RunSpec
     job: Study            # the full config of this run (what `pipeline.train` will receive)
     overrides: tuple      # the same, as command-line overrides relative to the sweep's config
+    model_over: dict      # what the planner set, as dicts (cooldown reuse re-plans from them)
+    train_over: dict
 
     @property
     def run_id(self) -> str:
         return self.spec.run_id
+
+    @property
+    def spent_flops(self) -> float:
+        """Exact FLOPs this run itself trains: a cooldown branch only pays for its cooldown."""
+        if self.job.train.branch_from:
+            return self.spec.cooldown_steps * self.spec.batch_tokens * self.spec.flops_per_token["exact"]
+        return self.spec.flops["exact"]
 
 
 def pilot_budgets(sweep, full_budget_flops: float | None, runs_per_budget: int) -> list[float]:
@@ -87,10 +97,48 @@ def _run(base: Study, vocab_size: int, world_size: int, model_over: dict, train_
     # The run's overrides on top of the sweep's: the horizon keys it does not set are cleared, so a
     # preset's default horizon (e.g. train.tokens) cannot collide with the run's own.
     cleared = {k: "null" for k in ("tokens", "tokens_per_param", "flops") if k not in train_over}
-    overrides = tuple(f"model.{k}={v}" for k, v in model_over.items()) + tuple(
-        f"train.{k}={v}" for k, v in {**cleared, **train_over}.items()) + (
+    overrides = tuple(f"model.{k}={_override_value(v)}" for k, v in model_over.items()) + tuple(
+        f"train.{k}={_override_value(v)}" for k, v in {**cleared, **train_over}.items()) + (
         f"budget_flops={budget}" if budget else "budget_flops=null", "run_dir=null")
-    return PlannedRun(resolve_run(job, vocab_size, world_size), job, overrides)
+    return PlannedRun(resolve_run(job, vocab_size, world_size), job, overrides, dict(model_over), dict(train_over))
+
+
+def _override_value(value) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def with_cooldown_reuse(study: Study, runs: list[PlannedRun], vocab_size: int, world_size: int) -> list[PlannedRun]:
+    """Replace independent runs by one warmup-stable trunk per model shape plus cooldown branches.
+
+    Hägele et al. 2024 (sec. 4): a constant-LR run with a short (1 - sqrt) cooldown matches a cosine
+    run of the same length, so the runs of one size can share the stable phase: the trunk trains
+    to the latest branch point and keeps a checkpoint at each; branch i resumes there and decays over
+    its last `train.cooldown_fraction` of steps. All members of a group share the trunk's LR, batch,
+    warmup and beta2 (the rule evaluated at the group's largest run), so the stable phases are
+    bitwise the same computation.
+    """
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in runs:
+        groups.setdefault(run.spec.shape.describe(), []).append(run)
+    planned: list[PlannedRun] = []
+    for members in groups.values():
+        top = max(members, key=lambda r: r.spec.tokens).spec.hparams
+        common = {"lr": top.lr, "batch_tokens": top.batch_tokens, "warmup_tokens": top.warmup_tokens,
+                  "beta2": top.beta2}
+        branches = [_run(study, vocab_size, world_size, r.model_over, {**r.train_over, **common, "schedule": Schedule.wsd},
+                         r.spec.budget_flops) for r in members]
+        points = sorted({b.spec.steps - b.spec.cooldown_steps for b in branches})
+        trunk = _run(study, vocab_size, world_size, members[0].model_over,
+                     {**common, "schedule": Schedule.constant, "tokens": points[-1] * top.batch_tokens, "keep_steps": points},
+                     None)
+        planned.append(trunk)
+        planned += [_run(study, vocab_size, world_size, b.model_over, {**b.train_over, "branch_from": trunk.run_id},
+                         b.spec.budget_flops) for b in branches]
+    return planned
 
 
 def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[PlannedRun]:
@@ -127,6 +175,11 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
                 runs.append(_run(study, vocab_size, world_size, {"size": str(size)}, {"tokens": int(tokens)}, None))
             for ratio in sweep.tokens_per_param:
                 runs.append(_run(study, vocab_size, world_size, {"size": str(size)}, {"tokens_per_param": float(ratio)}, None))
+    if sweep.cooldown_reuse:
+        if study.launcher.mode.value != "local":
+            raise UserError("sweep.cooldown_reuse=true runs with launcher.mode=local only for now "
+                            "(branches must wait for their trunk): use launcher.mode=local or drop cooldown_reuse")
+        runs = with_cooldown_reuse(study, runs, vocab_size, world_size)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise UserError("the design contains the same run twice: check sweep.sizes / tokens for duplicates")
@@ -155,6 +208,13 @@ def plan_table(runs: list[PlannedRun], device_type: str = "cpu", states: dict | 
                      f"{budget:>9} {s.steps:>6} {s.batch_tokens:>6} {s.hparams.lr:>8.2e} {est / 60:>7.1f}m  "
                      f"{states.get(s.run_id, '')}")
     lines.append("-" * len(head))
+    spent = sum(r.spent_flops for r in runs)
+    if spent < total_flops:
+        pilots = sum(r.spec.flops["exact"] for r in runs if not r.job.train.keep_steps)
+        total_s *= spent / total_flops
+        total_flops = spent
+        lines.append(f"cooldown reuse: {spent:.3g} FLOPs spent for {pilots:.3g} FLOPs of independent runs "
+                     f"({spent / pilots:.0%}, trunks included)")
     lines.append(f"{len(runs)} runs, {total_flops:.3g} FLOPs (exact count), est. {total_s / 60:.1f} min "
                  f"on {device_type} at an assumed {ASSUMED_FLOPS_PER_S['cuda' if device_type == 'cuda' else 'cpu']:.2g} FLOP/s")
     return "\n".join(lines)

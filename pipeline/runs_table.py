@@ -153,7 +153,9 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
         run_id = str(rec.get("run_id", "?"))
         status = rec.get("status")
         reason = None
-        if status != FINISHED_STATUS:
+        if rec.get("role") == "trunk":
+            reason = "stable-phase trunk of cooldown branches: its LR never decayed (Hägele et al. 2024)"
+        elif status != FINISHED_STATUS:
             detail = f" ({rec['error']})" if rec.get("error") else ""
             reason = f"status {status}{detail}"
         elif not _positive_finite(rec.get("final_val_loss")):

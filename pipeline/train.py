@@ -55,6 +55,8 @@ def build_record(job: Study, spec: RunSpec, *, status: str, manifest, extra: dic
                  "val_tokens": manifest.val_tokens,
                  "epochs": spec.tokens / manifest.train_tokens if manifest.train_tokens else None},
         "experiment": job.experiment,
+        # trunk: the stable phase of a cooldown-reuse group (not a finished schedule: the fit skips it)
+        "role": "trunk" if job.train.keep_steps else ("branch" if job.train.branch_from else "run"),
         **extra,
     }
 
@@ -138,6 +140,7 @@ def execute(job: Study) -> dict:
             "tokens_trained": outcome.tokens_done if outcome else None,
             "steps_done": outcome.steps_done if outcome else None,
             "resumed_from_step": outcome.resumed_from_step if outcome else None,
+            "branched_from": outcome.branched_from if outcome else None,
             "wall_s": time.time() - started,
             "tokens_per_s": tok_s,
             # MFU with PaLM's count (Chowdhery et al. 2022, App. B): 6N + 12 L H Q T per token.

@@ -132,3 +132,13 @@ def test_bad_run_settings_fail_before_training(corpus_overrides, tmp_path, extra
         execute(tiny_job(corpus_overrides, tmp_path / "bad", *extra))
     assert fragment in str(err.value)
     assert not (tmp_path / "bad" / "run.json").exists()
+
+
+def test_gradient_accumulation_matches_the_full_batch(corpus_overrides, tmp_path):
+    """8 sequences per step as one batch or as 4 micro-batches of 2: the same run up to float summation order."""
+    execute(tiny_job(corpus_overrides, tmp_path / "full", "train.tokens=10240"))
+    execute(tiny_job(corpus_overrides, tmp_path / "accum", "train.tokens=10240", "train.micro_batch_size=2"))
+    full = [r["train_loss"] for r in read_jsonl(tmp_path / "full" / "train.jsonl")]
+    accum = [r["train_loss"] for r in read_jsonl(tmp_path / "accum" / "train.jsonl")]
+    assert load_record(tmp_path / "accum")["hparams"]["grad_accum"] == 4
+    assert accum == pytest.approx(full, abs=2e-4)

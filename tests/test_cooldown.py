@@ -1,0 +1,56 @@
+"""Cooldown reuse (Hägele et al. 2024): one stable trunk per size, (1 - sqrt) cooldown branches from it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pipeline.config import Study, load_config
+from pipeline.errors import UserError
+from pipeline.plan import plan_sweep, plan_table
+from pipeline.results import load_record
+from pipeline.train import execute
+
+GRID = ["sweep.design=grid", "sweep.sizes=[23k]", "sweep.tokens=[40960,81920,163840]", "train.warmup_tokens=4096", "sweep.tokens_per_param=[]",
+        "sweep.cooldown_reuse=true", "train.batch_tokens=1024", "train.threads=1", "train.progress=false",
+        "train.evals_per_run=2", "tracking.mode=disabled", "sweep_name=reuse"]
+
+
+def test_branch_points_lie_in_the_trunks_stable_phase_and_save_compute():
+    study = load_config("study", Study, GRID)
+    runs = plan_sweep(study, vocab_size=512)
+    trunk, branches = runs[0], runs[1:]
+    assert trunk.job.train.schedule.value == "constant" and len(branches) == 3
+    for b in branches:
+        point = b.spec.steps - b.spec.cooldown_steps
+        assert b.job.train.branch_from == trunk.run_id and b.job.train.schedule.value == "wsd"
+        assert point in trunk.job.train.keep_steps
+        assert b.spec.warmup_steps < point <= trunk.spec.steps  # after warmup, within the trunk: stable phase
+        assert b.spec.hparams.lr == trunk.spec.hparams.lr and b.spec.batch_tokens == trunk.spec.batch_tokens
+    independent = sum(b.spec.flops["exact"] for b in branches)
+    spent = sum(r.spent_flops for r in runs)
+    assert spent == pytest.approx(0.8 * 163840 * trunk.spec.flops_per_token["exact"]
+                                  + 0.2 * independent, rel=0.02)
+    assert "cooldown reuse:" in plan_table(runs)
+
+
+def test_cooldown_reuse_needs_the_local_launcher():
+    study = load_config("study", Study, [*GRID, "launcher.mode=node"])
+    with pytest.raises(UserError, match="launcher.mode=local"):
+        plan_sweep(study, vocab_size=512)
+
+
+def test_a_branch_equals_an_independent_wsd_run_bitwise(corpus_overrides, tmp_path):
+    study = load_config("study", Study, [*corpus_overrides, *GRID, f"results_dir={tmp_path}"])
+    from pipeline.data import prepare_corpus
+
+    runs = plan_sweep(study, prepare_corpus(study.data).vocab_size)
+    trunk, branch = runs[0], runs[2]  # the 81,920-token branch
+    execute(trunk.job)
+    branched = execute(branch.job)
+    assert branched["branched_from"] == {"run_id": trunk.run_id, "step": branch.spec.steps - branch.spec.cooldown_steps}
+    alone = replace(branch.job, train=replace(branch.job.train, branch_from=None), run_dir=str(tmp_path / "alone"))
+    independent = execute(alone)
+    assert branched["final_val_loss"] == independent["final_val_loss"]
+    assert load_record(tmp_path / "reuse" / "runs" / trunk.run_id)["role"] == "trunk"
