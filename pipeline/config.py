@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -52,10 +52,10 @@ class ModelConfig:
     size: str = "tiny"               # a name from models.sizing.NAMED_SIZES or a parameter count ("2e5")
     convention: str = "total"        # which parameter count `size` means (total | non_embedding)
     size_tolerance: float = 0.10     # the shape's count must lie this close to `size` (models/sizing.py)
-    n_layer: Optional[int] = None    # an explicit shape (all four set) overrides `size`
-    d_model: Optional[int] = None
-    n_heads: Optional[int] = None
-    d_ff: Optional[int] = None
+    n_layer: int | None = None    # an explicit shape (all four set) overrides `size`
+    d_model: int | None = None
+    n_heads: int | None = None
+    d_ff: int | None = None
     seq_len: int = 128
     tie_embeddings: bool = False
     init_std: float = 0.02
@@ -64,15 +64,15 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     # Horizon: exactly one of tokens, tokens_per_param, flops (resolved in pipeline.horizon).
-    tokens: Optional[int] = None
-    tokens_per_param: Optional[float] = None
-    flops: Optional[float] = None
+    tokens: int | None = None
+    tokens_per_param: float | None = None
+    flops: float | None = None
     # Left unset, these follow the cited rules in pipeline.hparams.
-    lr: Optional[float] = None
-    batch_tokens: Optional[int] = None
-    warmup_tokens: Optional[int] = None
-    beta2: Optional[float] = None
-    micro_batch_size: Optional[int] = None  # sequences per forward pass; unset: the whole batch
+    lr: float | None = None
+    batch_tokens: int | None = None
+    warmup_tokens: int | None = None
+    beta2: float | None = None
+    micro_batch_size: int | None = None  # sequences per forward pass; unset: the whole batch
     min_lr_ratio: float = 0.1               # cosine decays to 10% of peak (Chinchilla sec. 4 / App. B)
     schedule: Schedule = Schedule.cosine
     cooldown_fraction: float = 0.2          # wsd only: share of the run spent cooling down
@@ -85,13 +85,13 @@ class TrainConfig:
     checkpoint_interval_s: float = 300.0
     keep_checkpoints: int = 2
     precision: Precision = Precision.auto
-    compile: Optional[bool] = None          # unset: on for CUDA, off on CPU (9-22 s compile per shape)
+    compile: bool | None = None          # unset: on for CUDA, off on CPU (9-22 s compile per shape)
     device: str = "auto"                    # auto | cpu | cuda
-    threads: Optional[int] = None           # CPU threads for torch; unset: torch's default
+    threads: int | None = None           # CPU threads for torch; unset: torch's default
     seed: int = 0
     diverge_ratio: float = 2.0              # loss above ratio x best-so-far (after warmup) = diverged
     # Cooldown reuse (Hägele et al. 2024; planned by pipeline.plan when sweep.cooldown_reuse=true):
-    branch_from: Optional[str] = None       # run id of the stable-phase trunk this wsd run branches from
+    branch_from: str | None = None       # run id of the stable-phase trunk this wsd run branches from
     keep_steps: list[int] = field(default_factory=list)  # trunk: checkpoints kept for branches to start from
     progress: bool = True
 
@@ -100,10 +100,10 @@ class TrainConfig:
 class TrackingConfig:
     mode: WandbMode = WandbMode.auto
     project: str = "scaling-pilot"
-    entity: Optional[str] = None
-    group: Optional[str] = None             # unset: the sweep name (one W&B group per sweep)
+    entity: str | None = None
+    group: str | None = None             # unset: the sweep name (one W&B group per sweep)
     tags: list[str] = field(default_factory=list)
-    dir: Optional[str] = None               # unset: <results_dir>/wandb
+    dir: str | None = None               # unset: <results_dir>/wandb
     finish_timeout_s: float = 30.0
 
 
@@ -123,7 +123,7 @@ class SweepConfig:
     design: Design = Design.isoflop
     # isoflop: explicit budgets, or `pilot_share` of `full_budget_flops` spread over `n_budgets`.
     budgets_flops: list[float] = field(default_factory=list)
-    pilot_share: Optional[float] = None     # e.g. 0.1 = the pilots may spend 10% of the full budget
+    pilot_share: float | None = None     # e.g. 0.1 = the pilots may spend 10% of the full budget
     n_budgets: int = 3
     budget_ratio: float = 3.0               # neighbouring budgets differ by this factor
     # sizes: explicit (names or counts, same for every budget), or placed around the expected optimum
@@ -146,35 +146,35 @@ class LauncherConfig:
     mode: LaunchMode = LaunchMode.local
     gpus: int = 8                            # node: concurrent runs, one per GPU
     # slurm (hydra-submitit-launcher's submitit_slurm); see slurm/README.md
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     timeout_min: int = 240
     gpus_per_node: int = 1
     cpus_per_task: int = 8
     mem_gb: int = 64
     array_parallelism: int = 32
     max_num_timeout: int = 3                 # requeues after preemption/timeout; 0 would lose the run
-    submitit_folder: Optional[str] = None    # unset: <results_dir>/<sweep_name>/submitit
+    submitit_folder: str | None = None    # unset: <results_dir>/<sweep_name>/submitit
 
 
 @dataclass
 class BudgetConfig:
     """The full run's budget: FLOPs, or hardware x time x MFU (converted in pipeline.hardware)."""
 
-    flops: Optional[float] = None
-    gpu: Optional[str] = None               # h100_sxm, h100_pcie, h200, a100_80gb, b200, ... (pipeline/hardware.py)
-    gpus: Optional[int] = None
-    days: Optional[float] = None
-    mfu: Optional[float] = None             # unset: measured in the pilots on that GPU, else 0.40 (stated)
-    peak_flops: Optional[float] = None      # dense bf16 FLOP/s, for a GPU not in the table
-    price_per_gpu_hour: Optional[float] = None
+    flops: float | None = None
+    gpu: str | None = None               # h100_sxm, h100_pcie, h200, a100_80gb, b200, ... (pipeline/hardware.py)
+    gpus: int | None = None
+    days: float | None = None
+    mfu: float | None = None             # unset: measured in the pilots on that GPU, else 0.40 (stated)
+    peak_flops: float | None = None      # dense bf16 FLOP/s, for a GPU not in the table
+    price_per_gpu_hour: float | None = None
 
 
 @dataclass
 class InferenceConfig:
-    tokens: Optional[float] = None          # expected lifetime inference tokens (Sardana & Frankle 2023)
+    tokens: float | None = None          # expected lifetime inference tokens (Sardana & Frankle 2023)
 
 
 @dataclass
@@ -189,18 +189,18 @@ class Study:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-    experiment: Optional[str] = None        # name of the preset that composed this config
+    experiment: str | None = None        # name of the preset that composed this config
     results_dir: str = "results"
     sweep_name: str = "adhoc"               # runs live in <results_dir>/<sweep_name>/runs/<run_id>
-    run_dir: Optional[str] = None           # train only; unset: derived from the run id
-    budget_flops: Optional[float] = None    # train only: the IsoFLOP budget this run belongs to
+    run_dir: str | None = None           # train only; unset: derived from the run id
+    budget_flops: float | None = None    # train only: the IsoFLOP budget this run belongs to
     # fit only (python -m pipeline.fit)
-    runs: Optional[str] = None              # a CSV/JSONL of runs or wandb:<entity>/<project>; unset: the sweep's results
-    law: Optional[str] = None               # a published law instead of a fit: chinchilla, chinchilla_unrounded, epoch, kaplan
+    runs: str | None = None              # a CSV/JSONL of runs or wandb:<entity>/<project>; unset: the sweep's results
+    law: str | None = None               # a published law instead of a fit: chinchilla, chinchilla_unrounded, epoch, kaplan
     bootstrap: int = 1000                   # bootstrap resamples over runs; 0 skips the intervals
     outliers: str = "default"               # the outlier rule (pipeline/runs_table.py); none turns it off
     convention: str = "total"               # which parameter count the law is fitted in
-    out_dir: Optional[str] = None           # unset: <results_dir>/<sweep_name>/fit
+    out_dir: str | None = None           # unset: <results_dir>/<sweep_name>/fit
     seed: int = 0
 
 

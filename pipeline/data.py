@@ -34,18 +34,18 @@ SPLITS = ("train", "val")
 @dataclass
 class DataConfig:
     source: str = "stdlib"              # "stdlib" | "hf:<dataset name>" | a local path, directory or glob (txt/jsonl/parquet)
-    hf_config: str | None = None     # hub dataset config, e.g. "sample-10BT" for FineWeb-Edu
+    hf_config: str | None = None        # hub dataset config, e.g. "sample-10BT" for FineWeb-Edu
     hf_split: str = "train"
     text_field: str = "text"            # column holding the documents (jsonl, parquet, hub)
     tokenizer: str = "bpe"              # "bpe": byte-level BPE trained on the train split; else a hub tokenizer name or dir
     vocab_size: int = 512               # "bpe" only (pipeline/tokenizer.py: why 512)
     val_tokens: int = 262_144           # fixed validation size in tokens, identical for every run
-    max_train_tokens: int | None = None  # cap on training tokens (required for "hf:" sources)
+    max_train_tokens: int | None = None # cap on training tokens (required for "hf:" sources)
     allow_repeat: bool = True           # False: a run needing more tokens than the corpus holds is refused
     cache_dir: str = ".cache/data"      # prepared corpora live under cache_dir/<fingerprint>/
     num_proc: int = 2                   # processes for reading many local files
     seed: int = 0                       # seeds the document-level train/validation split
-    max_documents: int | None = None  # use only the first N documents of the source (tests, quick looks)
+    max_documents: int | None = None    # use only the first N documents of the source (tests, quick looks)
     txt_sample_by: str = "document"     # .txt/.py files: one document per "document" (file), "paragraph" or "line"
     unique_tokens: float | None = None  # fit only: unique tokens available for the FULL run (Muennighoff et al. 2023)
 

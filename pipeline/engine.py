@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from models.transformer import Transformer
-from pipeline.checkpoint import clean_stale_temporaries, load_branch_point, load_latest_checkpoint, save_checkpoint
+from pipeline.checkpoint import (
+    clean_stale_temporaries,
+    load_branch_point,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from pipeline.config import Study
 from pipeline.lock import heartbeat
 from pipeline.results import append_jsonl, truncate_jsonl_after_step

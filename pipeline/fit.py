@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pipeline.cli import run_main
 from pipeline.config import Study, as_dict, load_config
-from pipeline.errors import UserError
 from pipeline.results import atomic_write_json
 
 USAGE = __doc__
@@ -71,7 +70,7 @@ def main(overrides: list[str], flags: dict) -> int:
                 rec[key] = fit_result[key]
         rec["law"] = {**rec["law"], **fit_result["law"]}
         rec["intervals"] = {**(rec.get("intervals") or {}), **fit_result.get("intervals", {})}
-        rec["warnings"] = list(fit_result.get("warnings", [])) + rec["warnings"]
+        rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
                      "experiment": study.experiment, "bootstrap": study.bootstrap}

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.fit_isoflop import fit_isoflop
-from pipeline.fit_parametric import HUBER_DELTA, fit_parametric
+from pipeline.fit_parametric import fit_parametric
 from pipeline.runs_table import RunsTable
 
 # Outlier rule "default": one Approach-3 fit on all runs, then drop runs whose log-space residual
@@ -22,7 +22,11 @@ from pipeline.runs_table import RunsTable
 OUTLIER_RULES = ("default", "none")
 OUTLIER_MAD_K = 5.0
 OUTLIER_MIN_RUNS = 10        # with fewer runs than 2x the law's 5 parameters, residuals mean little
-MAD_FLOOR = HUBER_DELTA      # a near-exact fit must not flag 0.1%-level noise
+# Floor of the robust scale: 0.5% in log-loss, so only residuals above 5 x 0.5% = 2.5% can be
+# flagged. Seed-to-seed noise is ~0.3% (0.01 nats at loss ~3, DESIGN.md) and at CPU scale the
+# scatter between shapes of one size is ~1-2%: with 10-20 pilots and 5 law parameters a near-exact
+# fit makes the MAD tiny, and a 1e-3 floor dropped 3 of 10 healthy demo runs.
+MAD_FLOOR = 5e-3
 
 # Backtest: mean |relative error| on held-out largest-compute runs above 2% warns. Chinchilla's own
 # points, fitted without their top 10-20% of compute, predict those at ~1.0% mean relative error.

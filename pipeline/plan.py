@@ -18,8 +18,8 @@ Budgets come from `budgets_flops`, or from `pilot_share` of the full budget: `n_
 from __future__ import annotations
 
 import math
-from enum import Enum
 from dataclasses import dataclass, replace
+from enum import Enum
 
 from pipeline.config import Schedule, Study
 from pipeline.errors import UserError

@@ -232,7 +232,7 @@ def _fit_section(fit: dict | None) -> list[str]:
 
 
 def _warnings_section(rec: dict, fit: dict | None) -> list[str]:
-    warnings = list((fit or {}).get("warnings") or []) + list(rec.get("warnings") or [])
+    warnings = list(dict.fromkeys([*((fit or {}).get("warnings") or []), *(rec.get("warnings") or [])]))
     return ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["None."]) + [""]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.cli import run_main
 from pipeline.config import Study, as_dict, load_config
 from pipeline.errors import UserError
-from pipeline.results import atomic_write_json, write_record
+from pipeline.results import write_record
 from pipeline.runspec import RunSpec, resolve_run
 
 USAGE = __doc__

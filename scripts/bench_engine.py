@@ -54,10 +54,10 @@ def bare_loop(spec, steps: int, threads: int, lr: float) -> float:
 
 def engine_run(size: str, steps: int, threads: int) -> tuple[float, object]:
     from pipeline.config import Study, load_config
+    from pipeline.data import prepare_corpus
     from pipeline.results import read_jsonl
     from pipeline.runspec import resolve_run
     from pipeline.train import execute
-    from pipeline.data import prepare_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"model.size={size}", "train.batch_tokens=4096", f"train.tokens={4096 * (steps + 5)}",

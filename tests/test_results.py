@@ -8,8 +8,16 @@ import os
 import pytest
 
 from pipeline.lock import claim, lock_holder, release
-from pipeline.results import (RUN_SCHEMA_VERSION, RecordError, atomic_write_json, load_record, load_records,
-                              read_jsonl, truncate_jsonl_after_step, write_record)
+from pipeline.results import (
+    RUN_SCHEMA_VERSION,
+    RecordError,
+    atomic_write_json,
+    load_record,
+    load_records,
+    read_jsonl,
+    truncate_jsonl_after_step,
+    write_record,
+)
 
 
 def minimal_record(**changes) -> dict:
