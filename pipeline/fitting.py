@@ -22,6 +22,7 @@ from pipeline.fit_envelope import fit_envelope
 from pipeline.fit_isoflop import fit_isoflop
 from pipeline.fit_parametric import HUBER_DELTA, bootstrap_parametric, derived_quantities, fit_parametric
 from pipeline.laws import ParametricLaw
+from pipeline.results import jsonable
 from pipeline.runs_table import RunsTable
 
 # Extrapolating the law more than 4 orders of magnitude past the largest pilot run warns: Chinchilla
@@ -29,23 +30,6 @@ from pipeline.runs_table import RunsTable
 EXTRAPOLATION_WARN_FACTOR = 1e4
 BOOTSTRAP_DROP_WARN_SHARE = 0.05
 HEADLINE_KEYS = ("n_opt", "d_opt", "tokens_per_param", "predicted_loss")
-
-
-def _plain(value):
-    """numpy scalars/arrays -> Python numbers/lists; non-finite floats -> None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def bootstrap_samples(result: dict) -> np.ndarray:
@@ -167,4 +151,4 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS
         "warnings": warnings,
     }
-    return _plain(result)
+    return jsonable(result)

@@ -28,6 +28,7 @@ from pipeline.hardware import DEFAULT_MFU, REFERENCE_GPU, reference_gpu_days
 from pipeline.hparams import resolve_hyperparameters
 from pipeline.laws import PUBLISHED_LAWS, KaplanFrontier, ParametricLaw
 from pipeline.memory import memory_check
+from pipeline.results import jsonable
 
 INTERVAL_PERCENTILES = (5.0, 95.0)
 PUBLISHED_NAMES = (*PUBLISHED_LAWS, "kaplan")
@@ -202,19 +203,6 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
         "warnings": warnings,
     }
     return jsonable(result)
-
-
-def jsonable(value):
-    """numpy scalars -> Python numbers, non-finite floats -> None, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --- the launchable config -------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Synthetic runs from Besiroglu et al. 2024's law; only their shape matters here.
 GOOD_CSV = "params,tokens,loss\n" + "".join(f"{n:g},{20 * n:g},{1.82 + 482 / n**0.348 + 2085 / (20 * n)**0.366:.4f}\n"
                                              for n in (1e6, 2e6, 4e6, 8e6, 1.6e7))
-ONE_BUDGET_CSV = "params,flops,loss\n" + "".join(f"{n:g},1e18,{3.0 + i / 100}\n" for i, n in enumerate((1e6, 2e6, 4e6, 8e6)))
+ONE_BUDGET_CSV = "params,flops,loss\n" + "".join(f"{n:g},1e18,{3.0 + i / 100}\n"
+                                                  for i, n in enumerate((1e6, 2e6, 4e6, 8e6)))
 FILES = {
     "good.csv": GOOD_CSV,
     "empty.csv": "",
@@ -46,12 +47,16 @@ CASES = [
     ("empty csv", "fit", ["runs={dir}/empty.csv", "budget.flops=1e20"], "empty.csv has no rows"),
     ("csv without loss", "fit", ["runs={dir}/no_loss.csv", "budget.flops=1e20"], "missing column 'loss'"),
     ("csv with NaN loss", "fit", ["runs={dir}/nan_loss.csv", "budget.flops=1e20"], "line 2: loss is NaN"),
-    ("csv with text", "fit", ["runs={dir}/text_value.csv", "budget.flops=1e20"], "line 3: tokens='many' is not a number"),
-    ("wrong schema_version", "fit", ["runs={dir}/future/s", "budget.flops=1e20"], "schema_version=99, this tool reads version 1"),
+    ("csv with text", "fit", ["runs={dir}/text_value.csv", "budget.flops=1e20"],
+     "line 3: tokens='many' is not a number"),
+    ("wrong schema_version", "fit", ["runs={dir}/future/s", "budget.flops=1e20"],
+     "schema_version=99, this tool reads version 1"),
     ("missing runs path", "fit", ["runs={dir}/no_such_dir", "budget.flops=1e20"], "no_such_dir does not exist"),
-    ("one budget", "fit", ["runs={dir}/one_budget.csv", "budget.flops=1e20"], "Approach 2 needs runs at 2 or more budgets"),
+    ("one budget", "fit", ["runs={dir}/one_budget.csv", "budget.flops=1e20"],
+     "Approach 2 needs runs at 2 or more budgets"),
     ("duplicate size", "sweep", ["sweep.sizes=[23k,23k]", "sweep.budgets_flops=[1e11]"], "sweep.sizes lists 23k twice"),
-    ("pilot share above 1", "sweep", ["sweep.pilot_share=1.5", "budget.flops=1e15"], "sweep.pilot_share=1.5 must be in (0, 1]"),
+    ("pilot share above 1", "sweep", ["sweep.pilot_share=1.5", "budget.flops=1e15"],
+     "sweep.pilot_share=1.5 must be in (0, 1]"),
     ("zero gpus", "fit", ["runs={dir}/good.csv", "budget.gpu=h100_sxm", "budget.gpus=0", "budget.days=14"],
      "budget.gpus=0 must be a positive whole number"),
     ("unknown gpu", "fit", ["runs={dir}/good.csv", "budget.gpu=unknown_gpu", "budget.gpus=8", "budget.days=14"],
@@ -120,6 +125,12 @@ def test_bad_sizes_and_shares_are_refused_before_preparing_data(entry, args, fra
 
 
 # --- nothing from a file is executed as code ----------------------------------------------------------
+# module -> is this `module.load(<args>)` safe? (torch: no unpickling of arbitrary objects; yaml: no
+# python tags; numpy: no pickled object arrays)
+SAFE_LOAD = {"torch": lambda args: "weights_only=True" in args, "yaml": lambda args: "SafeLoader" in args,
+             "np": lambda args: "allow_pickle=True" not in args, "numpy": lambda args: "allow_pickle=True" not in args}
+
+
 def unsafe_calls(source: str) -> list[str]:
     """Code (not comments or strings) that could execute data: names the construct and its line."""
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
@@ -133,7 +144,7 @@ def unsafe_calls(source: str) -> list[str]:
         elif tok.string in ("eval", "exec", "instantiate", "unsafe_load", "full_load") and nxt == "(" and prev != "def":
             if not (tok.string in ("eval", "exec") and prev == "."):  # model.eval() is not eval()
                 found.append(f"line {tok.start[0]}: {tok.string}(")
-        elif tok.string == "load" and prev == "." and nxt == "(" and tokens[i - 2].string in ("torch", "yaml", "np", "numpy"):
+        elif tok.string == "load" and prev == "." and nxt == "(" and tokens[i - 2].string in SAFE_LOAD:
             module, depth, j, args = tokens[i - 2].string, 0, i + 1, []
             while j < len(tokens):  # the call's arguments, up to the matching parenthesis
                 depth += {"(": 1, ")": -1}.get(tokens[j].string, 0)
@@ -142,9 +153,7 @@ def unsafe_calls(source: str) -> list[str]:
                     break
                 j += 1
             text = "".join(args)
-            safe = {"torch": "weights_only=True" in text, "yaml": "SafeLoader" in text,
-                    "np": "allow_pickle=True" not in text, "numpy": "allow_pickle=True" not in text}[module]
-            if not safe:
+            if not SAFE_LOAD[module](text):
                 found.append(f"line {tok.start[0]}: {module}.load{text}")
         elif tok.string == "shell" and nxt == "=" and i + 2 < len(tokens) and tokens[i + 2].string == "True":
             found.append(f"line {tok.start[0]}: shell=True")

@@ -243,27 +243,32 @@ def test_an_unwritable_results_dir_is_a_one_line_error(corpus_overrides, tmp_pat
     assert "choose a writable results_dir" in message
 
 
-def refuse_record_rewrites(monkeypatch) -> None:
-    """os.replace onto an existing run.json fails with EROFS: the first record lands, the final one does not."""
+def fail_os_replace(monkeypatch, code: int, when) -> None:
+    """os.replace fails with errno `code` when `when(destination)` holds (a full or read-only disk)."""
     real_replace = os.replace
 
     def replace(src, dst, *args, **kwargs):
-        if Path(dst).name == "run.json" and Path(dst).exists():
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        if when(Path(dst)):
+            raise OSError(code, os.strerror(code), str(dst))
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", replace)
 
 
+# The first record ("running") lands; the final one does not: the disk turned read-only mid-run.
+FINAL_RECORD = (errno.EROFS, lambda dst: dst.name == "run.json" and dst.exists())
+CHECKPOINTS = (errno.ENOSPC, lambda dst: dst.suffix == ".pt")
+
+
 def test_a_failed_record_write_is_a_one_line_error_and_keeps_the_trained_weights(corpus_overrides, tmp_path,
                                                                                    reference, monkeypatch):
     run_dir = tmp_path / "run"
-    refuse_record_rewrites(monkeypatch)
+    fail_os_replace(monkeypatch, *FINAL_RECORD)
     with pytest.raises(UserError) as err:
         execute(fault_job(corpus_overrides, f"run_dir={run_dir}"))
     monkeypatch.undo()
-    assert "\n" not in str(err.value) and "cannot write the record" in str(err.value)
-    assert "Read-only file system" in str(err.value)
+    message = str(err.value)
+    assert "\n" not in message and "cannot write the record" in message and "Read-only file system" in message
     assert load_record(run_dir)["status"] == "running"  # the earlier record is intact, not a prefix
     assert not list(run_dir.glob("*.tmp"))
     assert (run_dir / "checkpoints" / f"ckpt-{STEPS:09d}.pt").exists()
@@ -271,31 +276,21 @@ def test_a_failed_record_write_is_a_one_line_error_and_keeps_the_trained_weights
     assert rewritten["resumed_from_step"] == STEPS and rewritten["final_val_loss"] == reference["final_val_loss"]
 
 
-@pytest.mark.xfail(strict=True, reason="train.execute raises the record-write UserError inside `finally` before "
-                   "tracker.summary/finish run: W&B is never told the run failed, although the message says so")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="train.execute raises the record-write UserError "
+                   "inside `finally` before tracker.summary/finish: W&B never hears the run failed, as the "
+                   "message claims")
 def test_a_failed_record_write_marks_the_wandb_run_failed(corpus_overrides, tmp_path, monkeypatch):
     run = FakeWandbRun(fail_after=10**6)
     fake_wandb(monkeypatch, lambda **_kwargs: run)
-    refuse_record_rewrites(monkeypatch)
+    fail_os_replace(monkeypatch, *FINAL_RECORD)
     with pytest.raises(UserError):
         execute(_tracked_job(corpus_overrides, tmp_path, "train.tokens=10240"))
     assert run.exit_code == 1 and run.summary.get("status") == "failed"
 
 
-def fail_checkpoint_saves(monkeypatch) -> None:
-    real_replace = os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        if str(dst).endswith(".pt"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", replace)
-
-
 def test_a_full_disk_at_checkpoint_time_marks_the_run_failed_with_the_reason(corpus_overrides, tmp_path,
                                                                              monkeypatch):
-    fail_checkpoint_saves(monkeypatch)
+    fail_os_replace(monkeypatch, *CHECKPOINTS)
     with pytest.raises(OSError):
         execute(fault_job(corpus_overrides, f"run_dir={tmp_path / 'run'}"))
     monkeypatch.undo()
@@ -304,10 +299,10 @@ def test_a_full_disk_at_checkpoint_time_marks_the_run_failed_with_the_reason(cor
     assert record["error"].startswith("OSError: [Errno 28] No space left on device")
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="a checkpoint write failing with ENOSPC/EROFS escapes as a "
-                   "raw OSError (CLI: exit 1, 'run with --debug'), not a UserError naming the directory and the fix")
+@pytest.mark.xfail(strict=True, raises=OSError, reason="a checkpoint write failing with ENOSPC/EROFS escapes as "
+                   "a raw OSError (CLI: exit 1, 'run with --debug'), not a UserError naming the directory and fix")
 def test_a_full_disk_at_checkpoint_time_is_a_user_error(corpus_overrides, tmp_path, monkeypatch):
-    fail_checkpoint_saves(monkeypatch)
+    fail_os_replace(monkeypatch, *CHECKPOINTS)
     with pytest.raises(UserError) as err:
         execute(fault_job(corpus_overrides, f"run_dir={tmp_path / 'run'}", "train.tokens=10240"))
     assert "No space left on device" in str(err.value) and "checkpoints" in str(err.value)
