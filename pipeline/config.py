@@ -318,6 +318,15 @@ def validate_Study(job: Study) -> None:  # noqa: N802 - named after the schema i
     explicit = [m.n_layer, m.d_model, m.n_heads, m.d_ff]
     if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
         raise UserError("model.n_layer, d_model, n_heads and d_ff must be set together (or none, to use model.size)")
+    if m.n_layer is None:
+        from models.sizing import SizingError, parse_size
+
+        try:
+            size = parse_size(m.size)
+        except SizingError as err:
+            raise UserError(f"model.size: {err}") from err
+        if not size > 0:
+            raise UserError(f"model.size={m.size} must be a positive parameter count, e.g. model.size=2e5")
     if m.convention not in ("total", "non_embedding"):
         raise UserError(f"model.convention={m.convention!r}: use total or non_embedding")
     if t.evals_per_run < 1:

@@ -4,7 +4,7 @@ Read top to bottom: `train_run` builds the model and optimizer, resumes from the
 checkpoint if one exists, then steps. Everything that decides step k -- the batch (sampler is a
 pure function of seed and step), the LR (pure function of step), the weights, optimizer moments,
 RNG states -- is either in the checkpoint or recomputed from the step, so a relaunch after SIGKILL
-continues bit-for-bit on CPU (tests/test_resume.py proves it).
+continues bit-for-bit on CPU (tests/test_train.py and tests/test_faults.py prove it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pipeline.checkpoint import (
     save_checkpoint,
 )
 from pipeline.config import Study
+from pipeline.errors import UserError
 from pipeline.lock import heartbeat
 from pipeline.results import append_jsonl, truncate_jsonl_after_step
 from pipeline.runspec import RunSpec
@@ -154,7 +155,11 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
         if device.type == "cuda":
             payload["rng_cuda"] = torch.cuda.get_rng_state()
         if accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints, protect=frozenset(t.keep_steps))
+            try:
+                save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints, protect=frozenset(t.keep_steps))
+            except OSError as err:
+                raise UserError(f"cannot write a checkpoint in {ckpt_dir} ({err.strerror}): free space or choose "
+                                "another results_dir; the run is recorded as failed") from err
             heartbeat(run_dir)
         accelerator.wait_for_everyone()
 

@@ -34,6 +34,10 @@ def launch_local(study: Study, runs: list[PlannedRun]) -> None:
         try:
             job = run.job
             record = execute(job)
+            if record["status"] == "preempted":  # the signal was for this whole process: stop the sweep here
+                print(f"[{i}/{len(runs)}] {run.run_id}: preempted ({record.get('stop_signal')}), checkpoint saved; "
+                      "relaunch the sweep to resume", flush=True)
+                return
             loss = record.get("final_val_loss")
             print(f"[{i}/{len(runs)}] {run.run_id}: {record['status']}"
                   + (f", val loss {loss:.4f}, {record['tokens_per_s'] / 1e3:.0f}k tok/s" if loss else ""), flush=True)

@@ -141,12 +141,20 @@ def with_cooldown_reuse(study: Study, runs: list[PlannedRun], vocab_size: int, w
     return planned
 
 
-def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[PlannedRun]:
-    """Every run of the study, resolved. Raises a one-line UserError for an impossible design."""
+def check_design(study: Study) -> None:
+    """The checks that need no data (duplicates, shares, budgets): run before the corpus is prepared."""
     sweep = study.sweep
     if sweep.sizes and len(set(map(str, sweep.sizes))) != len(sweep.sizes):
         dup = next(s for s in sweep.sizes if list(map(str, sweep.sizes)).count(str(s)) > 1)
         raise UserError(f"sweep.sizes lists {dup} twice: remove the duplicate size")
+    if sweep.design.value == "isoflop":
+        pilot_budgets(sweep, study.budget.flops, len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget)
+
+
+def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[PlannedRun]:
+    """Every run of the study, resolved. Raises a one-line UserError for an impossible design."""
+    sweep = study.sweep
+    check_design(study)
     runs: list[PlannedRun] = []
     if sweep.design.value == "isoflop":
         per_budget = len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget

@@ -19,7 +19,7 @@ from pipeline.cli import run_main
 from pipeline.config import Study, as_dict, load_config
 from pipeline.errors import UserError
 from pipeline.lock import lock_holder
-from pipeline.plan import PlannedRun, plan_sweep, plan_table
+from pipeline.plan import PlannedRun, check_design, plan_sweep, plan_table
 from pipeline.results import RecordError, atomic_write_json, load_record
 
 USAGE = __doc__
@@ -121,6 +121,7 @@ def main(overrides: list[str], flags: dict) -> int:
         from pipeline.slurm import check_launcher
 
         check_launcher(study)  # before any data preparation or attempt is counted
+    check_design(study)  # before the corpus is prepared: a typo must not cost a data preparation
     from pipeline import data as data_lib
 
     manifest = data_lib.prepare_corpus(study.data)

@@ -18,7 +18,8 @@ from pathlib import Path
 from pipeline.cli import run_main
 from pipeline.config import Study, as_dict, load_config
 from pipeline.errors import UserError
-from pipeline.results import write_record
+from pipeline.lock import claim, lock_holder, release
+from pipeline.results import RecordError, load_record, write_record
 from pipeline.runspec import RunSpec, resolve_run
 
 USAGE = __doc__
@@ -115,51 +116,80 @@ def execute(job: Study) -> dict:
     tracker = Tracker(job.tracking, run_id=spec.run_id, attempt=attempt, group=job.sweep_name,
                       config=config_for_tracking, wandb_dir=job.tracking.dir or str(Path(job.results_dir) / "wandb"))
     base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir)}
-    if accelerator.is_main_process:
-        write_record(run_dir, build_record(job, spec, status="running", manifest=manifest,
-                                           extra={**base, "final_val_loss": None}))
-    progress = Progress(label=spec.run_id, total_steps=spec.steps, start_step=0, batch_tokens=spec.batch_tokens,
-                        enabled=t.progress and accelerator.is_main_process)
-    started = time.time()
-    status, error, outcome = "failed", None, None
+    refuse_foreign_record(run_dir, spec.run_id)
+    if not claim(run_dir):
+        raise UserError(f"run {spec.run_id} is being trained by another process ({lock_holder(run_dir)}): "
+                        "wait for it, or stop it and relaunch")
     try:
-        outcome = train_run(job, spec, accelerator=accelerator, sampler=sampler, val_batches=val_batches,
-                            run_dir=run_dir, data_fingerprint=manifest.fingerprint, tracker=tracker,
-                            progress=progress)
-        status = outcome.status
-    except Exception as err:
-        error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        raise
-    finally:
-        progress.close()
-        peak = peak_flops_per_s(accelerator.device)
-        tok_s = outcome.tokens_per_s if outcome else None
-        extra = {
-            **base,
-            "final_val_loss": outcome.final_val_loss if outcome else None,
-            "tokens_trained": outcome.tokens_done if outcome else None,
-            "steps_done": outcome.steps_done if outcome else None,
-            "resumed_from_step": outcome.resumed_from_step if outcome else None,
-            "branched_from": outcome.branched_from if outcome else None,
-            "wall_s": time.time() - started,
-            "tokens_per_s": tok_s,
-            # MFU with PaLM's count (Chowdhery et al. 2022, App. B): 6N + 12 L H Q T per token.
-            "mfu": (tok_s * spec.flops_per_token["palm"] / (peak * accelerator.num_processes)
-                    if peak and tok_s else None),
-            "error": error or (outcome.diverged_reason if outcome else None),
-            "stop_signal": outcome.stop_signal if outcome else None,
-            "tracking": tracker.report(),
-        }
         if accelerator.is_main_process:
-            try:
-                record = build_record(job, spec, status=status, manifest=manifest, extra=extra)
-                write_record(run_dir, record)
-            except OSError as err:
-                raise UserError(f"cannot write the record in {run_dir} ({err.strerror}): the run is "
-                                "marked failed in W&B only; choose a writable results_dir") from err
-        tracker.summary({"final_val_loss": extra["final_val_loss"], "status": status, "mfu": extra["mfu"]})
-        tracker.finish(exit_code=0 if status in ("ok", "diverged") else 1)
-    record["exit_code"] = REQUEUE_EXIT_CODE if status == "preempted" else 0
+            write_record(run_dir, build_record(job, spec, status="running", manifest=manifest,
+                                               extra={**base, "final_val_loss": None}))
+        progress = Progress(label=spec.run_id, total_steps=spec.steps, start_step=0,
+                            batch_tokens=spec.batch_tokens, enabled=t.progress and accelerator.is_main_process)
+        started = time.time()
+        outcome, error = None, None
+        try:
+            outcome = train_run(job, spec, accelerator=accelerator, sampler=sampler, val_batches=val_batches,
+                                run_dir=run_dir, data_fingerprint=manifest.fingerprint, tracker=tracker,
+                                progress=progress)
+        except Exception as err:
+            error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise
+        finally:
+            progress.close()
+            record = finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, error,
+                                {**base, "wall_s": time.time() - started})
+    finally:
+        release(run_dir)
+    record["exit_code"] = REQUEUE_EXIT_CODE if record["status"] == "preempted" else 0
+    return record
+
+
+def refuse_foreign_record(run_dir: Path, run_id: str) -> None:
+    """A run directory holds one run: never overwrite another run's record (e.g. after a config change)."""
+    try:
+        existing = load_record(run_dir)
+    except RecordError:
+        return  # none yet, or torn: this run rewrites it
+    if existing["run_id"] != run_id:
+        raise UserError(f"{run_dir} holds run {existing['run_id']} ({existing['status']}), not {run_id}: the config "
+                        "changed; use another run_dir (or leave run_dir unset to derive it from the run id)")
+
+
+def finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, error, base) -> dict:
+    """Write the final record (even for a crashed run), then tell W&B; a failed write is reported to both."""
+    status = outcome.status if outcome else "failed"
+    peak = peak_flops_per_s(accelerator.device)
+    tok_s = outcome.tokens_per_s if outcome else None
+    extra = {
+        **base,
+        "final_val_loss": outcome.final_val_loss if outcome else None,
+        "tokens_trained": outcome.tokens_done if outcome else None,
+        "steps_done": outcome.steps_done if outcome else None,
+        "resumed_from_step": outcome.resumed_from_step if outcome else None,
+        "branched_from": outcome.branched_from if outcome else None,
+        "tokens_per_s": tok_s,
+        # MFU with PaLM's count (Chowdhery et al. 2022, App. B): 6N + 12 L H Q T per token.
+        "mfu": (tok_s * spec.flops_per_token["palm"] / (peak * accelerator.num_processes)
+                if peak and tok_s else None),
+        "error": error or (outcome.diverged_reason if outcome else None),
+        "stop_signal": outcome.stop_signal if outcome else None,
+        "tracking": tracker.report(),
+    }
+    record = build_record(job, spec, status=status, manifest=manifest, extra=extra)
+    write_error = None
+    if accelerator.is_main_process:
+        try:
+            write_record(run_dir, record)
+        except OSError as err:
+            write_error = UserError(f"cannot write the record in {run_dir} ({err.strerror}): the run is marked "
+                                    "failed in W&B only (its checkpoint is kept); choose a writable results_dir")
+            status = "failed"
+    tracker.summary({"final_val_loss": extra["final_val_loss"], "status": status, "mfu": extra["mfu"],
+                     "record_write_error": str(write_error) if write_error else None})
+    tracker.finish(exit_code=0 if status in ("ok", "diverged") else 1)
+    if write_error is not None:
+        raise write_error
     return record
 
 

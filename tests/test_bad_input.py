@@ -101,9 +101,6 @@ def test_debug_flag_shows_the_traceback_then_the_same_line():
 
 
 # --- validation must come before the data stage -------------------------------------------------------
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="train.execute and sweep.main prepare the corpus "
-                   "before resolving sizes / planning: a bad size, duplicate size or pilot_share is only reported "
-                   "after data preparation (minutes on a real corpus)")
 @pytest.mark.parametrize("entry, args, fragment", [
     ("train", ["model.size=-5"], "cannot read model size '-5'"),
     ("sweep", ["sweep.sizes=[23k,23k]", "sweep.budgets_flops=[1e11]"], "lists 23k twice"),
