@@ -5,18 +5,21 @@ Both end up as a `tokenizers.Tokenizer` (the Rust object, whose `encode_batch` r
 plus an end-of-document id, and both are saved next to the shards (`<corpus>/tokenizer/`) in the
 transformers format, so `load_tokenizer` works offline forever after the corpus is prepared.
 
-Why a 512-token byte-level BPE by default (measured by scripts/bench_data_prep.py on 2 CPU cores,
-fp32, seq 128, a 4-layer d_model-64 model with 0.2M non-embedding parameters; ratio to vocab 512):
+Why a 512-token byte-level BPE by default (scripts/bench_data_prep.py, 2026-11, this 2-core CPU
+shared with other jobs: one torch thread timed in CPU seconds; every ratio of a 2-thread wall-clock run
+agreed within 0.03). A 4-layer, d_model-64 model (201k non-embedding parameters), fp32, seq 128, batch 32,
+AdamW; characters per token of a BPE trained on 8 MB of stdlib, measured on 2 MB of other files:
 
-    vocab   tokens/s   bytes/token (stdlib)   bytes/s
-      256     ~111k        1.00 (raw bytes)    ~111k
-      512      ~89k        ~2.1                ~185k
-     1024      ~68k        ~2.5                ~170k
-     4096      ~26k        ~3.1                 ~81k
+    vocab   tokens/s (vs 512)   chars/token   chars/s (vs 512)   embedding + head params
+      257     29.6k  (1.06)         1.00        29.6k  (0.52)          33k
+      512     27.9k  (1.00)         2.05        57.3k  (1.00)          66k
+     1024     23.6k  (0.84)         2.53        59.6k  (1.04)         131k
+     4096     11.6k  (0.41)         3.26        37.7k  (0.66)         524k
 
-The output layer's cost grows with the vocabulary (it dominates models this small: DESIGN.md), while
-each extra merge compresses text less and less; 512 processes the most *text* per second and leaves
-embeddings a modest share of parameters. (Numbers: see the bench's printout in the report.)
+The output layer's cost grows with the vocabulary while each extra merge compresses text less.
+512 and 1024 process text equally fast, but 1024 doubles the embedding parameters -- already 1/4
+of such a model, and the parameter convention moves the fitted exponent (DESIGN.md) -- and gives
+fewer unique tokens from the same corpus (more repeated epochs). Bytes alone (257) halve the text rate.
 """
 
 from __future__ import annotations

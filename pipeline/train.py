@@ -99,7 +99,7 @@ def execute(job: Study) -> dict:
 
     manifest = data_lib.prepare_corpus(job.data)
     spec = resolve_run(job, manifest.vocab_size, world_size=accelerator.num_processes)
-    epochs = data_lib.check_repeat(manifest, spec.tokens, job.data.allow_repeat)
+    epochs = data_lib.check_repeat(manifest, spec.tokens, job.data.allow_repeat, seq_len=spec.shape.seq_len)
     run_dir = run_directory(job, spec)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
