@@ -144,7 +144,8 @@ class SweepConfig:
 @dataclass
 class LauncherConfig:
     mode: LaunchMode = LaunchMode.local
-    gpus: int = 8                            # node: concurrent runs, one per GPU
+    gpus: int = 8                            # node: GPUs on this node
+    gpus_per_run: int = 1                    # node: >1 runs each pilot across that many GPUs with `accelerate launch`
     # slurm (hydra-submitit-launcher's submitit_slurm); see slurm/README.md
     partition: str | None = None
     account: str | None = None

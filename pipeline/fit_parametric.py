@@ -224,7 +224,8 @@ def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None) -> 
 def _summaries(samples: dict[str, np.ndarray]) -> tuple[dict, dict]:
     lo_pct, hi_pct = INTERVAL_PERCENTILES
     intervals = {k: [float(np.percentile(v, lo_pct)), float(np.percentile(v, hi_pct))] for k, v in samples.items()}
-    errors = {k: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for k, v in samples.items()}
+    with np.errstate(over="ignore", invalid="ignore"):  # a few wild resamples make a spread infinite: say so
+        errors = {k: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for k, v in samples.items()}
     return intervals, errors
 
 
@@ -252,7 +253,7 @@ def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flop
     resamples run in one batched L-BFGS, each from the full-data optimum and from the grid starts
     that led to the full fit's best distinct solutions (so a resample whose best basin moved can
     still find it); the lowest objective per resample is kept. Resamples whose best point did not
-    converge or has alpha, beta <= 0 are dropped and counted. Intervals are percentile 5-95%
+    converge, has alpha, beta <= 0 or ran off to an infinite A, B or E are dropped and counted. Intervals are percentile 5-95%
     (a 90% interval); standard errors are the samples' standard deviations (Besiroglu et al. 2024
     report bootstrap standard errors the same way).
     """
@@ -268,9 +269,11 @@ def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flop
     fun = np.where(np.isfinite(res.fun), res.fun, np.inf).reshape(n_resamples, n_starts)
     pick = np.arange(n_resamples) * n_starts + np.argmin(fun, axis=1)
     theta = res.theta[pick]
-    ok = res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0)
-    params = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
-                              theta[:, 3], theta[:, 4]])[ok]
+    with np.errstate(over="ignore"):  # a resample that ran off to A or B = inf is dropped below
+        params = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
+                                  theta[:, 3], theta[:, 4]])
+    ok = res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
+    params = params[ok]
     samples = derived_quantities(params, budget_flops)
     intervals, errors = _summaries(samples)
     return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_dropped": int((~ok).sum()),

@@ -49,18 +49,27 @@ def launch_local(study: Study, runs: list[PlannedRun]) -> None:
             release(rd)
 
 
-def train_command(overrides: list[str], run: PlannedRun) -> list[str]:
-    return [sys.executable, "-m", "pipeline.train", *overrides, *run.overrides, "train.progress=false"]
+def train_command(overrides: list[str], run: PlannedRun, gpus_per_run: int = 1) -> list[str]:
+    """`python -m pipeline.train ...`, or `accelerate launch` over several GPUs (data parallel) for one run."""
+    args = ["-m", "pipeline.train", *overrides, *run.overrides, "train.progress=false"]
+    if gpus_per_run == 1:
+        return [sys.executable, *args]
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(gpus_per_run), *args]
 
 
 def launch_node(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
-    """Several runs at once on one node, one per GPU (CUDA_VISIBLE_DEVICES), as subprocesses.
+    """Several runs at once on one node as subprocesses, each on its own slot of GPUs.
 
-    A preempted run (exit 75) is started again and resumes from its checkpoint.
+    A slot is `launcher.gpus_per_run` GPUs (CUDA_VISIBLE_DEVICES): one GPU per run by default, or one
+    run across several GPUs with `accelerate launch` when a size needs it. A preempted run (exit 75)
+    is started again and resumes from its checkpoint.
     """
-    gpus = study.launcher.gpus
-    if gpus < 1:
-        raise UserError(f"launcher.gpus={gpus} must be >= 1")
+    per_run = study.launcher.gpus_per_run
+    if study.launcher.gpus < 1 or per_run < 1 or study.launcher.gpus % per_run:
+        raise UserError(f"launcher.gpus={study.launcher.gpus} must be a positive multiple of "
+                        f"launcher.gpus_per_run={per_run}")
+    gpus = study.launcher.gpus // per_run  # slots
     queue = sorted(runs, key=lambda r: -r.spec.flops["exact"])  # longest first: shortest makespan
     active: dict[int, tuple[subprocess.Popen, PlannedRun]] = {}
     log_dir = Path(study.results_dir) / study.sweep_name / "logs"
@@ -69,9 +78,11 @@ def launch_node(study: Study, runs: list[PlannedRun], overrides: list[str]) -> N
         for gpu in range(gpus):
             if gpu not in active and queue:
                 run = queue.pop(0)
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+                devices = ",".join(str(d) for d in range(gpu * per_run, (gpu + 1) * per_run))
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices}
                 log = open(log_dir / f"{run.run_id}.log", "a")  # noqa: SIM115 - closed when the process ends
-                proc = subprocess.Popen(train_command(overrides, run), env=env, stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(train_command(overrides, run, per_run), env=env, stdout=log,
+                                        stderr=subprocess.STDOUT)
                 active[gpu] = (proc, run)
                 print(f"gpu {gpu}: {run.run_id} started (log {log.name})", flush=True)
         time.sleep(2)

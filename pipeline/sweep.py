@@ -128,7 +128,8 @@ def main(overrides: list[str], flags: dict) -> int:
     import torch
 
     device_type = "cuda" if study.train.device == "cuda" or (study.train.device == "auto" and torch.cuda.is_available()) else "cpu"
-    runs = plan_sweep(study, manifest.vocab_size)
+    world_size = study.launcher.gpus_per_run if study.launcher.mode.value == "node" else 1
+    runs = plan_sweep(study, manifest.vocab_size, world_size)
     if not runs:
         raise UserError("the sweep has no runs: give sweep.sizes and budgets (or tokens)")
     plan_path = write_plan(study, runs, overrides)

@@ -46,6 +46,8 @@ class Tracker:
             return
         if jitter_s > 0:  # many array tasks starting at once hit W&B's rate limits
             time.sleep(random.uniform(0, jitter_s))
+        # W&B's own banners and run summaries would drown the sweep's progress lines.
+        os.environ.setdefault("WANDB_SILENT", "true")
         try:
             import wandb
 
