@@ -55,8 +55,8 @@ NAMED_SIZES: dict[str, int] = {
     "1.3b": 1_300_000_000,
     "3b": 3_000_000_000,
 }
-# "tiny": the CPU demo size. ~200K total parameters at 20 tokens/parameter (Chinchilla's ratio) is ~4M
-# tokens, under a minute at the ~75K tokens/s measured in docs/model_throughput.md (2-core CPU).
+# "tiny": the CPU size of `python -m pipeline.train model=tiny`: ~200K total parameters, ~40K tokens/s
+# on a 2-core CPU (docs/model_throughput.md), so the 2M-token default run takes about a minute.
 NAMED_SIZES["tiny"] = NAMED_SIZES["200k"]
 
 
