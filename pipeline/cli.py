@@ -49,6 +49,19 @@ def parse_args(argv: list[str]) -> tuple[list[str], dict]:
     return overrides, flags
 
 
+def load_study(overrides: list[str], flags: dict):
+    """The validated Study for an entry point; with `--cfg`, print it and return None instead."""
+    import json
+
+    from pipeline.config import Study, as_dict, load_config
+
+    study = load_config("study", Study, overrides)
+    if flags.get("cfg"):
+        print(json.dumps(as_dict(study), indent=2))
+        return None
+    return study
+
+
 def run_main(main: Callable[[list[str], dict], int], usage: str) -> None:
     """Call `main(overrides, flags)` and turn its outcome into an exit status."""
     debug = os.environ.get("PIPELINE_DEBUG") == "1" or "--debug" in sys.argv[1:]

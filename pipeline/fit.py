@@ -12,11 +12,10 @@ inference.tokens=T, data.unique_tokens=U.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pipeline.cli import run_main
-from pipeline.config import Study, as_dict, load_config
+from pipeline.cli import load_study, run_main
+from pipeline.config import Study, as_dict
 from pipeline.results import atomic_write_json
 
 USAGE = __doc__
@@ -31,9 +30,8 @@ def runs_source(study: Study) -> str:
 
 
 def main(overrides: list[str], flags: dict) -> int:
-    study = load_config("study", Study, overrides)
-    if flags["cfg"]:
-        print(json.dumps(as_dict(study), indent=2))
+    study = load_study(overrides, flags)
+    if study is None:  # --cfg printed it
         return 0
     from pipeline.fitting import fit_all, law_from_fit
     from pipeline.hardware import resolve_budget

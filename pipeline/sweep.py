@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.cli import run_main
-from pipeline.config import Study, as_dict, load_config
+from pipeline.cli import load_study, run_main
+from pipeline.config import Study, as_dict
 from pipeline.errors import UserError
 from pipeline.lock import lock_holder
 from pipeline.plan import PlannedRun, check_design, plan_sweep, plan_table
@@ -113,9 +113,8 @@ def launch(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
 
 
 def main(overrides: list[str], flags: dict) -> int:
-    study = load_config("study", Study, overrides)
-    if flags["cfg"]:
-        print(json.dumps(as_dict(study), indent=2))
+    study = load_study(overrides, flags)
+    if study is None:  # --cfg printed it
         return 0
     if study.launcher.mode.value == "slurm" and not study.sweep.dry_run:
         from pipeline.slurm import check_launcher

@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.cli import run_main
-from pipeline.config import Study, as_dict, load_config
+from pipeline.cli import load_study, run_main
+from pipeline.config import Study, as_dict
 from pipeline.errors import UserError
 from pipeline.lock import claim, lock_holder, release
 from pipeline.results import RecordError, load_record, write_record
@@ -194,9 +194,8 @@ def finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, erro
 
 
 def main(overrides: list[str], flags: dict) -> int:
-    job = load_config("study", Study, overrides)
-    if flags["cfg"]:
-        print(json.dumps(as_dict(job), indent=2))
+    job = load_study(overrides, flags)
+    if job is None:  # --cfg printed it
         return 0
     record = execute(job)
     line = (f"{record['run_id']}: {record['status']}, val loss {record['final_val_loss']:.4f}"
