@@ -43,6 +43,25 @@ GPUS: dict[str, GpuSpec] = {
 # When the budget is given in FLOPs only, GPU-days are quoted on this reference, at DEFAULT_MFU.
 REFERENCE_GPU = "h100_sxm"
 
+# torch.cuda.get_device_name() substrings -> table keys, most specific first (for MFU of a run).
+_DEVICE_NAMES = (("H100 PCIe", "h100_pcie"), ("H100", "h100_sxm"), ("H200", "h200"), ("A100-SXM4-40GB", "a100_40gb"),
+                 ("A100-PCIE-40GB", "a100_40gb"), ("A100", "a100_80gb"), ("B200", "b200"), ("L40S", "l40s"),
+                 ("MI300X", "mi300x"))
+
+
+def gpu_key_for_device_name(device_name: str) -> str | None:
+    """The table key of a CUDA device name such as 'NVIDIA H100 80GB HBM3', or None if unknown."""
+    for fragment, key in _DEVICE_NAMES:
+        if fragment.lower() in device_name.lower():
+            return key
+    return None
+
+
+def peak_flops_for_device_name(device_name: str) -> float | None:
+    """Dense bf16 peak of the GPU a run is on (None for a GPU not in the table: no MFU then)."""
+    key = gpu_key_for_device_name(device_name)
+    return GPUS[key].peak_flops if key else None
+
 
 def _field(budget: Any, name: str):
     """Read a field of a BudgetConfig dataclass, any object with those attributes, or a dict."""

@@ -80,3 +80,13 @@ def test_100m_fits_one_gpu_and_huge_models_escalate():
     assert (long_context["parallelism"], long_context["tensor_parallel"]) == ("fsdp+checkpointing+tensor_parallel", 8)
     huge = memory_check(shape_for_params(2e11, 32000, 8192), micro_batch_sequences=4, gpu_memory_gb=80, n_gpus=8)
     assert huge["parallelism"] == "does_not_fit" and "add GPUs" in huge["summary"]
+
+
+def test_cuda_device_names_map_to_their_peaks():
+    from pipeline.hardware import gpu_key_for_device_name, peak_flops_for_device_name
+
+    assert gpu_key_for_device_name("NVIDIA H100 80GB HBM3") == "h100_sxm"
+    assert gpu_key_for_device_name("NVIDIA H100 PCIe") == "h100_pcie"
+    assert gpu_key_for_device_name("NVIDIA A100-SXM4-40GB") == "a100_40gb"
+    assert peak_flops_for_device_name("NVIDIA H200") == 989e12
+    assert peak_flops_for_device_name("Tesla T4") is None
