@@ -56,9 +56,10 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["46k", "105k"])
     parser.add_argument("--tokens", nargs="+", default=["1e6", "2e6", "4e6"])
     parser.add_argument("--results-dir", default="results/compare_cooldown")
+    parser.add_argument("--override", nargs="*", default=[], help="extra overrides for both ways, e.g. train.min_lr_ratio=0")
     args = parser.parse_args()
     tokens = [str(int(float(t))) for t in args.tokens]
-    study, reuse_runs = plan("cooldown_reuse", args.sizes, tokens, True, args.results_dir)
+    study, reuse_runs = plan("cooldown_reuse", args.sizes, tokens, True, args.results_dir, args.override)
     # The independent cosine runs of each size use the hyperparameters its reuse group shares (the
     # rule at the group's largest run), so the comparison isolates the schedule.
     cosine_plans = []
@@ -67,7 +68,7 @@ def main() -> None:
         same = [f"train.lr={hp.lr}", f"train.batch_tokens={hp.batch_tokens}", f"train.warmup_tokens={hp.warmup_tokens}",
                 f"train.beta2={hp.beta2}"]
         size = trunk.job.model.size
-        cosine_plans.append(plan("independent_cosine", [size], tokens, False, args.results_dir, same))
+        cosine_plans.append(plan("independent_cosine", [size], tokens, False, args.results_dir, [*args.override, *same]))
     cosine, cosine_flops, cosine_s = {}, 0.0, 0.0
     for cstudy, cruns in cosine_plans:
         losses, flops, wall = run_grid(cstudy, cruns, args.results_dir)
