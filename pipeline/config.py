@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.data import DataConfig
@@ -353,6 +353,3 @@ def register_schemas() -> None:
     store.store(group="train", name="schema", node=TrainConfig)
     store.store(group="tracking", name="schema", node=TrackingConfig)
     store.store(group="data", name="schema", node=DataConfig)
-
-
-_ = MISSING  # re-exported for presets that leave a value to the command line

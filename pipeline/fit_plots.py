@@ -19,7 +19,8 @@ from pipeline.runs_table import RunsTable
 BAND_PERCENTILES = (5.0, 95.0)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay out and write a Figure (one place, shared with pipeline.report)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -47,7 +48,7 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     ax.set_ylabel("final validation loss")
     ax.set_title("IsoFLOP profiles (Approach 2); stars: parabola vertices")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _frontier_band(result: dict, c_grid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -91,7 +92,7 @@ def plot_frontier(result: dict, table: RunsTable, path: Path) -> Path:
     ax.set_ylabel(f"compute-optimal N ({table.convention})")
     ax.set_title("Compute-optimal model size")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
@@ -122,7 +123,7 @@ def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
     ax2.set_xlabel(f"training compute C (FLOPs, {table.flop_method})")
     ax2.set_ylabel("log predicted - log observed")
     ax2.set_title("residuals")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_fit(result: dict, table: RunsTable, out_dir: str | Path) -> list[Path]:

@@ -87,36 +87,29 @@ def terminal_summary(rec: dict) -> str:
 
 
 # --- plots -----------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_deviation(rec: dict, path: Path) -> Path | None:
     """Loss penalty of N = f * N_opt at the fixed budget (the flat bottom is the margin for error)."""
     dev = rec.get("deviation")
     if not dev:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    from pipeline.fit_plots import save_figure
+
+    fig = Figure(figsize=(6, 4))  # the object API: no global pyplot state (as pipeline.fit_plots)
+    ax = fig.subplots()
     ax.plot(dev["curve"]["factor"], dev["curve"]["delta_loss"], color="tab:blue")
     ax.scatter([r["factor"] for r in dev["rows"]], [r["delta_loss"] for r in dev["rows"]], color="tab:blue", zorder=3)
     ax.set_xscale("log")
     ticks = [1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8]
     ax.set_xticks(ticks, ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("model size / N_opt (same budget)")
     ax.set_ylabel("loss above the optimum (nats)")
     ax.set_title(f"Deviation penalty at {rec['budget']['flops']:.3g} FLOPs")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_inference(rec: dict, path: Path) -> Path | None:
@@ -124,12 +117,17 @@ def plot_inference(rec: dict, path: Path) -> Path | None:
     inf = rec.get("inference_aware")
     if not inf:
         return None
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    from pipeline.fit_plots import save_figure
+
     curve = inf["curve"]
     pairs = [(n, d, t) for n, d, t in zip(curve["n_params"], curve["train_tokens"], curve["total_flops"], strict=True)
              if d is not None and t is not None]
     n_vals, d_vals, t_vals = (list(v) for v in zip(*pairs, strict=True))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     left.plot(n_vals, d_vals, color="tab:green")
     left.set_ylabel("training tokens for the target loss")
     right.plot(n_vals, t_vals, color="tab:red")
@@ -137,17 +135,14 @@ def plot_inference(rec: dict, path: Path) -> Path | None:
     for ax in (left, right):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("parameters N")
         ax.axvline(inf["compute_optimal_n"], color="gray", ls="--", label="compute-optimal")
         ax.axvline(inf["n_opt"], color="black", ls=":", label="inference-aware")
         ax.grid(True, which="both", alpha=0.3)
     right.legend()
     fig.suptitle(f"Iso-loss L = {inf['target_loss']:.4f} with {inf['inference_tokens']:.3g} inference tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --- the report's sections -------------------------------------------------------------------------
