@@ -60,7 +60,8 @@ def main(overrides: list[str], flags: dict) -> int:
         study.data.vocab_size, study.model.seq_len)
     rec = recommend(law, budget, law_samples=law_samples, vocab_size=vocab_size, seq_len=seq_len, pilot=pilot,
                     inference_tokens=study.inference.tokens, unique_tokens=study.data.unique_tokens,
-                    convention=study.convention if study.law is None else None)
+                    convention=study.convention if study.law is None else None,
+                    pilot_schedule=table.schedule if table is not None else None)
     if fit_result is not None:
         # The fit's own headline numbers and intervals (Approach 3 with its bootstrap) lead.
         for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline"):

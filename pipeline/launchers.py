@@ -19,8 +19,9 @@ from pipeline.errors import UserError
 from pipeline.plan import PlannedRun
 
 
-def launch_local(study: Study, runs: list[PlannedRun]) -> None:
-    """One after another in this process (CPU demo, a single GPU). A failed run does not stop the sweep."""
+def launch_local(study: Study, runs: list[PlannedRun]) -> str | None:
+    """One after another in this process (CPU demo, a single GPU). A failed run does not stop the sweep;
+    a preemption signal does (it was for this whole process): then "stopped" is returned."""
     from pipeline.lock import claim, release
     from pipeline.train import execute
 
@@ -37,7 +38,7 @@ def launch_local(study: Study, runs: list[PlannedRun]) -> None:
             if record["status"] == "preempted":  # the signal was for this whole process: stop the sweep here
                 print(f"[{i}/{len(runs)}] {run.run_id}: preempted ({record.get('stop_signal')}), checkpoint saved; "
                       "relaunch the sweep to resume", flush=True)
-                return
+                return "stopped"
             loss = record.get("final_val_loss")
             print(f"[{i}/{len(runs)}] {run.run_id}: {record['status']}"
                   + (f", val loss {loss:.4f}, {record['tokens_per_s'] / 1e3:.0f}k tok/s" if loss else ""), flush=True)
@@ -47,6 +48,7 @@ def launch_local(study: Study, runs: list[PlannedRun]) -> None:
             print(f"[{i}/{len(runs)}] {run.run_id}: failed ({type(err).__name__}: {err})", flush=True)
         finally:
             release(rd)
+    return None
 
 
 def train_command(overrides: list[str], run: PlannedRun, gpus_per_run: int = 1) -> list[str]:

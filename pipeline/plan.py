@@ -184,9 +184,6 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
             for ratio in sweep.tokens_per_param:
                 runs.append(_run(study, vocab_size, world_size, {"size": str(size)}, {"tokens_per_param": float(ratio)}, None))
     if sweep.cooldown_reuse:
-        if study.launcher.mode.value != "local":
-            raise UserError("sweep.cooldown_reuse=true runs with launcher.mode=local only for now "
-                            "(branches must wait for their trunk): use launcher.mode=local or drop cooldown_reuse")
         runs = with_cooldown_reuse(study, runs, vocab_size, world_size)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):

@@ -69,11 +69,30 @@ def sample_intervals(law_samples, budget_flops: float) -> dict | None:
             "predicted_loss": band(loss)}
 
 
+def full_run_schedule(pilot_schedule: dict | None) -> dict:
+    """The pilots' LR schedule, which the full run must share: the law's loss level is the pilots'
+    schedule's (a WSD cooldown ends below a cosine cycle, docs/cooldown_reuse.md). Without it (runs
+    from a file or W&B, a published law): one cosine cycle to 10% (Chinchilla sec. 4 / App. B)."""
+    if pilot_schedule and pilot_schedule.get("name") in ("cosine", "wsd"):
+        return {"name": pilot_schedule["name"], "min_lr_ratio": float(pilot_schedule["min_lr_ratio"]),
+                "cooldown_fraction": pilot_schedule.get("cooldown_fraction"), "source": "the pilots' schedule"}
+    return {"name": "cosine", "min_lr_ratio": MIN_LR_RATIO, "cooldown_fraction": None,
+            "source": "Chinchilla default (the pilots' schedule is not known)"}
+
+
+def schedule_text(schedule: dict) -> str:
+    if schedule["name"] == "wsd":
+        return (f"warmup-stable-decay, (1 - sqrt) cooldown over the last {schedule['cooldown_fraction']:.0%} "
+                f"to {schedule['min_lr_ratio']:.0%} of peak (Hägele et al. 2024)")
+    return f"one cosine cycle over exactly train.tokens to {schedule['min_lr_ratio']:.0%} of peak (Chinchilla)"
+
+
 def concrete_model(n_target: float, budget_flops: float, *, vocab_size: int, seq_len: int,
-                   convention: str) -> tuple[ModelShape, dict]:
+                   convention: str, schedule: dict | None = None) -> tuple[ModelShape, dict]:
     """The family's shape for N_opt, its exact counts, its token count and its hyperparameters.
 
-    Mirrors pipeline.runspec for a horizon given as FLOPs, so the full run uses the pilots' rules.
+    Mirrors pipeline.runspec for a horizon given as FLOPs, so the full run uses the pilots' rules
+    (and their LR schedule, `full_run_schedule`).
     """
     try:
         shape = shape_for_params(float(n_target), vocab_size, seq_len, convention=convention)
@@ -93,7 +112,7 @@ def concrete_model(n_target: float, budget_flops: float, *, vocab_size: int, seq
         "tokens_per_param": tokens / params[convention], "flops_exact": tokens * fpt["exact"],
         "flops_6n": tokens * fpt["6n"], "lr": hp.lr, "batch_tokens": hp.batch_tokens,
         "warmup_tokens": hp.warmup_tokens, "warmup_steps": math.ceil(hp.warmup_tokens / hp.batch_tokens),
-        "beta2": hp.beta2, "steps": steps, "schedule": "cosine", "min_lr_ratio": MIN_LR_RATIO,
+        "beta2": hp.beta2, "steps": steps, "schedule": full_run_schedule(schedule),
         "hparam_sources": {k: v for k, v in hp.to_dict().items() if k.endswith("_source")},
     }
 
@@ -153,7 +172,8 @@ def _check_positive(key: str, value, allow_zero: bool) -> None:
 def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=None, vocab_size: int,
               seq_len: int, pilot: dict | None = None, inference_tokens: float | None = None,
               unique_tokens: float | None = None, convention: str | None = None,
-              gpu_memory_gb: float | None = None, micro_batch_sequences: int = 1) -> dict:
+              gpu_memory_gb: float | None = None, micro_batch_sequences: int = 1,
+              pilot_schedule: dict | None = None) -> dict:
     """The full recommendation as a JSON-able dict (see the module doc for the steps).
 
     `budget` is `pipeline.hardware.resolve_budget`'s dict. `pilot` (optional): {"n_runs", "total_flops",
@@ -176,7 +196,8 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
                else "no bootstrap samples: fit with bootstrap > 0 for intervals")
         warnings.append(f"no intervals for law {law.name}: {why}")
 
-    shape, model = concrete_model(n_opt, budget_flops, vocab_size=vocab_size, seq_len=seq_len, convention=convention)
+    shape, model = concrete_model(n_opt, budget_flops, vocab_size=vocab_size, seq_len=seq_len, convention=convention,
+                                  schedule=pilot_schedule)
     size_error = model["params"][convention] / n_opt - 1
     if abs(size_error) > 0.05:
         warnings.append(f"the nearest shape has {size_error:+.0%} parameters vs N_opt; D was recomputed for it")
@@ -242,6 +263,7 @@ def write_full_run_config(recommendation: dict, out_dir, base_overrides: dict | 
     shape, hp_src = model["shape"], model["hparam_sources"]
     convention = model["convention"]
     memory = model.get("memory") or {}
+    sched = model["schedule"]
     header = [
         "# @package _global_",
         f"# Full run recommended by `python -m pipeline.fit` for {budget['flops']:.3g} FLOPs ({budget['conversion']}).",
@@ -268,8 +290,10 @@ def write_full_run_config(recommendation: dict, out_dir, base_overrides: dict | 
         ("batch_tokens", str(model["batch_tokens"]), hp_src["batch_source"]),
         ("warmup_tokens", str(model["warmup_tokens"]), hp_src["warmup_source"]),
         ("beta2", _yaml_float(model["beta2"]), hp_src["beta2_source"]),
-        ("schedule", "cosine", "one cosine cycle over exactly train.tokens (Chinchilla)"),
-        ("min_lr_ratio", _yaml_float(model["min_lr_ratio"]), "decay to 10% of peak (Chinchilla)"),
+        ("schedule", sched["name"], f"{schedule_text(sched)}; {sched['source']}"),
+        ("min_lr_ratio", _yaml_float(sched["min_lr_ratio"]), "as the schedule above"),
+        *([("cooldown_fraction", _yaml_float(sched["cooldown_fraction"]), "as the pilots' cooldowns")]
+          if sched["name"] == "wsd" else []),
         ("precision", "bf16", "bf16 autocast; fp32 master weights and AdamW moments"),
     ]
     lines = header + _section_lines("model", model_keys, base.pop("model", None))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.recommend import schedule_text
+
 REPORT_NAME = "report.md"
 
 
@@ -60,6 +62,12 @@ def _loss_phrase(rec: dict) -> str:
     return f"predicted loss {rec['predicted_loss']:.4f} ({reason})"
 
 
+def short_schedule(schedule: dict) -> str:
+    if schedule["name"] == "wsd":
+        return f"wsd, {schedule['cooldown_fraction']:.0%} (1 - sqrt) cooldown to {schedule['min_lr_ratio']:.0%}"
+    return f"cosine to {schedule['min_lr_ratio']:.0%}"
+
+
 def terminal_summary(rec: dict) -> str:
     """A few lines for the terminal: the answer, its cost and shape, and what to look at next."""
     model, conv = rec["model"], rec["convention"]
@@ -70,7 +78,7 @@ def terminal_summary(rec: dict) -> str:
         f"  {_loss_phrase(rec)}",
         f"  {_compute_phrase(model['compute'])}",
         f"  shape {model['describe']}; lr {model['lr']:.3g}, batch {count(model['batch_tokens'])} tokens, "
-        f"{model['steps']:,} steps, cosine to {model['min_lr_ratio']:.0%}",
+        f"{model['steps']:,} steps, {short_schedule(model['schedule'])}",
         f"  memory: {model['memory']['summary']}",
     ]
     inf = rec.get("inference_aware")
@@ -194,7 +202,7 @@ def _full_run_section(rec: dict) -> list[str]:
             ["batch", f"{m['batch_tokens']:,} tokens ({m['hparam_sources']['batch_source']})"],
             ["warmup", f"{m['warmup_tokens']:,} tokens, {m['warmup_steps']:,} steps"],
             ["AdamW beta2", f"{m['beta2']} ({m['hparam_sources']['beta2_source']})"],
-            ["steps / schedule", f"{m['steps']:,}, cosine to {m['min_lr_ratio']:.0%} of peak"],
+            ["steps / schedule", f"{m['steps']:,}, {schedule_text(m['schedule'])} ({m['schedule']['source']})"],
             ["model states per replica", f"{mem['model_states_gb']:.1f} GB ({mem['states_convention']})"],
             ["activations, micro-batch 1 (none / full checkpointing)",
              f"{mem['activations_gb']['no_checkpointing']:.2f} / {mem['activations_gb']['checkpointing']:.2f} GB"],

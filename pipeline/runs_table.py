@@ -44,6 +44,7 @@ class RunsTable:
     mfu: np.ndarray | None = None     # per run, nan where not measured (CPU runs, files)
     vocab_size: int | None = None     # the pilots' shared vocabulary and sequence length (records only)
     seq_len: int | None = None
+    schedule: dict | None = None      # the pilots' shared LR schedule (records only), see pilot_schedule
 
     def __post_init__(self):
         if self.convention not in self.params:
@@ -143,6 +144,43 @@ def _read_curve(run_dir: str | None) -> dict | None:
     return {k: np.array([float(r[k]) for r in rows]) for k in CURVE_FIELDS}
 
 
+def _schedule_of(rec: dict) -> dict | None:
+    hp = rec.get("hparams") or {}
+    if not hp.get("schedule"):
+        return None
+    steps = rec.get("steps") or 0
+    cooldown = hp.get("cooldown_steps") or 0
+    return {"name": hp["schedule"], "min_lr_ratio": hp.get("min_lr_ratio"),
+            "cooldown_fraction": round(cooldown / steps, 2) if hp["schedule"] == "wsd" and steps else None}
+
+
+def pilot_schedule(records: list[dict], source: str) -> dict | None:
+    """The LR schedule all runs share, or a one-line UserError when they mix schedules.
+
+    A fit must not mix them: on our CPU pilots a (1 - sqrt) WSD cooldown ends 0.02-0.04 nats below a
+    cosine cycle at the same (N, D), and decaying to 0 instead of 10% moves a cosine run by ~0.03
+    (docs/cooldown_reuse.md): a near-constant offset per family that would bend the law if mixed.
+    The full run then uses the same schedule, so the predicted loss is for the run it will be.
+    """
+    kinds: dict[tuple, int] = {}
+    for rec in records:
+        sched = _schedule_of(rec)
+        key = tuple(sorted(sched.items())) if sched else None
+        kinds[key] = kinds.get(key, 0) + 1
+    if len(kinds) > 1:
+        def label(key):
+            if key is None:
+                return "unknown"
+            d = dict(key)
+            tail = f", cooldown {d['cooldown_fraction']:.0%}" if d.get("cooldown_fraction") else ""
+            return f"{d['name']} to {d['min_lr_ratio']:g} of peak{tail}"
+        mix = "; ".join(f"{n} runs {label(k)}" for k, n in kinds.items())
+        raise UserError(f"the runs in {source} mix LR schedules ({mix}): their losses differ by a schedule offset, "
+                        "so fit one schedule at a time (one sweep's results directory)")
+    key = next(iter(kinds))
+    return dict(key) if key else None
+
+
 def table_from_records(records: list[dict], convention: str = "total", flop_method: str = "exact",
                        rejected: list[dict] | None = None, source: str = "records",
                        read_curves: bool = True) -> RunsTable:
@@ -181,6 +219,7 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
     budgets = [(r.get("target") or {}).get("budget_flops", r.get("budget_flops")) for r in kept]
     shapes = {((r.get("shape") or {}).get("vocab_size"), (r.get("shape") or {}).get("seq_len")) for r in kept}
     vocab_size, seq_len = shapes.pop() if len(shapes) == 1 else (None, None)
+    schedule = pilot_schedule(kept, source)
     return RunsTable(
         run_id=tuple(str(r["run_id"]) for r in kept),
         params={k: np.array([float(r["params"][k]) for r in kept]) for k in conventions},
@@ -191,7 +230,7 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
         curves=tuple(_read_curve(r.get("_dir") or r.get("run_dir")) for r in kept) if read_curves else (),
         convention=convention, flop_method=flop_method, excluded=tuple(excluded), source=source,
         mfu=np.array([float(r["mfu"]) if _positive_finite(r.get("mfu")) else np.nan for r in kept]),
-        vocab_size=vocab_size, seq_len=seq_len)
+        vocab_size=vocab_size, seq_len=seq_len, schedule=schedule)
 
 
 def load_results_dir(results_dir: str | Path, convention: str = "total", flop_method: str = "exact") -> RunsTable:

@@ -34,9 +34,9 @@ def run_dir_of(study: Study, run: PlannedRun) -> Path:
     return sweep_dir(study) / "runs" / run.run_id
 
 
-def run_state(study: Study, run: PlannedRun) -> str:
+def run_state(study: Study, run: PlannedRun | str) -> str:
     """done | diverged | failed | running | preempted | missing | corrupt -- from disk alone."""
-    rd = run_dir_of(study, run)
+    rd = sweep_dir(study) / "runs" / (run if isinstance(run, str) else run.run_id)
     if not (rd / "run.json").exists():
         return "running" if lock_holder(rd) else ("interrupted" if (rd / "checkpoints").exists() else "missing")
     try:
@@ -96,6 +96,24 @@ def write_plan(study: Study, runs: list[PlannedRun], overrides: list[str]) -> Pa
 
 
 def launch(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
+    """Launch in waves: cooldown reuse's trunks first, then the branches whose trunk is done.
+
+    A branch starts from its trunk's checkpoints, so it cannot share a wave with it on a node or a
+    SLURM array (both launchers return only when their wave has ended). Without cooldown reuse
+    there is one wave. A branch whose trunk did not finish waits for the next launch.
+    """
+    trunks = [r for r in runs if r.job.train.keep_steps]
+    waves = [trunks, [r for r in runs if not r.job.train.keep_steps]] if trunks else [runs]
+    for wave in waves:
+        ready = [r for r in wave if not r.job.train.branch_from or run_state(study, r.job.train.branch_from) == "done"]
+        waiting = len(wave) - len(ready)
+        if waiting:
+            print(f"{waiting} cooldown branches wait for their trunk to finish; relaunch after it has", flush=True)
+        if ready and _launch_wave(study, ready, overrides) == "stopped":
+            return
+
+
+def _launch_wave(study: Study, runs: list[PlannedRun], overrides: list[str]) -> str | None:
     mode = study.launcher.mode.value
     attempts = load_attempts(study)
     for run in runs:
@@ -103,13 +121,12 @@ def launch(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
     atomic_write_json(attempts_path(study), attempts)
     if mode == "local":
         from pipeline.launchers import launch_local
-        launch_local(study, runs)
-    elif mode == "node":
+        return launch_local(study, runs)
+    if mode == "node":
         from pipeline.launchers import launch_node
-        launch_node(study, runs, overrides)
-    else:
-        from pipeline.launchers import launch_slurm
-        launch_slurm(study, runs, overrides)
+        return launch_node(study, runs, overrides)
+    from pipeline.launchers import launch_slurm
+    return launch_slurm(study, runs, overrides)
 
 
 def main(overrides: list[str], flags: dict) -> int:

@@ -1,24 +1,31 @@
-"""Cooldown reuse vs independent cosine runs: same (N, D) grid, both ways, losses and compute compared.
+"""Cooldown reuse vs independent runs: the same (N, D) grid trained three ways, over several seeds.
 
 Hägele et al. 2024 report that a constant-LR run with a short (1 - sqrt) cooldown matches a cosine
-run of the same length. This script checks it on our CPU setting: a grid of sizes x token counts is
-trained (a) as independent runs, each with its own cosine schedule (Chinchilla), and (b) with
-cooldown reuse (one constant-LR trunk per size, a 20% cooldown branched at each token count). Both
-ways use the same LR, batch, warmup and beta2 per size (those reuse shares: the rule at the size's
-largest run), so only the schedule differs. It prints the loss of every (N, D) both ways, their
-difference, and the compute each way.
+run of the same length, so one stable trunk per size can serve every token count. This script
+measures it on our CPU setting. Each (N, D) of a sizes x tokens grid is trained
+  (a) with cooldown reuse: one constant-LR trunk per size, a 20% (1 - sqrt) cooldown branched from
+      it at each token count (what `sweep.cooldown_reuse=true` plans);
+  (b) as an independent WSD run with the same schedule (what the branch replaces);
+  (c) as an independent cosine run to 10% (Chinchilla; the pilots' default schedule).
+All three use the same LR, batch, warmup and beta2 per size (the rule at the size's largest run), so
+(a) vs (b) isolates reuse and (b) vs (c) the schedule. Repeating over `--seeds` (weights and data
+order) gives the noise the differences are judged against. With three or more sizes it also fits
+the Approach 3 law to each way and compares the allocation at the preset's budget.
 
-    .venv/bin/python scripts/compare_cooldown_reuse.py [--sizes 46k 105k] [--tokens 1e6 2e6 4e6]
+    .venv/bin/python scripts/compare_cooldown_reuse.py [--sizes 46k 105k 188k] [--tokens 5e5 1e6 2e6] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+WAYS = ("reuse", "wsd", "cosine")
 
 
 def plan(name: str, sizes: list[str], tokens: list[str], reuse: bool, results_dir: str, extra=()):
@@ -34,58 +41,104 @@ def plan(name: str, sizes: list[str], tokens: list[str], reuse: bool, results_di
     return study, plan_sweep(study, prepare_corpus(study.data).vocab_size)
 
 
-def run_grid(study, runs, results_dir: str) -> tuple[dict, float, float]:
+def run_grid(study, runs) -> tuple[dict, float, float]:
+    """Train the runs; per (N, planned D): final loss, and the exact FLOPs and wall time spent."""
     from pipeline.launchers import launch_local
     from pipeline.results import load_record
 
-    name = study.sweep_name
     start = time.perf_counter()
     launch_local(study, runs)
     wall = time.perf_counter() - start
-    losses, spent = {}, 0.0
+    losses = {}
     for run in runs:
-        record = load_record(f"{results_dir}/{name}/runs/{run.run_id}")
-        spent += run.spent_flops
-        if record.get("role") != "trunk":
-            losses[(record["params"]["total"], record["tokens"])] = record["final_val_loss"]
-    return losses, spent, wall
+        if not run.job.train.keep_steps:  # trunks have no loss of their own
+            record = load_record(f"{study.results_dir}/{study.sweep_name}/runs/{run.run_id}")
+            losses[(run.spec.n_params, run.train_over.get("tokens"))] = record["final_val_loss"]
+    return losses, sum(r.spent_flops for r in runs), wall
+
+
+def train_three_ways(sizes, tokens, seed: int, results_dir: str, extra: list[str]) -> dict:
+    """{way: (losses, flops, wall)} for one seed."""
+    extra = [*extra, f"train.seed={seed}"]
+    study, reuse_runs = plan(f"reuse_s{seed}", sizes, tokens, True, results_dir, extra)
+    out = {"reuse": run_grid(study, reuse_runs)}
+    for way in ("wsd", "cosine"):
+        losses, flops, wall = {}, 0.0, 0.0
+        for trunk in (r for r in reuse_runs if r.job.train.keep_steps):
+            hp = trunk.spec.hparams
+            same = [f"train.lr={hp.lr}", f"train.batch_tokens={hp.batch_tokens}",
+                    f"train.warmup_tokens={hp.warmup_tokens}", f"train.beta2={hp.beta2}", f"train.schedule={way}"]
+            s, runs = plan(f"{way}_s{seed}", [trunk.job.model.size], tokens, False, results_dir, [*extra, *same])
+            part = run_grid(s, runs)
+            losses.update(part[0])
+            flops += part[1]
+            wall += part[2]
+        out[way] = (losses, flops, wall)
+    return out
+
+
+def fit_each_way(mean_loss: dict, budget_flops: float) -> None:
+    import numpy as np
+
+    from pipeline.errors import UserError
+    from pipeline.fit_parametric import fit_parametric
+
+    print(f"\nApproach 3 fit per way (seed-mean losses), allocation at {budget_flops:.3g} FLOPs:")
+    print(f"{'way':>8} {'E':>7} {'alpha':>7} {'beta':>7} {'a':>6} {'N_opt':>10} {'D_opt':>10} {'loss':>7}")
+    for way, losses in mean_loss.items():
+        keys = sorted(losses)
+        try:
+            fit = fit_parametric(np.array([k[0] for k in keys], float), np.array([k[1] for k in keys], float),
+                                 np.array([losses[k] for k in keys]))
+            law = fit.law()
+        except UserError as err:  # too few or too noisy points for five parameters: say so, go on
+            print(f"{way:>8} no fit: {err}")
+            continue
+        n_opt, d_opt = law.optimal_allocation(budget_flops)
+        print(f"{way:>8} {fit.E:>7.3f} {fit.alpha:>7.3f} {fit.beta:>7.3f} {law.a:>6.3f} {n_opt:>10.3g} {d_opt:>10.3g} "
+              f"{law.loss(n_opt, d_opt):>7.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["46k", "105k"])
-    parser.add_argument("--tokens", nargs="+", default=["1e6", "2e6", "4e6"])
+    parser.add_argument("--sizes", nargs="+", default=["46k", "105k", "188k"])
+    parser.add_argument("--tokens", nargs="+", default=["5e5", "1e6", "2e6"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--results-dir", default="results/compare_cooldown")
-    parser.add_argument("--override", nargs="*", default=[], help="extra overrides for both ways, e.g. train.min_lr_ratio=0")
+    parser.add_argument("--override", nargs="*", default=[], help="extra overrides for every way, e.g. train.min_lr_ratio=0")
     args = parser.parse_args()
     tokens = [str(int(float(t))) for t in args.tokens]
-    study, reuse_runs = plan("cooldown_reuse", args.sizes, tokens, True, args.results_dir, args.override)
-    # The independent cosine runs of each size use the hyperparameters its reuse group shares (the
-    # rule at the group's largest run), so the comparison isolates the schedule.
-    cosine_plans = []
-    for trunk in (r for r in reuse_runs if r.job.train.keep_steps):
-        hp = trunk.spec.hparams
-        same = [f"train.lr={hp.lr}", f"train.batch_tokens={hp.batch_tokens}", f"train.warmup_tokens={hp.warmup_tokens}",
-                f"train.beta2={hp.beta2}"]
-        size = trunk.job.model.size
-        cosine_plans.append(plan("independent_cosine", [size], tokens, False, args.results_dir, [*args.override, *same]))
-    cosine, cosine_flops, cosine_s = {}, 0.0, 0.0
-    for cstudy, cruns in cosine_plans:
-        losses, flops, wall = run_grid(cstudy, cruns, args.results_dir)
-        cosine.update(losses)
-        cosine_flops += flops
-        cosine_s += wall
-    reuse, reuse_flops, reuse_s = run_grid(study, reuse_runs, args.results_dir)
-    print(f"{'N (total)':>10} {'D tokens':>10} {'cosine':>8} {'wsd branch':>10} {'diff':>8}")
-    diffs = []
-    for (n, d), loss in sorted(cosine.items()):
-        # batch rounding can differ by one batch between the two plans: match on N and nearest D
-        match = min((k for k in reuse if k[0] == n), key=lambda k: abs(k[1] - d))
-        diffs.append(reuse[match] - loss)
-        print(f"{n:>10,} {d:>10,} {loss:>8.4f} {reuse[match]:>10.4f} {diffs[-1]:>+8.4f}")
-    print(f"mean |diff| = {sum(abs(x) for x in diffs) / len(diffs):.4f} nats, max |diff| = {max(map(abs, diffs)):.4f}")
-    print(f"compute: independent {cosine_flops:.3g} FLOPs ({cosine_s:.0f} s), reuse {reuse_flops:.3g} FLOPs "
-          f"({reuse_s:.0f} s): ratio {reuse_flops / cosine_flops:.2f} (wall {reuse_s / cosine_s:.2f})")
+    per_seed = [train_three_ways(args.sizes, tokens, s, args.results_dir, args.override) for s in args.seeds]
+
+    points = sorted(per_seed[0]["cosine"][0])
+    loss = {w: {p: [r[w][0][p] for r in per_seed] for p in points} for w in WAYS}
+    mean = {w: {p: statistics.fmean(v) for p, v in loss[w].items()} for w in WAYS}
+    print(f"\n{'N (total)':>10} {'D tokens':>10} " + " ".join(f"{w:>8}" for w in WAYS)
+          + f" {'reuse-wsd':>10} {'reuse-cos':>10} {'seed sd':>8}")
+    sds, reuse_wsd, reuse_cos = [], [], []
+    for p in points:
+        # seed-to-seed sd of one run's loss, pooled over the three ways at this point
+        sd = statistics.fmean(statistics.stdev(loss[w][p]) for w in WAYS) if len(args.seeds) > 1 else float("nan")
+        sds.append(sd)
+        reuse_wsd += [a - b for a, b in zip(loss["reuse"][p], loss["wsd"][p], strict=True)]
+        reuse_cos += [a - b for a, b in zip(loss["reuse"][p], loss["cosine"][p], strict=True)]
+        print(f"{p[0]:>10,} {p[1]:>10,} " + " ".join(f"{mean[w][p]:>8.4f}" for w in WAYS)
+              + f" {mean['reuse'][p] - mean['wsd'][p]:>+10.4f} {mean['reuse'][p] - mean['cosine'][p]:>+10.4f} {sd:>8.4f}")
+    noise = statistics.fmean(sds) if len(args.seeds) > 1 else float("nan")
+    print(f"\nseed-to-seed sd of a run's final loss (mean over points): {noise:.4f} nats ({len(args.seeds)} seeds)")
+    for name, diffs in (("reuse - independent wsd", reuse_wsd), ("reuse - independent cosine", reuse_cos)):
+        spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+        print(f"{name:>27}: mean {statistics.fmean(diffs):+.4f}, max |diff| {max(map(abs, diffs)):.4f}, "
+              f"sd {spread:.4f} over {len(diffs)} (point, seed) pairs")
+    flops = {w: sum(r[w][1] for r in per_seed) for w in WAYS}
+    wall = {w: sum(r[w][2] for r in per_seed) for w in WAYS}
+    print(f"compute: reuse {flops['reuse']:.3g} FLOPs ({wall['reuse']:.0f} s), independent {flops['wsd']:.3g} (wsd, "
+          f"{wall['wsd']:.0f} s) / {flops['cosine']:.3g} (cosine, {wall['cosine']:.0f} s): ratio "
+          f"{flops['reuse'] / flops['cosine']:.2f} of the FLOPs, {wall['reuse'] / wall['cosine']:.2f} of the wall time")
+    if len(args.sizes) >= 3:
+        from pipeline.config import Study, load_config
+
+        fit_each_way(mean, load_config("study", Study, ["experiment=cpu_tiny"]).budget.flops)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from pipeline.config import Study, load_config
-from pipeline.errors import UserError
+from pipeline import sweep
 from pipeline.plan import plan_sweep, plan_table
-from pipeline.results import load_record
+from pipeline.results import load_record, write_record
 from pipeline.train import execute
 
 GRID = ["sweep.design=grid", "sweep.sizes=[23k]", "sweep.tokens=[40960,81920,163840]", "train.warmup_tokens=4096", "sweep.tokens_per_param=[]",
@@ -35,10 +35,32 @@ def test_branch_points_lie_in_the_trunks_stable_phase_and_save_compute():
     assert "cooldown reuse:" in plan_table(runs)
 
 
-def test_cooldown_reuse_needs_the_local_launcher():
-    study = load_config("study", Study, [*GRID, "launcher.mode=node"])
-    with pytest.raises(UserError, match="launcher.mode=local"):
-        plan_sweep(study, vocab_size=512)
+def test_trunks_launch_in_a_wave_before_their_branches(tmp_path, monkeypatch):
+    study = load_config("study", Study, [*GRID, f"results_dir={tmp_path}"])
+    runs = plan_sweep(study, vocab_size=512)
+    trunk, branches = runs[0], [r.run_id for r in runs[1:]]
+    waves = []
+    monkeypatch.setattr(sweep, "_launch_wave", lambda _study, wave, _over: waves.append([r.run_id for r in wave]))
+    sweep.launch(study, runs, [])
+    assert waves == [[trunk.run_id]]   # the trunk did not finish: its branches wait for the next launch
+    write_record(tmp_path / "reuse" / "runs" / trunk.run_id, {
+        "run_id": trunk.run_id, "status": "ok", "params": trunk.spec.params, "convention": "total",
+        "tokens": trunk.spec.tokens, "flops": trunk.spec.flops, "shape": trunk.spec.shape.to_dict(),
+        "final_val_loss": 4.0})
+    waves.clear()
+    sweep.launch(study, runs[1:], [])
+    assert waves == [branches]
+
+
+def test_cooldown_reuse_runs_on_the_node_launcher_trunk_first(corpus_overrides, tmp_path, capsys):
+    overrides = [*corpus_overrides, *GRID, "launcher.mode=node", "launcher.gpus=2", f"results_dir={tmp_path}"]
+    assert sweep.main(overrides, {}) == 0
+    runs = plan_sweep(load_config("study", Study, overrides), vocab_size=512)
+    records = [load_record(tmp_path / "reuse" / "runs" / r.run_id) for r in runs]
+    assert [r["status"] for r in records] == ["ok"] * 4 and records[0]["role"] == "trunk"
+    assert all(r["branched_from"]["run_id"] == runs[0].run_id for r in records[1:])
+    out = capsys.readouterr().out
+    assert out.index(f"{runs[0].run_id} exited 0") < min(out.index(f"{r.run_id} started") for r in runs[1:])
 
 
 def test_a_branch_equals_an_independent_wsd_run_bitwise(corpus_overrides, tmp_path):

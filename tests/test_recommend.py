@@ -129,3 +129,16 @@ def test_full_run_config_parses_with_every_key(h100_two_weeks, tmp_path):
         assert train["schedule"] == "cosine" and train["precision"] == "bf16" and train["seed"] == 3
         assert loaded["sweep_name"] == "full_run" and loaded["data"] == data
     assert "DeepSeek LLM 2024" in text and "sizing rule" in text
+
+
+def test_full_run_takes_the_pilots_wsd_schedule_and_the_config_accepts_it(tmp_path):
+    wsd = {"name": "wsd", "min_lr_ratio": 0.0, "cooldown_fraction": 0.2}
+    rec = recommend(EPOCH, resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ, pilot_schedule=wsd)
+    assert rec["model"]["schedule"] == {**wsd, "source": "the pilots' schedule"}
+    path = write_full_run_config(rec, tmp_path)
+    train = yaml.safe_load(path.read_text())["train"]
+    assert (train["schedule"], train["min_lr_ratio"], train["cooldown_fraction"]) == ("wsd", 0.0, 0.2)
+    assert "Hägele et al. 2024" in path.read_text()
+    # Unknown pilots (a CSV, a published law): Chinchilla's cosine to 10%, said so.
+    default = recommend(EPOCH, resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ)["model"]["schedule"]
+    assert (default["name"], default["min_lr_ratio"]) == ("cosine", 0.1) and "not known" in default["source"]

@@ -201,3 +201,22 @@ def test_wandb_project_read_through_the_api(monkeypatch):
     assert table.run_id == ("r",) and table.source == "wandb:me/pilots"
     with pytest.raises(UserError, match="has no runs"):
         load_wandb("me/empty")
+
+
+def _hparams(schedule: str, min_lr_ratio: float = 0.1, cooldown_steps: int = 0) -> dict:
+    return {"hparams": {"schedule": schedule, "min_lr_ratio": min_lr_ratio, "cooldown_steps": cooldown_steps},
+            "steps": 100}
+
+
+def test_the_pilots_schedule_is_carried_and_a_mix_of_schedules_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    write_record(runs / "a", record("a", **_hparams("wsd", 0.1, 20)))
+    write_record(runs / "b", record("b", n=2000, **_hparams("wsd", 0.1, 20)))
+    write_record(runs / "t", record("t", role="trunk", **_hparams("constant")))  # excluded, so it cannot mix
+    assert load_results_dir(tmp_path).schedule == {"name": "wsd", "min_lr_ratio": 0.1, "cooldown_fraction": 0.2}
+    write_record(runs / "c", record("c", n=3000, **_hparams("cosine")))
+    with pytest.raises(UserError) as err:
+        load_results_dir(tmp_path)
+    message = str(err.value)
+    assert "mix LR schedules" in message and "2 runs wsd to 0.1 of peak, cooldown 20%" in message
+    assert "1 runs cosine to 0.1" in message and "\n" not in message
