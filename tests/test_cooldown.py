@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.config import Study, load_config
 from pipeline import sweep
+from pipeline.config import Study, load_config
 from pipeline.plan import plan_sweep, plan_table
 from pipeline.results import load_record, write_record
 from pipeline.train import execute
