@@ -12,6 +12,11 @@ LR has not decayed yet, so its loss is higher than a run of exactly that length 
 Chinchilla therefore trained each size with several schedule lengths; with one schedule per size
 the envelope is biased towards larger models at small C, and is best read as a cross-check of
 Approaches 2 and 3. Curves come from the runs' eval.jsonl: a CSV or W&B table has none.
+
+WSD runs (cooldown reuse) are the remedy Hägele et al. 2024 (sec. 4) propose: each size has one
+cooldown branch per token count, and each branch's *final* loss is compute-optimal for its length.
+So for pilots with the wsd schedule the envelope uses each run's end point only, never the
+intermediate evaluations (mid-cooldown, LR not yet decayed).
 """
 
 from __future__ import annotations
@@ -28,8 +33,19 @@ def _curve_flops_field(flop_method: str) -> str | None:
     return {"exact": "flops_exact", "6n": "flops_6n"}.get(flop_method)
 
 
+def end_points_only(table: RunsTable) -> bool:
+    """WSD pilots: only each run's final loss is a decayed, compute-optimal point (see the module doc)."""
+    return bool(table.schedule and table.schedule.get("name") == "wsd")
+
+
 def envelope_points(table: RunsTable) -> dict[str, np.ndarray]:
-    """All evaluation points of all runs with curves: flops, tokens, loss, n (the run's N), run (row)."""
+    """All evaluation points of all runs with curves: flops, tokens, loss, n (the run's N), run (row).
+
+    For WSD pilots, one point per run: its final loss at its full FLOPs and tokens.
+    """
+    if end_points_only(table):
+        return {"flops": table.c.astype(float), "tokens": table.tokens.astype(float), "loss": table.loss.astype(float),
+                "n": table.n.astype(float), "run": np.arange(len(table), dtype=float)}
     field = _curve_flops_field(table.flop_method)
     parts: dict[str, list[np.ndarray]] = {"flops": [], "tokens": [], "loss": [], "n": [], "run": []}
     for row, (curve, n) in enumerate(zip(table.curves or [None] * len(table), table.n, strict=True)):
@@ -74,10 +90,10 @@ def fit_envelope(table: RunsTable, budget_flops: float, bootstrap: int = 0, seed
     `bootstrap` > 0 resamples runs (with replacement, seeded) on the same bins for percentile 5-95%
     intervals of a, b and N_opt, D_opt at `budget_flops`.
     """
-    if not table.has_curves:
+    if not table.has_curves and not end_points_only(table):
         return {"error": "no training curves (a CSV or W&B table has none): Approach 1 needs sweep records "
                          "with eval.jsonl"}
-    if _curve_flops_field(table.flop_method) is None:
+    if not end_points_only(table) and _curve_flops_field(table.flop_method) is None:
         return {"error": f"curves carry exact and 6n FLOPs, not '{table.flop_method}': use flop_method exact or 6n"}
     pts = envelope_points(table)
     log_c = np.log(pts["flops"])
@@ -94,6 +110,7 @@ def fit_envelope(table: RunsTable, budget_flops: float, bootstrap: int = 0, seed
     out = {"a": a, "b": b, "k_n": k_n, "k_d": k_d, "n_opt": k_n * budget_flops ** a, "d_opt": k_d * budget_flops ** b,
            "budget_flops": float(budget_flops), "n_bins": int(winners.size), "n_bins_won_at_edges": n_edge,
            "bins_per_decade": BINS_PER_DECADE, "flop_method": table.flop_method,
+           "points": "each run's final loss (wsd pilots)" if end_points_only(table) else "every evaluation of every run",
            "frontier": {"flops": pts["flops"][winners].tolist(), "n": pts["n"][winners].tolist(),
                         "tokens": pts["tokens"][winners].tolist(), "loss": pts["loss"][winners].tolist()}}
     if bootstrap > 0:

@@ -76,8 +76,10 @@ def full_run_schedule(pilot_schedule: dict | None) -> dict:
     if pilot_schedule and pilot_schedule.get("name") in ("cosine", "wsd"):
         return {"name": pilot_schedule["name"], "min_lr_ratio": float(pilot_schedule["min_lr_ratio"]),
                 "cooldown_fraction": pilot_schedule.get("cooldown_fraction"), "source": "the pilots' schedule"}
+    why = (f"the pilots' {pilot_schedule['name']} schedule never decays" if pilot_schedule
+           else "the pilots' schedule is not known")
     return {"name": "cosine", "min_lr_ratio": MIN_LR_RATIO, "cooldown_fraction": None,
-            "source": "Chinchilla default (the pilots' schedule is not known)"}
+            "source": f"Chinchilla default ({why})"}
 
 
 def schedule_text(schedule: dict) -> str:

@@ -9,15 +9,18 @@ measures it on our CPU setting. Each (N, D) of a sizes x tokens grid is trained
   (c) as an independent cosine run to 10% (Chinchilla; the pilots' default schedule).
 All three use the same LR, batch, warmup and beta2 per size (the rule at the size's largest run), so
 (a) vs (b) isolates reuse and (b) vs (c) the schedule. Repeating over `--seeds` (weights and data
-order) gives the noise the differences are judged against. With three or more sizes it also fits
-the Approach 3 law to each way and compares the allocation at the preset's budget.
+order) gives the noise the differences are judged against: the seed-to-seed sd of one run's final
+loss, and the 95% band for the difference of two runs that differ only in seed, 1.96 * sqrt(2) * sd.
 
     .venv/bin/python scripts/compare_cooldown_reuse.py [--sizes 46k 105k 188k] [--tokens 5e5 1e6 2e6] [--seeds 0 1 2]
+
+Use a fresh --results-dir for each measurement: the wall times are of the runs trained in this call.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -77,28 +80,6 @@ def train_three_ways(sizes, tokens, seed: int, results_dir: str, extra: list[str
     return out
 
 
-def fit_each_way(mean_loss: dict, budget_flops: float) -> None:
-    import numpy as np
-
-    from pipeline.errors import UserError
-    from pipeline.fit_parametric import fit_parametric
-
-    print(f"\nApproach 3 fit per way (seed-mean losses), allocation at {budget_flops:.3g} FLOPs:")
-    print(f"{'way':>8} {'E':>7} {'alpha':>7} {'beta':>7} {'a':>6} {'N_opt':>10} {'D_opt':>10} {'loss':>7}")
-    for way, losses in mean_loss.items():
-        keys = sorted(losses)
-        try:
-            fit = fit_parametric(np.array([k[0] for k in keys], float), np.array([k[1] for k in keys], float),
-                                 np.array([losses[k] for k in keys]))
-            law = fit.law()
-        except UserError as err:  # too few or too noisy points for five parameters: say so, go on
-            print(f"{way:>8} no fit: {err}")
-            continue
-        n_opt, d_opt = law.optimal_allocation(budget_flops)
-        print(f"{way:>8} {fit.E:>7.3f} {fit.alpha:>7.3f} {fit.beta:>7.3f} {law.a:>6.3f} {n_opt:>10.3g} {d_opt:>10.3g} "
-              f"{law.loss(n_opt, d_opt):>7.3f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["46k", "105k", "188k"])
@@ -125,20 +106,19 @@ def main() -> None:
         print(f"{p[0]:>10,} {p[1]:>10,} " + " ".join(f"{mean[w][p]:>8.4f}" for w in WAYS)
               + f" {mean['reuse'][p] - mean['wsd'][p]:>+10.4f} {mean['reuse'][p] - mean['cosine'][p]:>+10.4f} {sd:>8.4f}")
     noise = statistics.fmean(sds) if len(args.seeds) > 1 else float("nan")
-    print(f"\nseed-to-seed sd of a run's final loss (mean over points): {noise:.4f} nats ({len(args.seeds)} seeds)")
+    band = 1.96 * math.sqrt(2) * noise
+    print(f"\nseed-to-seed sd of a run's final loss (mean over points): {noise:.4f} nats ({len(args.seeds)} seeds); "
+          f"two runs differing only in seed differ by less than {band:.4f} nats 95% of the time")
     for name, diffs in (("reuse - independent wsd", reuse_wsd), ("reuse - independent cosine", reuse_cos)):
         spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+        inside = sum(abs(d) <= band for d in diffs)
         print(f"{name:>27}: mean {statistics.fmean(diffs):+.4f}, max |diff| {max(map(abs, diffs)):.4f}, "
-              f"sd {spread:.4f} over {len(diffs)} (point, seed) pairs")
+              f"sd {spread:.4f} over {len(diffs)} (point, seed) pairs; {inside} within the seed band")
     flops = {w: sum(r[w][1] for r in per_seed) for w in WAYS}
     wall = {w: sum(r[w][2] for r in per_seed) for w in WAYS}
     print(f"compute: reuse {flops['reuse']:.3g} FLOPs ({wall['reuse']:.0f} s), independent {flops['wsd']:.3g} (wsd, "
           f"{wall['wsd']:.0f} s) / {flops['cosine']:.3g} (cosine, {wall['cosine']:.0f} s): ratio "
           f"{flops['reuse'] / flops['cosine']:.2f} of the FLOPs, {wall['reuse'] / wall['cosine']:.2f} of the wall time")
-    if len(args.sizes) >= 3:
-        from pipeline.config import Study, load_config
-
-        fit_each_way(mean, load_config("study", Study, ["experiment=cpu_tiny"]).budget.flops)
 
 
 if __name__ == "__main__":

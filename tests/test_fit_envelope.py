@@ -52,3 +52,18 @@ def test_tables_without_curves_or_with_too_few_bins_give_an_error_string(tmp_pat
     write_sweep(tmp_path, isoflop_design(budgets=(1e17,), sizes=3, ratio=1.01), n_evals=1)
     few = fit_envelope(load_results_dir(tmp_path), 1e21)
     assert "Approach 1 needs 3+ bins" in few["error"]
+
+
+def test_wsd_pilots_use_each_runs_end_point_only(sweep_table):
+    from dataclasses import replace
+
+    wsd = replace(sweep_table, schedule={"name": "wsd", "min_lr_ratio": 0.1, "cooldown_fraction": 0.2})
+    pts = envelope_points(wsd)
+    # one point per run: its final loss at its full compute, never a mid-cooldown evaluation
+    np.testing.assert_array_equal(pts["loss"], wsd.loss)
+    np.testing.assert_array_equal(pts["flops"], wsd.c)
+    result = fit_envelope(wsd, 1e21)
+    assert result["points"] == "each run's final loss (wsd pilots)"
+    # IsoFLOP end points of ideal runs: the winners' exponent is the law's, as from the full curves
+    assert result["a"] == pytest.approx(TRUE_LAW.a, abs=0.06)
+    assert len(envelope_points(sweep_table)["loss"]) > len(wsd)
