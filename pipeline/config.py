@@ -145,7 +145,8 @@ class SweepConfig:
 class LauncherConfig:
     mode: LaunchMode = LaunchMode.local
     gpus: int = 8                            # node: GPUs on this node
-    gpus_per_run: int = 1                    # node: >1 runs each pilot across that many GPUs with `accelerate launch`
+    gpus_per_run: int = 1                    # node: >1 runs a pilot across that many GPUs with `accelerate launch`
+    multi_gpu_min_params: float | None = None  # node: only models this large take gpus_per_run GPUs, smaller ones one
     # slurm (hydra-submitit-launcher's submitit_slurm); see slurm/README.md
     partition: str | None = None
     account: str | None = None

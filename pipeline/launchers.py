@@ -18,6 +18,8 @@ from pipeline.config import Study
 from pipeline.errors import UserError
 from pipeline.plan import PlannedRun
 
+POLL_S = 2.0   # how often the node launcher looks for finished runs
+
 
 def launch_local(study: Study, runs: list[PlannedRun]) -> str | None:
     """One after another in this process (CPU demo, a single GPU). A failed run does not stop the sweep;
@@ -51,49 +53,53 @@ def launch_local(study: Study, runs: list[PlannedRun]) -> str | None:
     return None
 
 
-def train_command(overrides: list[str], run: PlannedRun, gpus_per_run: int = 1) -> list[str]:
-    """`python -m pipeline.train ...`, or `accelerate launch` over several GPUs (data parallel) for one run."""
+def train_command(overrides: list[str], run: PlannedRun) -> list[str]:
+    """`python -m pipeline.train ...`, or `accelerate launch` over the run's GPUs (data parallel)."""
     args = ["-m", "pipeline.train", *overrides, *run.overrides, "train.progress=false"]
-    if gpus_per_run == 1:
+    if run.gpus == 1:
         return [sys.executable, *args]
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(gpus_per_run), *args]
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(run.gpus), *args]
 
 
 def launch_node(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
-    """Several runs at once on one node as subprocesses, each on its own slot of GPUs.
+    """Several runs at once on one node as subprocesses, each on its own GPUs (CUDA_VISIBLE_DEVICES).
 
-    A slot is `launcher.gpus_per_run` GPUs (CUDA_VISIBLE_DEVICES): one GPU per run by default, or one
-    run across several GPUs with `accelerate launch` when a size needs it. A preempted run (exit 75)
-    is started again and resumes from its checkpoint.
+    A run takes `run.gpus` GPUs: one by default, or `launcher.gpus_per_run` under `accelerate
+    launch` for the sizes that need it (pipeline.plan.gpus_for_run). Runs start longest first, in
+    that order, each as soon as enough GPUs are free (in order, so a multi-GPU run is never starved
+    by smaller ones). A preempted run (exit 75) is queued again and resumes from its checkpoint.
     """
-    per_run = study.launcher.gpus_per_run
-    if study.launcher.gpus < 1 or per_run < 1 or study.launcher.gpus % per_run:
-        raise UserError(f"launcher.gpus={study.launcher.gpus} must be a positive multiple of "
-                        f"launcher.gpus_per_run={per_run}")
-    gpus = study.launcher.gpus // per_run  # slots
+    gpus = study.launcher.gpus
+    if gpus < 1 or study.launcher.gpus_per_run < 1:
+        raise UserError(f"launcher.gpus={gpus} and launcher.gpus_per_run={study.launcher.gpus_per_run} must be >= 1")
+    too_big = next((r for r in runs if r.gpus > gpus), None)
+    if too_big:
+        raise UserError(f"run {too_big.run_id} needs {too_big.gpus} GPUs but launcher.gpus={gpus}: "
+                        "lower launcher.gpus_per_run or raise launcher.gpus")
     queue = sorted(runs, key=lambda r: -r.spec.flops["exact"])  # longest first: shortest makespan
-    active: dict[int, tuple[subprocess.Popen, PlannedRun]] = {}
+    free = list(range(gpus))
+    active: list[tuple[subprocess.Popen, PlannedRun, list[int]]] = []
     log_dir = Path(study.results_dir) / study.sweep_name / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     while queue or active:
-        for gpu in range(gpus):
-            if gpu not in active and queue:
-                run = queue.pop(0)
-                devices = ",".join(str(d) for d in range(gpu * per_run, (gpu + 1) * per_run))
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices}
-                log = open(log_dir / f"{run.run_id}.log", "a")  # noqa: SIM115 - closed when the process ends
-                proc = subprocess.Popen(train_command(overrides, run, per_run), env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
-                active[gpu] = (proc, run)
-                print(f"gpu {gpu}: {run.run_id} started (log {log.name})", flush=True)
-        time.sleep(2)
-        for gpu, (proc, run) in list(active.items()):
+        while queue and queue[0].gpus <= len(free):
+            run = queue.pop(0)
+            devices, free = free[:run.gpus], free[run.gpus:]
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+            log = open(log_dir / f"{run.run_id}.log", "a")  # noqa: SIM115 - closed when the process ends
+            proc = subprocess.Popen(train_command(overrides, run), env=env, stdout=log, stderr=subprocess.STDOUT)
+            active.append((proc, run, devices))
+            print(f"gpu {','.join(map(str, devices))}: {run.run_id} started (log {log.name})", flush=True)
+        time.sleep(POLL_S)
+        for entry in list(active):
+            proc, run, devices = entry
             code = proc.poll()
             if code is None:
                 continue
-            del active[gpu]
-            print(f"gpu {gpu}: {run.run_id} exited {code}", flush=True)
+            active.remove(entry)
+            free = sorted(free + devices)
+            print(f"gpu {','.join(map(str, devices))}: {run.run_id} exited {code}", flush=True)
             if code == 75:
                 queue.append(run)
 

@@ -43,6 +43,7 @@ class PlannedRun:
     overrides: tuple      # the same, as command-line overrides relative to the sweep's config
     model_over: dict      # what the planner set, as dicts (cooldown reuse re-plans from them)
     train_over: dict
+    gpus: int = 1         # processes (GPUs) the run is planned for (gpus_for_run)
 
     @property
     def run_id(self) -> str:
@@ -89,6 +90,14 @@ def sizes_for_budget(sweep, budget_flops: float) -> list[str]:
     return [f"{centre * sweep.size_ratio ** (k - half):.4g}" for k in range(sweep.sizes_per_budget)]
 
 
+def gpus_for_run(study: Study, n_params: int, world_size: int) -> int:
+    """Processes (GPUs) one run uses: `world_size` (launcher.gpus_per_run on a node) for models of at
+    least launcher.multi_gpu_min_params -- the large sizes that would otherwise set the sweep's
+    makespan -- and one for the rest. Without a threshold every run uses `world_size`."""
+    threshold = study.launcher.multi_gpu_min_params
+    return world_size if threshold is None or n_params >= threshold else 1
+
+
 def _run(base: Study, vocab_size: int, world_size: int, model_over: dict, train_over: dict,
          budget: float | None) -> PlannedRun:
     job = replace(base, model=replace(base.model, **model_over),
@@ -100,7 +109,11 @@ def _run(base: Study, vocab_size: int, world_size: int, model_over: dict, train_
     overrides = tuple(f"model.{k}={_override_value(v)}" for k, v in model_over.items()) + tuple(
         f"train.{k}={_override_value(v)}" for k, v in {**cleared, **train_over}.items()) + (
         f"budget_flops={budget}" if budget else "budget_flops=null", "run_dir=null")
-    return PlannedRun(resolve_run(job, vocab_size, world_size), job, overrides, dict(model_over), dict(train_over))
+    spec = resolve_run(job, vocab_size, world_size)
+    ranks = gpus_for_run(base, spec.n_params, world_size)
+    if ranks != world_size:  # N does not depend on the world size; the batch split (and rounding) does
+        spec = resolve_run(job, vocab_size, ranks)
+    return PlannedRun(spec, job, overrides, dict(model_over), dict(train_over), ranks)
 
 
 def _override_value(value) -> str:
@@ -192,7 +205,8 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
 
 
 def estimated_seconds(run: PlannedRun, device_type: str) -> float:
-    return run.spec.flops["exact"] / ASSUMED_FLOPS_PER_S["cuda" if device_type == "cuda" else "cpu"]
+    """Wall time of the run on its `run.gpus` GPUs (device time is this times run.gpus)."""
+    return run.spec.flops["exact"] / ASSUMED_FLOPS_PER_S["cuda" if device_type == "cuda" else "cpu"] / run.gpus
 
 
 def plan_table(runs: list[PlannedRun], device_type: str = "cpu", states: dict | None = None) -> str:
@@ -207,7 +221,7 @@ def plan_table(runs: list[PlannedRun], device_type: str = "cpu", states: dict | 
         shape = f"{s.shape.n_layer}x{s.shape.d_model}x{s.shape.n_heads}"
         est = estimated_seconds(r, device_type)
         total_flops += s.flops["exact"]
-        total_s += est
+        total_s += est * r.gpus  # device time
         budget = f"{s.budget_flops:.2e}" if s.budget_flops else "-"
         lines.append(f"{s.run_id:<28} {s.n_params:>9.3g} {shape:>14} {s.tokens:>10.3g} {s.flops['exact']:>9.2e} "
                      f"{budget:>9} {s.steps:>6} {s.batch_tokens:>6} {s.hparams.lr:>8.2e} {est / 60:>7.1f}m  "
@@ -220,6 +234,10 @@ def plan_table(runs: list[PlannedRun], device_type: str = "cpu", states: dict | 
         total_flops = spent
         lines.append(f"cooldown reuse: {spent:.3g} FLOPs spent for {pilots:.3g} FLOPs of independent runs "
                      f"({spent / pilots:.0%}, trunks included)")
+    multi = [r for r in runs if r.gpus > 1]
+    if multi:
+        lines.append(f"{len(multi)} runs (N >= {min(r.spec.n_params for r in multi):.3g}) train across "
+                     f"{multi[0].gpus} GPUs each with accelerate launch (est. time: wall time on those GPUs; total: GPU time)")
     lines.append(f"{len(runs)} runs, {total_flops:.3g} FLOPs (exact count), est. {total_s / 60:.1f} min "
                  f"on {device_type} at an assumed {ASSUMED_FLOPS_PER_S['cuda' if device_type == 'cuda' else 'cpu']:.2g} FLOP/s")
     return "\n".join(lines)
