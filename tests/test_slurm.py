@@ -226,3 +226,24 @@ def test_array_runs_each_run_once_and_a_preempted_task_is_requeued(tmp_path, tin
     # A duplicate or late task of a finished run does not train it again.
     submission = next((tmp_path / "results" / "cpu_tiny" / "slurm").glob("submission-*.json"))
     assert run_task(runs[1].run_id, submission) == {"run_id": runs[1].run_id, "status": "ok", "skipped": True}
+
+
+def test_cooldown_reuse_submits_the_trunks_then_the_branches(tmp_path, tiny_corpus_overrides, monkeypatch):
+    """Two arrays through submitit's local executor (~15 s): the trunk, then its two branches."""
+    from pipeline import data as data_lib
+    from pipeline import launchers, sweep
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(launchers, "launch_slurm", lambda s, r, o: submit_array(s, r, o, "local"))
+    study, overrides = make_study(tmp_path, *tiny_corpus_overrides, "launcher.mode=slurm", "sweep.design=grid",
+                                  "sweep.sizes=[23k]", "sweep.tokens=[40960,81920]", "sweep.tokens_per_param=[]",
+                                  "sweep.cooldown_reuse=true", "train.batch_tokens=1024")
+    runs = plan_sweep(study, data_lib.prepare_corpus(study.data).vocab_size)
+    sweep.launch(study, runs, overrides)
+    root = tmp_path / "results" / "cpu_tiny"
+    records = [json.loads((root / "runs" / r.run_id / "run.json").read_text()) for r in runs]
+    assert [r["status"] for r in records] == ["ok"] * 3 and records[0]["role"] == "trunk"
+    assert [r["branched_from"]["run_id"] for r in records[1:]] == [runs[0].run_id] * 2
+    submissions = [json.loads(p.read_text()) for p in (root / "slurm").glob("submission-*.json")]
+    assert sorted(sorted(s["runs"]) for s in submissions) == sorted([[runs[0].run_id],
+                                                                     sorted(r.run_id for r in runs[1:])])
