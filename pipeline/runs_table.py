@@ -148,10 +148,10 @@ def _schedule_of(rec: dict) -> dict | None:
     hp = rec.get("hparams") or {}
     if not hp.get("schedule"):
         return None
-    steps = rec.get("steps") or 0
-    cooldown = hp.get("cooldown_steps") or 0
-    return {"name": hp["schedule"], "min_lr_ratio": hp.get("min_lr_ratio"),
-            "cooldown_fraction": round(cooldown / steps, 2) if hp["schedule"] == "wsd" and steps else None}
+    fraction = None
+    if hp["schedule"] == "wsd":  # the configured fraction; older records only have the rounded step count
+        fraction = hp.get("cooldown_fraction") or round((hp.get("cooldown_steps") or 0) / max(1, rec.get("steps") or 1), 2)
+    return {"name": hp["schedule"], "min_lr_ratio": hp.get("min_lr_ratio"), "cooldown_fraction": fraction}
 
 
 def pilot_schedule(records: list[dict], source: str) -> dict | None:
