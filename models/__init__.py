@@ -1,41 +1,8 @@
-"""The model family: shapes, the torch module, the sizing rule and exact parameter/FLOP accounting.
+"""The model family: shapes (shape.py), exact parameter/FLOP accounting (accounting.py), the sizing
+rule (sizing.py), the torch module (transformer.py) and Hugging Face export (hf_io.py).
 
-Pure torch; imports nothing from `pipeline`. `models.hf_io` (which imports transformers) is left out
-of this namespace so that `import models` stays light.
+Imports nothing from `pipeline`. This namespace is empty on purpose: shape.py, accounting.py and
+sizing.py are plain arithmetic and import no torch, so the planner, the fit and the decision can size
+and count models without loading torch; only transformer.py and hf_io.py import torch (and
+transformers), and only code that builds a model imports them.
 """
-
-from __future__ import annotations
-
-from models.accounting import (
-    CONVENTIONS,
-    FLOP_METHODS,
-    count_params,
-    forward_flops_breakdown,
-    matmul_params,
-    palm_mfu_flops_per_token,
-    param_count,
-    training_flops_per_token,
-)
-from models.shape import ModelShape, ShapeError
-from models.sizing import NAMED_SIZES, SizingError, ladder, parse_size, shape_for_name, shape_for_params
-from models.transformer import Transformer
-
-__all__ = [
-    "CONVENTIONS",
-    "FLOP_METHODS",
-    "NAMED_SIZES",
-    "ModelShape",
-    "ShapeError",
-    "SizingError",
-    "Transformer",
-    "count_params",
-    "forward_flops_breakdown",
-    "ladder",
-    "matmul_params",
-    "palm_mfu_flops_per_token",
-    "param_count",
-    "parse_size",
-    "shape_for_name",
-    "shape_for_params",
-    "training_flops_per_token",
-]

@@ -1,6 +1,6 @@
 """Exact parameter and FLOP counts of a `ModelShape`, without building the model.
 
-Every fit names the N and the C it used (see DESIGN.md, "Accounting"), so each count here says which
+Every fit names the N and the C it used (README, "Accounting conventions"), so each count here says which
 parameters or operations it includes. A multiply-add counts as 2 FLOPs throughout.
 
 Parameters of one block (no biases, as many key/value heads as query heads):

@@ -15,6 +15,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from pipeline.config.load import as_dict, load_config
+from pipeline.config.schema import Study
 from pipeline.errors import UserError
 
 
@@ -52,8 +54,6 @@ def parse_args(argv: list[str]) -> tuple[list[str], dict]:
 def load_study(overrides: list[str], flags: dict):
     """The validated Study for an entry point; with `--cfg`, print it and return None instead."""
     import json
-
-    from pipeline.config import Study, as_dict, load_config
 
     study = load_config("study", Study, overrides)
     if flags.get("cfg"):

@@ -57,7 +57,7 @@ def _first_chars(docs: list[str], limit: int) -> list[str]:
 
 def stdlib_texts() -> tuple[list[str], list[str]]:
     """~8 MB of stdlib files to train each BPE on, and ~2 MB of other files to measure it on."""
-    from pipeline.corpus import stdlib_files
+    from pipeline.data.corpus import stdlib_files
 
     _, files = stdlib_files()
     texts = [p.read_text(errors="replace") for p in files[::2]]  # every other file: a spread sample
@@ -67,7 +67,7 @@ def stdlib_texts() -> tuple[list[str], list[str]]:
 
 
 def chars_per_token(train: list[str], held_out: list[str], vocab: int) -> float:
-    from pipeline.tokenizer import train_bpe
+    from pipeline.data.tokenizer import train_bpe
 
     tokenizer, _ = train_bpe(train, vocab)
     tokens = sum(len(e.ids) for e in tokenizer.encode_batch(held_out, add_special_tokens=False))

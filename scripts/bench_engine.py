@@ -1,4 +1,4 @@
-"""Engine overhead: tokens/s of `pipeline.engine.train_run` vs a bare eager PyTorch loop, one run each.
+"""Engine overhead: tokens/s of `pipeline.train.engine.train_run` vs a bare eager PyTorch loop, one run each.
 
 Same model shape, same batch, same AdamW settings, same CPU threads; the bare loop is the floor any
 engine pays (forward, cross-entropy, backward, clip, step) with nothing else: no accelerate, no
@@ -53,11 +53,12 @@ def bare_loop(spec, steps: int, threads: int, lr: float) -> float:
 
 
 def engine_run(size: str, steps: int, threads: int) -> tuple[float, object]:
-    from pipeline.config import Study, load_config
-    from pipeline.data import prepare_corpus
-    from pipeline.results import read_jsonl
-    from pipeline.runspec import resolve_run
-    from pipeline.train import execute
+    from pipeline.config.load import load_config
+    from pipeline.config.schema import Study
+    from pipeline.data.corpus import prepare_corpus
+    from pipeline.plan.runspec import resolve_run
+    from pipeline.records import read_jsonl
+    from pipeline.train.run import execute
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"model.size={size}", "train.batch_tokens=4096", f"train.tokens={4096 * (steps + 5)}",
@@ -84,7 +85,7 @@ def main() -> None:
     print(f"model {spec.shape.describe()}  ({spec.params['total']:,} params), batch {spec.batch_tokens} tokens, "
           f"{args.threads} threads, fp32 CPU")
     print(f"bare eager loop : {bare_tps:10,.0f} tokens/s")
-    print(f"pipeline.engine : {engine_tps:10,.0f} tokens/s")
+    print(f"pipeline.train.engine : {engine_tps:10,.0f} tokens/s")
     print(f"ratio engine / bare = {engine_tps / bare_tps:.3f}  (target >= 0.90)")
 
 

@@ -6,7 +6,7 @@ Baseline: a plain Python loop of scipy.optimize.minimize(method="L-BFGS-B") with
 Huber objective and its analytic gradient, from each of Chinchilla's 4500 grid starts (Hoffmann et
 al. 2022, App. D.2), keeping the best. Only this grid part of the baseline is timed: it has no
 bootstrap (1000 more loops of it would take hours).
-Ours: pipeline.fit_parametric.fit_parametric (the same 4500 starts, vectorised L-BFGS with
+Ours: pipeline.fit.parametric.fit_parametric (the same 4500 starts, vectorised L-BFGS with
 successive halving, then scipy polish) and bootstrap_parametric (1000 resamples).
 Prints both times, their ratio and both objectives; the fit must reach an objective <= the
 baseline's. Output of a run is kept in docs/fit_benchmark.md. Both run with one BLAS thread.
@@ -31,8 +31,8 @@ from scipy.optimize import minimize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.fit_parametric import HUBER_DELTA, bootstrap_parametric, chinchilla_grid, fit_parametric  # noqa: E402
-from pipeline.runs_sources import load_table_file  # noqa: E402
+from pipeline.fit.parametric import HUBER_DELTA, bootstrap_parametric, chinchilla_grid, fit_parametric  # noqa: E402
+from pipeline.fit.sources import load_table_file  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 TARGET_FLOPS = 5.76e23

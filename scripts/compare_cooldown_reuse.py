@@ -32,9 +32,10 @@ WAYS = ("reuse", "wsd", "cosine")
 
 
 def plan(name: str, sizes: list[str], tokens: list[str], reuse: bool, results_dir: str, extra=()):
-    from pipeline.config import Study, load_config
-    from pipeline.data import prepare_corpus
-    from pipeline.plan import plan_sweep
+    from pipeline.config.load import load_config
+    from pipeline.config.schema import Study
+    from pipeline.data.corpus import prepare_corpus
+    from pipeline.plan.design import plan_sweep
 
     overrides = ["experiment=cpu_tiny", "sweep.design=grid", f"sweep.sizes=[{','.join(sizes)}]",
                  f"sweep.tokens=[{','.join(tokens)}]", "sweep.tokens_per_param=[]",
@@ -46,8 +47,8 @@ def plan(name: str, sizes: list[str], tokens: list[str], reuse: bool, results_di
 
 def run_grid(study, runs) -> tuple[dict, float, float]:
     """Train the runs; per (N, planned D): final loss, and the exact FLOPs and wall time spent."""
-    from pipeline.launchers import launch_local
-    from pipeline.results import load_record
+    from pipeline.records import load_record
+    from pipeline.sweep.launchers import launch_local
 
     start = time.perf_counter()
     launch_local(study, runs)

@@ -5,7 +5,7 @@
     python scripts/prepare_data.py source='data/*.jsonl' text_field=content vocab_size=1024
     python scripts/prepare_data.py --verify                         # also re-check the sha256 sums
 
-`key=value` overrides are DataConfig fields (pipeline/data.py); a cached corpus is returned at once.
+`key=value` overrides are DataConfig fields (pipeline/data/manifest.py); a cached corpus is returned at once.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from pipeline.config import CONF_DIR, to_schema  # noqa: E402
-from pipeline.data import DataConfig, prepare_corpus  # noqa: E402
+from pipeline.config.load import to_schema
+from pipeline.config.schema import (
+    CONF_DIR,  # noqa: E402
+    DataConfig,
+)
+from pipeline.data.corpus import prepare_corpus  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 
 

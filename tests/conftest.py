@@ -17,8 +17,9 @@ SMALL_CORPUS = ["data.source=stdlib", "data.max_documents=300", "data.val_tokens
 @pytest.fixture(scope="session")
 def corpus_overrides(tmp_path_factory) -> list[str]:
     """Overrides that point every run at one prepared small corpus (prepared here, once)."""
-    from pipeline.config import Study, load_config
-    from pipeline.data import prepare_corpus
+    from pipeline.config.load import load_config
+    from pipeline.config.schema import Study
+    from pipeline.data.corpus import prepare_corpus
 
     cache = tmp_path_factory.mktemp("data-cache")
     overrides = [*SMALL_CORPUS, f"data.cache_dir={cache}"]

@@ -109,13 +109,12 @@ def test_debug_flag_shows_the_traceback_then_the_same_line():
 def test_bad_sizes_and_shares_are_refused_before_preparing_data(entry, args, fragment, monkeypatch, tmp_path):
     import importlib
 
-    from pipeline import data
-
     def no_data_yet(_cfg):
         raise AssertionError("the data stage ran before the config was fully checked")
 
-    monkeypatch.setattr(data, "prepare_corpus", no_data_yet)
-    main = importlib.import_module(f"pipeline.{entry}").main
+    for stage in ("pipeline.sweep.__main__", "pipeline.train.run"):  # every caller of the data stage
+        monkeypatch.setattr(importlib.import_module(stage), "prepare_corpus", no_data_yet)
+    main = importlib.import_module(f"pipeline.{entry}.__main__").main
     with pytest.raises(UserError) as err:
         main([*args, f"results_dir={tmp_path}", "train.threads=1"], {"cfg": False, "debug": False})
     assert fragment in str(err.value)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import CONF_DIR, Study, load_config
+from pipeline.config.load import load_config
+from pipeline.config.schema import CONF_DIR, Study
 from pipeline.errors import UserError
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -6,11 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline import sweep
-from pipeline.config import Study, load_config
-from pipeline.plan import plan_sweep, plan_table
-from pipeline.results import load_record, write_record
-from pipeline.train import execute
+from pipeline.config.load import load_config
+from pipeline.config.schema import Study
+from pipeline.plan.design import plan_sweep, plan_table
+from pipeline.records import load_record, write_record
+from pipeline.sweep import __main__ as sweep_command
+from pipeline.sweep import dispatch
+from pipeline.train.run import execute
 
 GRID = ["sweep.design=grid", "sweep.sizes=[23k]", "sweep.tokens=[40960,81920,163840]", "train.warmup_tokens=4096", "sweep.tokens_per_param=[]",
         "sweep.cooldown_reuse=true", "train.batch_tokens=1024", "train.threads=1", "train.progress=false",
@@ -40,21 +42,21 @@ def test_trunks_launch_in_a_wave_before_their_branches(tmp_path, monkeypatch):
     runs = plan_sweep(study, vocab_size=512)
     trunk, branches = runs[0], [r.run_id for r in runs[1:]]
     waves = []
-    monkeypatch.setattr(sweep, "_launch_wave", lambda _study, wave, _over: waves.append([r.run_id for r in wave]))
-    sweep.launch(study, runs, [])
+    monkeypatch.setattr(dispatch, "_launch_wave", lambda _study, wave, _over: waves.append([r.run_id for r in wave]))
+    dispatch.launch(study, runs, [])
     assert waves == [[trunk.run_id]]   # the trunk did not finish: its branches wait for the next launch
     write_record(tmp_path / "reuse" / "runs" / trunk.run_id, {
         "run_id": trunk.run_id, "status": "ok", "params": trunk.spec.params, "convention": "total",
         "tokens": trunk.spec.tokens, "flops": trunk.spec.flops, "shape": trunk.spec.shape.to_dict(),
         "final_val_loss": 4.0})
     waves.clear()
-    sweep.launch(study, runs[1:], [])
+    dispatch.launch(study, runs[1:], [])
     assert waves == [branches]
 
 
 def test_cooldown_reuse_runs_on_the_node_launcher_trunk_first(corpus_overrides, tmp_path, capsys):
     overrides = [*corpus_overrides, *GRID, "launcher.mode=node", "launcher.gpus=2", f"results_dir={tmp_path}"]
-    assert sweep.main(overrides, {}) == 0
+    assert sweep_command.main(overrides, {}) == 0
     runs = plan_sweep(load_config("study", Study, overrides), vocab_size=512)
     records = [load_record(tmp_path / "reuse" / "runs" / r.run_id) for r in runs]
     assert [r["status"] for r in records] == ["ok"] * 4 and records[0]["role"] == "trunk"
@@ -65,7 +67,7 @@ def test_cooldown_reuse_runs_on_the_node_launcher_trunk_first(corpus_overrides, 
 
 def test_a_branch_equals_an_independent_wsd_run_bitwise(corpus_overrides, tmp_path):
     study = load_config("study", Study, [*corpus_overrides, *GRID, f"results_dir={tmp_path}"])
-    from pipeline.data import prepare_corpus
+    from pipeline.data.corpus import prepare_corpus
 
     runs = plan_sweep(study, prepare_corpus(study.data).vocab_size)
     trunk, branch = runs[0], runs[2]  # the 81,920-token branch

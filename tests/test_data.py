@@ -14,8 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before datasets / transformers a
 import numpy as np
 import pytest
 
-from pipeline import corpus, data
-from pipeline.data import DataConfig, TrainSampler, check_repeat, load_manifest, open_tokens, prepare_corpus
+from pipeline.config.schema import DataConfig
+from pipeline.data import corpus, sampler
+from pipeline.data import manifest as manifest_lib
+from pipeline.data.corpus import prepare_corpus
+from pipeline.data.manifest import load_manifest, open_tokens
+from pipeline.data.sampler import TrainSampler, check_repeat
 from pipeline.errors import UserError
 
 N_DOCS = 60
@@ -55,7 +59,7 @@ def markers(manifest, split: str) -> list[str]:
     """The 'document NNN' markers of every document in a split, decoded from its tokens."""
     tokens = open_tokens(manifest, split)
     pieces = np.split(np.asarray(tokens), np.flatnonzero(tokens == manifest.eos_id) + 1)
-    tokenizer = data.load_tokenizer(manifest)
+    tokenizer = manifest_lib.load_tokenizer(manifest)
     found = []
     for piece in pieces:
         text = tokenizer.decode([int(t) for t in piece if t != manifest.eos_id])
@@ -78,7 +82,7 @@ def test_manifest_counts_match_the_shards(prepared):
     for split in ("train", "val"):
         path = prepared.shard_path(split)
         assert path.stat().st_size == getattr(prepared, f"{split}_tokens") * 2
-        assert data._sha256_file(path) == prepared.sha256[path.name]
+        assert manifest_lib._sha256_file(path) == prepared.sha256[path.name]
     train = open_tokens(prepared, "train")
     assert int(np.count_nonzero(train == prepared.eos_id)) == prepared.n_train_docs  # doc EOS doc EOS ...
     assert train[-1] == prepared.eos_id
@@ -115,7 +119,7 @@ def test_cached_corpus_is_reused_and_a_damaged_one_rebuilt(docs_dir, tmp_path):
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
     one_line_error(load_manifest, first.dir, verify_checksums=True, fragment="sha256")
-    assert data._sha256_file(prepare_corpus(cfg, verify_checksums=True).shard_path("train")) == first.sha256["train.bin"]
+    assert manifest_lib._sha256_file(prepare_corpus(cfg, verify_checksums=True).shard_path("train")) == first.sha256["train.bin"]
     (tmp_path / f".tmp-{first.fingerprint}-dead").mkdir()  # left by a builder that was killed
     train_path.write_bytes(b"")
     assert prepare_corpus(cfg).sha256 == first.sha256
@@ -144,7 +148,7 @@ def test_train_cap_and_stdlib_subset(tmp_path):
 
 
 def test_tokenizer_round_trip(prepared):
-    tokenizer = data.load_tokenizer(prepared)
+    tokenizer = manifest_lib.load_tokenizer(prepared)
     text = "def f(self):\n    return {'key': 1}  # ünïcode\n"
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     assert tokenizer.eos_token_id == prepared.eos_id == 0
@@ -154,7 +158,7 @@ def test_hub_tokenizer_by_name_or_directory(prepared, docs_dir, tmp_path):
     # A local directory goes through the same AutoTokenizer path as a hub name such as "gpt2".
     tokenizer_dir = os.path.join(prepared.dir, "tokenizer")
     manifest = prepare_corpus(small_config(docs_dir, tmp_path, tokenizer=tokenizer_dir))
-    assert manifest.eos_id == 0 and manifest.vocab_size == len(data.load_tokenizer(prepared))
+    assert manifest.eos_id == 0 and manifest.vocab_size == len(manifest_lib.load_tokenizer(prepared))
     assert manifest.val_tokens == 4096 and manifest.n_train_docs + manifest.n_val_docs == N_DOCS
 
 
@@ -201,8 +205,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, monkeypatch):
     write_documents(tmp_path / "few", n_docs=3)
     one_line_error(prepare_corpus, small_config(tmp_path / "few", tmp_path, val_tokens=100_000),
                    fragment="lower data.val_tokens")
-    one_line_error(DataConfig, source="hf:HuggingFaceFW/fineweb-edu", fragment="data.max_train_tokens")
-    one_line_error(DataConfig, vocab_size=100, fragment="data.vocab_size=100")
+    # checked before anything is read or written, also when the data stage is called directly
+    one_line_error(prepare_corpus, DataConfig(source="hf:HuggingFaceFW/fineweb-edu", cache_dir=str(tmp_path / "c")),
+                   fragment="data.max_train_tokens")
+    one_line_error(prepare_corpus, DataConfig(vocab_size=100, cache_dir=str(tmp_path / "c")), fragment="data.vocab_size=100")
+    assert not (tmp_path / "c").exists()
 
 
 def test_offline_hub_names_give_one_line_errors(docs_dir, tmp_path, monkeypatch):
@@ -255,8 +262,8 @@ def test_sampler_global_batch_is_independent_of_ranks_and_micro_steps():
 
 
 def test_validation_batches_are_fixed_and_cover_the_split(prepared):
-    first = data.validation_batches(prepared, seq_len=100, batch_size=16)
-    again = data.validation_batches(prepared, seq_len=100, batch_size=16)
+    first = sampler.validation_batches(prepared, seq_len=100, batch_size=16)
+    again = sampler.validation_batches(prepared, seq_len=100, batch_size=16)
     n_windows = (4096 - 1) // 100
     assert n_windows == 40 and [x.shape[0] for x, _ in first] == [16, 16, 8]
     assert all(a[0].equal(b[0]) and a[1].equal(b[1]) for a, b in zip(first, again, strict=True))

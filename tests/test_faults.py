@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoint import list_checkpoints, load_latest_checkpoint
-from pipeline.config import Study, load_config
+from pipeline.config.load import load_config
+from pipeline.config.schema import Study
 from pipeline.errors import UserError
-from pipeline.results import load_record, load_records, read_jsonl, write_record
-from pipeline.train import execute
+from pipeline.records import load_record, load_records, read_jsonl, write_record
+from pipeline.train.checkpoint import list_checkpoints, load_latest_checkpoint
+from pipeline.train.run import execute
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -52,7 +53,7 @@ def reference(corpus_overrides, tmp_path_factory) -> dict:
 
 def preempt_at(monkeypatch, at_step: int) -> None:
     """Deliver a real SIGTERM to this process right after `at_step` is logged (a deterministic preemption)."""
-    from pipeline.tracking import Tracker
+    from pipeline.train.tracking import Tracker
 
     original = Tracker.log
 
@@ -213,7 +214,7 @@ class FakeWandbRun:
 
 
 def fake_wandb(monkeypatch, init) -> None:
-    """Replace the wandb module pipeline.tracking imports (no real W&B, no network)."""
+    """Replace the wandb module pipeline.train.tracking imports (no real W&B, no network)."""
     module = types.ModuleType("wandb")
     module.init, module.Settings = init, lambda **kwargs: kwargs
     monkeypatch.setitem(sys.modules, "wandb", module)
@@ -333,9 +334,9 @@ def _synthetic_record(run_id: str, n: int, budget_flops: float) -> dict:
 
 
 def test_a_diverged_run_is_excluded_from_the_fit_with_its_reason(corpus_overrides, tmp_path):
-    from pipeline.fitting import fit_all
-    from pipeline.report import _fit_section
-    from pipeline.runs_table import load_runs
+    from pipeline.decide.report import _fit_section
+    from pipeline.fit.fit_all import fit_all
+    from pipeline.fit.sources import load_runs
 
     sweep = tmp_path / "s"
     for i, (budget, n) in enumerate((b, n) for b in (1e12, 3e12, 1e13) for n in (30_000, 60_000, 120_000, 240_000)):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, profile_optimum, table_from_design, write_sweep
 
-from pipeline import fitting
 from pipeline.errors import UserError
-from pipeline.fit_parametric import FitError
-from pipeline.fit_plots import plot_fit
-from pipeline.fitting import bootstrap_samples, fit_all, law_from_fit
-from pipeline.laws import ParametricLaw
-from pipeline.runs_table import load_results_dir
+from pipeline.fit import fit_all as fitting
+from pipeline.fit.fit_all import bootstrap_samples, fit_all, law_from_fit
+from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.parametric import FitError
+from pipeline.fit.plots import plot_fit
+from pipeline.fit.table import load_results_dir
 
 TARGET_FLOPS = 1e21
 

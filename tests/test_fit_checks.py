@@ -9,7 +9,7 @@ import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
 
 from pipeline.errors import UserError
-from pipeline.fit_checks import (
+from pipeline.fit.checks import (
     BACKTEST_WARN_REL_ERROR,
     apply_outlier_rule,
     approach_agreement,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design, write_sweep
 
-from pipeline.fit_envelope import envelope_points, fit_envelope
-from pipeline.runs_table import load_results_dir
+from pipeline.fit.envelope import envelope_points, fit_envelope
+from pipeline.fit.table import load_results_dir
 
 
 @pytest.fixture(scope="module")

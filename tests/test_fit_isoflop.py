@@ -7,7 +7,7 @@ import pytest
 from test_fit_synthetic import EXACT_OVER_6N, TRUE_LAW, isoflop_design, profile_optimum, table_from_design
 
 from pipeline.errors import UserError
-from pipeline.fit_isoflop import fit_isoflop, profile_budget
+from pipeline.fit.isoflop import fit_isoflop, profile_budget
 
 
 @pytest.mark.parametrize("shift", [0.0, 1.7, -1.7, 2.4])

@@ -9,17 +9,17 @@ import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
 
 from pipeline.errors import UserError
-from pipeline.fit_checks import apply_outlier_rule
-from pipeline.fit_lbfgs import minimize_batched
-from pipeline.fit_parametric import (
+from pipeline.fit.checks import apply_outlier_rule
+from pipeline.fit.fit_all import fit_all
+from pipeline.fit.lbfgs import minimize_batched
+from pipeline.fit.parametric import (
     FitError,
     HuberLogObjective,
     bootstrap_parametric,
     chinchilla_grid,
     fit_parametric,
 )
-from pipeline.fitting import fit_all
-from pipeline.runs_sources import load_table_file
+from pipeline.fit.sources import load_table_file
 
 CHINCHILLA_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 needs_chinchilla = pytest.mark.skipif(not CHINCHILLA_CSV.exists(), reason="../shared/data is absent (fresh clone)")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.laws import ParametricLaw
-from pipeline.results import append_jsonl, write_record
-from pipeline.runs_table import RunsTable
+from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.table import RunsTable
+from pipeline.records import append_jsonl, write_record
 
 TRUE_LAW = ParametricLaw(1.7, 400.0, 1200.0, 0.34, 0.30, name="synthetic")
 BUDGETS = (1e17, 3e17, 1e18, 3e18, 1e19)

@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import Study, load_config
-from pipeline.results import load_record
-from pipeline.train import execute
+from pipeline.config.load import load_config
+from pipeline.config.schema import Study
+from pipeline.records import load_record
+from pipeline.train.run import execute
 
 REPO = Path(__file__).resolve().parents[1]
 # Shrink the recommended model to CPU scale: every other key of the generated file stays as written.

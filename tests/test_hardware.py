@@ -1,13 +1,14 @@
-"""Budget conversion (pipeline.hardware) and the per-GPU memory check (pipeline.memory)."""
+"""Budget conversion (pipeline.decide.budget) and the per-GPU memory check (pipeline.decide.memory)."""
 
 from __future__ import annotations
 
 import pytest
 
 from models.sizing import shape_for_params
+from pipeline.decide.budget import resolve_budget
+from pipeline.decide.memory import memory_check
 from pipeline.errors import UserError
-from pipeline.hardware import GPUS, reference_gpu_days, resolve_budget
-from pipeline.memory import memory_check
+from pipeline.plan.hardware import GPUS, reference_gpu_days
 
 
 def test_32_h100_for_two_weeks_is_1p53e22_flops():
@@ -83,7 +84,7 @@ def test_100m_fits_one_gpu_and_huge_models_escalate():
 
 
 def test_cuda_device_names_map_to_their_peaks():
-    from pipeline.hardware import gpu_key_for_device_name, peak_flops_for_device_name
+    from pipeline.plan.hardware import gpu_key_for_device_name, peak_flops_for_device_name
 
     assert gpu_key_for_device_name("NVIDIA H100 80GB HBM3") == "h100_sxm"
     assert gpu_key_for_device_name("NVIDIA H100 PCIe") == "h100_pcie"

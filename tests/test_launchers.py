@@ -7,12 +7,13 @@ import sys
 
 import pytest
 
-from pipeline.config import Study, load_config
-from pipeline.data import prepare_corpus
+from pipeline.config.load import load_config
+from pipeline.config.schema import Study
+from pipeline.data.corpus import prepare_corpus
 from pipeline.errors import UserError
-from pipeline.launchers import launch_node, train_command
-from pipeline.plan import plan_sweep, plan_table
-from pipeline.results import load_record
+from pipeline.plan.design import plan_sweep, plan_table
+from pipeline.records import load_record
+from pipeline.sweep.launchers import launch_node, train_command
 
 GRID = ["sweep.design=grid", "sweep.sizes=[23k,46k]", "sweep.tokens=[20480]", "sweep.tokens_per_param=[]",
         "train.batch_tokens=1024", "train.warmup_tokens=2048", "train.threads=1", "tracking.mode=disabled",
@@ -44,7 +45,7 @@ def test_a_size_that_needs_several_gpus_runs_under_accelerate_launch():
 
 def test_node_launcher_gives_each_run_its_own_gpus_and_frees_them(tmp_path, monkeypatch):
     """GPU bookkeeping with stand-in processes that record CUDA_VISIBLE_DEVICES and their lifetime."""
-    import pipeline.launchers as launchers
+    import pipeline.sweep.launchers as launchers
 
     study = load_config("study", Study, [*GRID, "sweep.sizes=[23k,46k,73k]", "launcher.gpus=3", "launcher.gpus_per_run=2",
                                          "launcher.multi_gpu_min_params=40000", f"results_dir={tmp_path}"])

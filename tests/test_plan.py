@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.config import Design, Study, SweepConfig
+from pipeline.config.schema import Design, Study, SweepConfig
 from pipeline.errors import UserError
-from pipeline.plan import pilot_budgets, plan_sweep, plan_table
+from pipeline.plan.design import pilot_budgets, plan_sweep, plan_table
 
 VOCAB = 512
 

@@ -1,4 +1,4 @@
-"""The recommendation (pipeline.recommend): seed figures, intervals, the concrete run and its config."""
+"""The recommendation (pipeline.decide.recommend): seed figures, intervals, the concrete run and its config."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 
 from models.accounting import count_params, training_flops_per_token
 from models.shape import ModelShape
+from pipeline.decide.budget import resolve_budget
+from pipeline.decide.recommend import recommend, sample_intervals, write_full_run_config
 from pipeline.errors import UserError
-from pipeline.hardware import resolve_budget
-from pipeline.laws import published_law
-from pipeline.recommend import recommend, sample_intervals, write_full_run_config
+from pipeline.fit.laws import published_law
 
 EPOCH = published_law("epoch")
 VOCAB, SEQ = 50304, 2048
@@ -62,7 +62,7 @@ def test_concrete_model_is_exactly_counted_and_spends_the_budget(h100_two_weeks)
     # D recomputed for THIS shape with exact FLOPs: within one batch of budget / exact FLOPs per token
     assert abs(model["tokens"] - h100_two_weeks["budget"]["flops"] / exact) <= model["batch_tokens"] / 2
     assert model["tokens"] % model["batch_tokens"] == 0 and model["steps"] == model["tokens"] // model["batch_tokens"]
-    # pipeline.hparams at C = 1.53e22: lr 0.3118 C^-0.125, batch 0.292 C^0.3271 tokens, beta2 0.95 above 2^20
+    # pipeline.plan.hparams at C = 1.53e22: lr 0.3118 C^-0.125, batch 0.292 C^0.3271 tokens, beta2 0.95 above 2^20
     assert model["lr"] == pytest.approx(0.3118 * 1.5313e22 ** -0.125, rel=1e-3)
     assert model["batch_tokens"] == pytest.approx(0.2920 * 1.5313e22 ** 0.3271, rel=1e-3)
     assert model["beta2"] == 0.95 and model["warmup_tokens"] == model["params"]["total"]

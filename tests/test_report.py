@@ -1,14 +1,14 @@
-"""The Markdown report and the terminal summary (pipeline.report)."""
+"""The Markdown report and the terminal summary (pipeline.decide.report)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.hardware import resolve_budget
-from pipeline.laws import published_law
-from pipeline.recommend import recommend
-from pipeline.report import count, render_report, terminal_summary
+from pipeline.decide.budget import resolve_budget
+from pipeline.decide.recommend import recommend
+from pipeline.decide.report import count, render_report, terminal_summary
+from pipeline.fit.laws import published_law
 
 EPOCH = published_law("epoch")
 

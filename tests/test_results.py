@@ -7,8 +7,7 @@ import os
 
 import pytest
 
-from pipeline.lock import claim, lock_holder, release
-from pipeline.results import (
+from pipeline.records import (
     RUN_SCHEMA_VERSION,
     RecordError,
     atomic_write_json,
@@ -18,6 +17,7 @@ from pipeline.results import (
     truncate_jsonl_after_step,
     write_record,
 )
+from pipeline.train.lock import claim, lock_holder, release
 
 
 def minimal_record(**changes) -> dict:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.results import append_jsonl, write_record
-from pipeline.runs_sources import load_table_file, load_wandb, table_from_wandb_runs
-from pipeline.runs_table import RunsTable, load_results_dir, load_runs
+from pipeline.fit.sources import load_runs, load_table_file, load_wandb, table_from_wandb_runs
+from pipeline.fit.table import RunsTable, load_results_dir
+from pipeline.records import append_jsonl, write_record
 
 
 def record(run_id: str, n: int = 1000, tokens: int = 20_000, loss: float | None = 3.0, status: str = "ok",

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from pipeline.hparams import batch_tokens_for_compute, lr_for_compute, resolve_hyperparameters
-from pipeline.schedule import lr_multiplier
+from pipeline.plan.hparams import batch_tokens_for_compute, lr_for_compute, resolve_hyperparameters
+from pipeline.plan.schedule import lr_multiplier
 
 
 def test_cosine_warms_up_then_decays_to_ten_percent_exactly_at_the_end():

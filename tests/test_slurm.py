@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Study, load_config
+from pipeline.config.load import load_config
+from pipeline.config.schema import Study
+from pipeline.data.corpus import prepare_corpus
 from pipeline.errors import UserError
-from pipeline.plan import plan_sweep
-from pipeline.slurm import check_launcher, start_array, submit_array
-from pipeline.slurm_job import hand_back_to_submitit, run_task, stop_signal
+from pipeline.plan.design import plan_sweep
+from pipeline.sweep.slurm_array import check_launcher, start_array, submit_array
+from pipeline.sweep.slurm_task import hand_back_to_submitit, run_task, stop_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 # Explicit sizes (the 512-token CPU grid has no 33k shape); one budget: two runs of ~5 s each on a CPU.
@@ -115,7 +117,7 @@ def test_only_submitits_signal_is_handed_back_for_requeue(monkeypatch):
 def test_a_task_refuses_a_config_that_no_longer_resolves_to_its_run(tmp_path):
     study, overrides = make_study(tmp_path)
     run = plan_sweep(study, vocab_size=512)[0]
-    from pipeline.slurm import write_submission
+    from pipeline.sweep.slurm_array import write_submission
 
     path = write_submission(study, [run], overrides)
     submission = json.loads(path.read_text())
@@ -166,8 +168,8 @@ def test_pilot_sbatch_requeues_after_usr1_only(tmp_path, sent, requeued, exit_co
 
 # --- the h100_pilot preset -------------------------------------------------------------------------
 def test_h100_pilot_plan_spends_five_percent_and_brackets_the_optimum():
-    from pipeline.hardware import resolve_budget
-    from pipeline.laws import PUBLISHED_LAWS
+    from pipeline.decide.budget import resolve_budget
+    from pipeline.fit.laws import PUBLISHED_LAWS
 
     study = load_config("study", Study, ["experiment=h100_pilot"])
     full = resolve_budget(study.budget)["flops"]
@@ -197,11 +199,9 @@ def tiny_corpus_overrides(tmp_path_factory):
 
 @pytest.mark.slow  # ~25 s on an idle 2-core machine: six Python processes and two real runs
 def test_array_runs_each_run_once_and_a_preempted_task_is_requeued(tmp_path, tiny_corpus_overrides, monkeypatch):
-    from pipeline import data as data_lib
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     study, overrides = make_study(tmp_path, *tiny_corpus_overrides)
-    runs = plan_sweep(study, data_lib.prepare_corpus(study.data).vocab_size)
+    runs = plan_sweep(study, prepare_corpus(study.data).vocab_size)
     run_dirs = {r.run_id: tmp_path / "results" / "cpu_tiny" / "runs" / r.run_id for r in runs}
     preempted = run_dirs[runs[0].run_id]
     result = {}
@@ -230,16 +230,15 @@ def test_array_runs_each_run_once_and_a_preempted_task_is_requeued(tmp_path, tin
 
 def test_cooldown_reuse_submits_the_trunks_then_the_branches(tmp_path, tiny_corpus_overrides, monkeypatch):
     """Two arrays through submitit's local executor (~15 s): the trunk, then its two branches."""
-    from pipeline import data as data_lib
-    from pipeline import launchers, sweep
+    from pipeline.sweep import dispatch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(launchers, "launch_slurm", lambda s, r, o: submit_array(s, r, o, "local"))
+    monkeypatch.setattr(dispatch, "launch_slurm", lambda s, r, o: submit_array(s, r, o, "local"))
     study, overrides = make_study(tmp_path, *tiny_corpus_overrides, "launcher.mode=slurm", "sweep.design=grid",
                                   "sweep.sizes=[23k]", "sweep.tokens=[40960,81920]", "sweep.tokens_per_param=[]",
                                   "sweep.cooldown_reuse=true", "train.batch_tokens=1024")
-    runs = plan_sweep(study, data_lib.prepare_corpus(study.data).vocab_size)
-    sweep.launch(study, runs, overrides)
+    runs = plan_sweep(study, prepare_corpus(study.data).vocab_size)
+    dispatch.launch(study, runs, overrides)
     root = tmp_path / "results" / "cpu_tiny"
     records = [json.loads((root / "runs" / r.run_id / "run.json").read_text()) for r in runs]
     assert [r["status"] for r in records] == ["ok"] * 3 and records[0]["role"] == "trunk"

@@ -1,4 +1,4 @@
-"""Trade-offs around the compute-optimal plan (pipeline.tradeoffs), checked against published figures."""
+"""Trade-offs around the compute-optimal plan (pipeline.decide.tradeoffs), checked against published figures."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import math
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.laws import ParametricLaw, published_law
-from pipeline.tradeoffs import (
+from pipeline.decide.tradeoffs import (
     R_STAR_DATA,
     data_constrained,
     deviation_penalty,
@@ -17,6 +15,8 @@ from pipeline.tradeoffs import (
     published_comparison,
     tokens_for_loss,
 )
+from pipeline.errors import UserError
+from pipeline.fit.laws import ParametricLaw, published_law
 
 EPOCH = published_law("epoch")
 H100_TWO_WEEKS_FLOPS = 32 * 989e12 * 0.40 * 14 * 86_400

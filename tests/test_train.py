@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Study, load_config
-from pipeline.engine import REQUEUE_EXIT_CODE
-from pipeline.results import load_record, read_jsonl
-from pipeline.train import execute
+from pipeline.config.load import load_config
+from pipeline.config.schema import Study
+from pipeline.records import load_record, read_jsonl
+from pipeline.train.engine import REQUEUE_EXIT_CODE
+from pipeline.train.run import execute
 
 REPO = Path(__file__).resolve().parents[1]
 # A 23k-parameter model for 80 steps of 1,024 tokens: a few seconds on 2 cores.

@@ -1,0 +1,315 @@
+"""The human-readable output: a Markdown report with plots, and a few-line terminal summary.
+
+Both read only the JSON-able dicts of `pipeline.decide.recommend.recommend` and of the fit, so a report can
+be re-rendered from recommendation.json alone. Plots use matplotlib's Agg backend (no display).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.decide.recommend import schedule_text
+from pipeline.fit.plots import save_figure
+
+REPORT_NAME = "report.md"
+
+
+# --- formatting ------------------------------------------------------------------------------------
+def count(value) -> str:
+    """1.12e10 -> '11.2B', 2.1e11 -> '210B', 5e4 -> '50.0K' (parameters, tokens)."""
+    if value is None:
+        return "-"
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def sci(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def band(interval) -> str:
+    return "" if not interval else f" [{interval[0]:.4g}, {interval[1]:.4g}]"
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+# --- headline --------------------------------------------------------------------------------------
+def _days(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _compute_phrase(compute: dict) -> str:
+    if compute.get("gpus"):
+        return (f"{_days(compute['gpu_days'])} GPU-days ({compute['gpus']} x {compute['gpu']} for "
+                f"{compute['wall_clock_days']:.1f} days at MFU {compute['mfu']:.2f})")
+    return f"{_days(compute['gpu_days'])} GPU-days ({compute['basis']})"
+
+
+def _loss_phrase(rec: dict) -> str:
+    if rec.get("predicted_loss") is None:
+        return "no predicted loss (the law has no L(N, D))"
+    intervals = rec.get("intervals") or {}
+    if intervals.get("predicted_loss"):
+        method = intervals.get("method", "fit intervals")
+        return f"predicted loss {rec['predicted_loss']:.4f}{band(intervals['predicted_loss'])} ({method})"
+    reason = "no loss interval" if intervals else "no interval: the law has no samples"
+    return f"predicted loss {rec['predicted_loss']:.4f} ({reason})"
+
+
+def short_schedule(schedule: dict) -> str:
+    if schedule["name"] == "wsd":
+        return f"wsd, {schedule['cooldown_fraction']:.0%} (1 - sqrt) cooldown to {schedule['min_lr_ratio']:.0%}"
+    return f"cosine to {schedule['min_lr_ratio']:.0%}"
+
+
+def terminal_summary(rec: dict) -> str:
+    """A few lines for the terminal: the answer, its cost and shape, and what to look at next."""
+    model, conv = rec["model"], rec["convention"]
+    lines = [
+        f"Recommendation ({rec['law'].get('name')} law, {conv} parameters, budget {rec['budget']['flops']:.3g} FLOPs): "
+        f"{count(model['params'][conv])} parameters on {count(model['tokens'])} tokens "
+        f"({model['tokens_per_param']:.1f} tokens/param)",
+        f"  {_loss_phrase(rec)}",
+        f"  {_compute_phrase(model['compute'])}",
+        f"  shape {model['describe']}; lr {model['lr']:.3g}, batch {count(model['batch_tokens'])} tokens, "
+        f"{model['steps']:,} steps, {short_schedule(model['schedule'])}",
+        f"  memory: {model['memory']['summary']}",
+    ]
+    inf = rec.get("inference_aware")
+    if inf:
+        lines.append(f"  with {inf['inference_tokens']:.3g} inference tokens: {count(inf['n_opt'])} params on "
+                     f"{count(inf['d_opt'])} tokens saves {inf['saving_fraction']:.1%} of total FLOPs")
+    dc = rec.get("data_constrained")
+    if dc and dc["epochs"] > 1:
+        lines.append(f"  unique data: {dc['epochs']:.1f} epochs needed; adjusted plan {count(dc['n_opt'])} params "
+                     f"on {count(dc['d_opt'])} tokens")
+    for warning in rec.get("warnings", []):
+        lines.append(f"  warning: {warning}")
+    return "\n".join(lines)
+
+
+# --- plots -----------------------------------------------------------------------------------------
+def plot_deviation(rec: dict, path: Path) -> Path | None:
+    """Loss penalty of N = f * N_opt at the fixed budget (the flat bottom is the margin for error)."""
+    dev = rec.get("deviation")
+    if not dev:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    fig = Figure(figsize=(6, 4))  # the object API: no global pyplot state (as pipeline.fit.plots)
+    ax = fig.subplots()
+    ax.plot(dev["curve"]["factor"], dev["curve"]["delta_loss"], color="tab:blue")
+    ax.scatter([r["factor"] for r in dev["rows"]], [r["delta_loss"] for r in dev["rows"]], color="tab:blue", zorder=3)
+    ax.set_xscale("log")
+    ticks = [1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8]
+    ax.set_xticks(ticks, ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("model size / N_opt (same budget)")
+    ax.set_ylabel("loss above the optimum (nats)")
+    ax.set_title(f"Deviation penalty at {rec['budget']['flops']:.3g} FLOPs")
+    ax.grid(True, which="both", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_inference(rec: dict, path: Path) -> Path | None:
+    """Iso-loss curve D_train(N) and total (training + inference) FLOPs along it."""
+    inf = rec.get("inference_aware")
+    if not inf:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    curve = inf["curve"]
+    pairs = [(n, d, t) for n, d, t in zip(curve["n_params"], curve["train_tokens"], curve["total_flops"], strict=True)
+             if d is not None and t is not None]
+    n_vals, d_vals, t_vals = (list(v) for v in zip(*pairs, strict=True))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    left.plot(n_vals, d_vals, color="tab:green")
+    left.set_ylabel("training tokens for the target loss")
+    right.plot(n_vals, t_vals, color="tab:red")
+    right.set_ylabel("training + inference FLOPs")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("parameters N")
+        ax.axvline(inf["compute_optimal_n"], color="gray", ls="--", label="compute-optimal")
+        ax.axvline(inf["n_opt"], color="black", ls=":", label="inference-aware")
+        ax.grid(True, which="both", alpha=0.3)
+    right.legend()
+    fig.suptitle(f"Iso-loss L = {inf['target_loss']:.4f} with {inf['inference_tokens']:.3g} inference tokens")
+    return save_figure(fig, path)
+
+
+# --- the report's sections -------------------------------------------------------------------------
+def _headline(rec: dict) -> list[str]:
+    model, conv = rec["model"], rec["convention"]
+    return [
+        "# Recommendation", "",
+        f"**Train {count(model['params'][conv])} parameters ({conv}) on {count(model['tokens'])} tokens "
+        f"({model['tokens_per_param']:.1f} tokens per parameter).**", "",
+        f"- {_loss_phrase(rec)}",
+        f"- {_compute_phrase(model['compute'])}" + (f", about ${model['compute']['cost_usd']:,.0f}"
+                                                     if model["compute"].get("cost_usd") else ""),
+        f"- shape: {model['describe']}",
+        f"- law optimum: N_opt {count(rec['n_opt'])}{_interval_text(rec, 'n_opt')}, D_opt {count(rec['d_opt'])}"
+        f"{_interval_text(rec, 'd_opt')} ({rec['allocation_rule']})",
+        f"- memory: {model['memory']['summary']}", "",
+    ]
+
+
+def _interval_text(rec: dict, key: str) -> str:
+    interval = (rec.get("intervals") or {}).get(key)
+    if not interval:
+        return ""
+    lo, hi = interval
+    return f" [{count(lo)}, {count(hi)}]"
+
+
+def _budget_section(rec: dict) -> list[str]:
+    b = rec["budget"]
+    lines = ["## Budget", "", f"- {b['conversion']}", f"- MFU: {b['mfu']:.2f}, {b['mfu_source']}"]
+    if b.get("peak_source"):
+        lines.append(f"- peak: {b['peak_source']}")
+    pilot = rec.get("pilot")
+    if pilot and pilot.get("share_of_budget") is not None:
+        lines.append(f"- pilots: {pilot['n_runs']} runs, {pilot['total_flops']:.3g} FLOPs = "
+                     f"{pilot['share_of_budget']:.2%} of the budget")
+    return lines + [""]
+
+
+def _full_run_section(rec: dict) -> list[str]:
+    m, mem = rec["model"], rec["model"]["memory"]
+    params = m["params"]
+    rows = [["parameters (total / non-embedding / embedding / head)",
+             " / ".join(f"{params[k]:,}" for k in ("total", "non_embedding", "embedding", "head"))],
+            ["training FLOPs per token (exact / 6N)",
+             f"{m['flops_per_token']['exact']:.4g} / {m['flops_per_token']['6n']:.4g}"],
+            ["tokens", f"{m['tokens']:,} ({m['tokens_rule']})"],
+            ["learning rate", f"{m['lr']:.3g} ({m['hparam_sources']['lr_source']})"],
+            ["batch", f"{m['batch_tokens']:,} tokens ({m['hparam_sources']['batch_source']})"],
+            ["warmup", f"{m['warmup_tokens']:,} tokens, {m['warmup_steps']:,} steps"],
+            ["AdamW beta2", f"{m['beta2']} ({m['hparam_sources']['beta2_source']})"],
+            ["steps / schedule", f"{m['steps']:,}, {schedule_text(m['schedule'])} ({m['schedule']['source']})"],
+            ["model states per replica", f"{mem['model_states_gb']:.1f} GB ({mem['states_convention']})"],
+            ["activations, micro-batch 1 (none / full checkpointing)",
+             f"{mem['activations_gb']['no_checkpointing']:.2f} / {mem['activations_gb']['checkpointing']:.2f} GB"],
+            ["parallelism", mem["summary"]]]
+    return (["## The full run", "", "Launch with `python -m pipeline.train --config-dir <this directory> "
+             "experiment=full_run` (written to `experiment/full_run.yaml`).", ""] + table(["", "value"], rows))
+
+
+def _fit_section(fit: dict | None) -> list[str]:
+    if not fit:
+        return ["## Fit", "", "No fit: the recommendation uses a published law.", ""]
+    lines = ["## Fit", ""]
+    approaches = fit.get("approaches") or {}
+    if approaches:
+        rows = []
+        for name, a in approaches.items():
+            a = a if isinstance(a, dict) else {"note": str(a)}
+            rows.append([name, count(a.get("n_opt")), count(a.get("d_opt")), sci(a.get("a")), sci(a.get("b")),
+                         band(a.get("n_opt_interval") or (a.get("intervals") or {}).get("n_opt")).strip() or "-",
+                         a.get("note") or a.get("status") or ""])
+        lines += table(["approach", "N_opt", "D_opt", "a (N ∝ C^a)", "b (D ∝ C^b)", "N_opt interval", "note"], rows)
+    excluded = fit.get("excluded") or []
+    lines.append(f"Excluded runs: {len(excluded)}." if excluded else "Excluded runs: none.")
+    for item in excluded:
+        if isinstance(item, dict):
+            lines.append(f"- {item.get('run_id', item.get('id', '?'))}: {item.get('reason', '')}")
+        else:
+            lines.append(f"- {item}")
+    return lines + [""]
+
+
+def _warnings_section(rec: dict, fit: dict | None) -> list[str]:
+    warnings = list(dict.fromkeys([*((fit or {}).get("warnings") or []), *(rec.get("warnings") or [])]))
+    return ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["None."]) + [""]
+
+
+def _tradeoff_sections(rec: dict) -> list[str]:
+    lines = []
+    dev = rec.get("deviation")
+    if dev:
+        rows = [[f"{r['factor']:.3g}", count(r["n_params"]), count(r["tokens"]), f"{r['tokens_per_param']:.1f}",
+                 f"{r['loss']:.4f}", f"+{r['delta_loss']:.4f} ({r['delta_pct']:.2f}%)",
+                 "unreachable" if r["compute_to_match"] is None else f"{r['compute_to_match']:.2f}x"]
+                for r in dev["rows"]]
+        lines += ["## Deviating from N_opt at the same budget", ""]
+        lines += table(["N / N_opt", "N", "D", "tokens/param", "loss", "penalty", "compute to match L_opt"], rows)
+    inf = rec.get("inference_aware")
+    if inf:
+        lines += ["## Inference-aware size (Sardana & Frankle 2023)", "",
+                  f"With {inf['inference_tokens']:.3g} lifetime inference tokens, the model reaching the same loss "
+                  f"({inf['target_loss']:.4f}) at the least training + inference compute has {count(inf['n_opt'])} "
+                  f"parameters trained on {count(inf['d_opt'])} tokens ({inf['tokens_per_param']:.0f} tokens/param): "
+                  f"{inf['total_flops']:.3g} FLOPs in all vs {inf['compute_optimal_total_flops']:.3g} for the "
+                  f"compute-optimal model, a saving of {inf['saving_fraction']:.1%} (training costs "
+                  f"{inf['extra_training_fraction']:+.1%}).", ""]
+    dc = rec.get("data_constrained")
+    if dc:
+        lines += ["## Limited unique data (Muennighoff et al. 2023)", "",
+                  f"{count(dc['unique_tokens'])} unique tokens: the compute-optimal plan needs {dc['epochs']:.2f} epochs "
+                  f"(effective data {count(dc['effective_tokens'])}), loss {dc['loss_with_repetition']:.4f} vs "
+                  f"{dc['loss_unconstrained']:.4f} with unique data. Best plan under repetition: "
+                  f"{count(dc['n_opt'])} parameters on {count(dc['d_opt'])} tokens ({dc['adjusted_epochs']:.2f} epochs), "
+                  f"loss {dc['adjusted_loss']:.4f}. Modelled: {dc['terms']}.", ""]
+    return lines
+
+
+def _published_section(rec: dict) -> list[str]:
+    rows = [[p["name"], count(p["n_params"]), count(p["tokens"]), f"{p['tokens_per_param']:.1f}", p["convention"],
+             p["note"] or "", p["source"]] for p in rec["published"]]
+    return (["## What the published laws say for this budget", "",
+             "Losses of other laws are in their own data's units, so only the allocations are compared.", ""]
+            + table(["law", "N", "D", "tokens/param", "N counts", "note", "source"], rows))
+
+
+METHODS = """## How these numbers are computed
+
+- Loss law: L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, eq. 2); compute-optimal allocation
+  under C = 6 N D by the closed form G = (alpha A / (beta B))^(1/(alpha+beta)), N_opt = G (C/6)^(beta/(alpha+beta)),
+  D_opt = (C/6)/N_opt (Hoffmann et al. 2022, eq. 4 and App. D.2).
+- Parameter convention: {convention} parameters (embedding, head and non-embedding counts are listed for the shape).
+- FLOP convention: the law allocates with C = 6 N D (Kaplan et al. 2020, sec. 2.1); the concrete run's token count
+  is the budget divided by the shape's exact training FLOPs per token, 3 x the forward count of Hoffmann et al.
+  2022, App. F (attention included).
+- Budget: GPUs x dense bf16 peak x MFU x seconds; MFU as defined by Chowdhery et al. 2022 (PaLM, App. B).
+- Intervals: 5-95 percentiles of N_opt, D_opt and the loss over bootstrap refits of the law (Besiroglu et al. 2024).
+- Hyperparameters: learning rate and batch from DeepSeek-AI 2024 (DeepSeek LLM, eq. 1); warmup of N tokens and
+  beta2 by batch size from Porian et al. 2024 -- the same rule the pilots used; cosine to 10% (Hoffmann et al. 2022).
+- Memory: 16 bytes per parameter for bf16 weights and gradients, fp32 master weights and AdamW moments
+  (Rajbhandari et al. 2020, ZeRO, sec. 3.1); activations s b h (34 + 5 a s / h) bytes per layer (Korthikanti et al.
+  2022, eq. 1) without the attention-score term that fused attention does not store, 2 s b h with full checkpointing.
+- Inference-aware: minimise 6 N D_train + 2 N D_inference along the iso-loss curve (Sardana & Frankle 2023, sec. 2).
+- Repeated data: D' = U + U R*_D (1 - exp(-R_D/R*_D)), R*_D = 15.4, and the same form for excess parameters with
+  R*_N = 5.3 (Muennighoff et al. 2023, sec. 3, eq. 5 and its parameter analogue).
+"""
+
+
+def render_report(out_dir, fit_result: dict | None, recommendation: dict, plots: list[Path]) -> Path:
+    """Write <out_dir>/report.md (and deviation.png / inference_aware.png beside it); return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    own = [plot_deviation(recommendation, out / "deviation.png"), plot_inference(recommendation, out / "inference_aware.png")]
+    images = [Path(p) for p in plots] + [p for p in own if p is not None]
+    lines = (_headline(recommendation) + _budget_section(recommendation) + _full_run_section(recommendation)
+             + _fit_section(fit_result) + _warnings_section(recommendation, fit_result)
+             + _tradeoff_sections(recommendation) + _published_section(recommendation))
+    if images:
+        lines += ["## Plots", ""]
+        for image in images:
+            lines += [f"![{image.stem}]({Path(os.path.relpath(image.resolve(), out.resolve())).as_posix()})", ""]
+    lines.append(METHODS.format(convention=recommendation["convention"]))
+    path = out / REPORT_NAME
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,197 @@
+"""How the compute-optimal answer moves: off-optimal sizes, inference traffic, scarce data, other laws.
+
+Every function takes a `ParametricLaw` L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla eq. 2) and a
+training budget C = 6 N D (Kaplan et al. 2020 sec. 2.1), and returns plain JSON-able dicts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from pipeline.errors import UserError
+from pipeline.fit.laws import (
+    TRAIN_FLOPS_PER_PARAM_TOKEN,
+    KaplanFrontier,
+    ParametricLaw,
+    published_law,
+    tokens_per_param_rule,
+)
+
+K = TRAIN_FLOPS_PER_PARAM_TOKEN
+DEVIATION_FACTORS = (1 / 4, 1 / 2, 1 / 1.5, 1.0, 1.5, 2.0, 4.0)
+# Inference costs 2 FLOPs per parameter per token (a forward pass), Sardana & Frankle 2023 sec. 2.
+INFERENCE_FLOPS_PER_PARAM_TOKEN = 2.0
+# Muennighoff et al. 2023 sec. 3: fitted "half-life" of repeated data (R*_D) and of excess parameters
+# (R*_N), in repetitions beyond the first epoch.
+R_STAR_DATA = 15.387756
+R_STAR_PARAMS = 5.309743
+PUBLISHED_FOR_COMPARISON = ("chinchilla", "chinchilla_unrounded", "epoch", "kaplan")
+
+
+def _minimise_log(func, lo: float, hi: float) -> float:
+    """argmin of func(N) over N in [lo, hi], searched in log N (bounded Brent after a coarse grid)."""
+    grid = np.exp(np.linspace(math.log(lo), math.log(hi), 81))
+    values = np.array([func(n) for n in grid])
+    i = int(np.nanargmin(values))
+    left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    result = minimize_scalar(lambda x: func(math.exp(x)), bounds=(math.log(left), math.log(right)),
+                             method="bounded", options={"xatol": 1e-9})
+    return math.exp(result.x) if result.fun <= values[i] else float(grid[i])
+
+
+# --- deviating from N_opt at a fixed budget -------------------------------------------------------------
+def tokens_for_loss(law: ParametricLaw, n_params, target_loss: float):
+    """Training tokens D with L(N, D) = target (the iso-loss curve); inf where N alone cannot reach it."""
+    n = np.asarray(n_params, dtype=float)
+    room = target_loss - law.E - law.A / n**law.alpha
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tokens = np.where(room > 0, (law.B / np.where(room > 0, room, 1.0)) ** (1.0 / law.beta), np.inf)
+    return tokens
+
+
+def deviation_penalty(law: ParametricLaw, budget_flops: float, factors=DEVIATION_FACTORS) -> dict:
+    """Loss of N = f * N_opt trained on the rest of the budget, and the compute it would need to match L_opt.
+
+    The 'compute to match' column solves L(N, D') = L(N_opt, D_opt) for D' and reports 6 N D' / C.
+    """
+    n_opt, d_opt = (float(v) for v in law.optimal_allocation(budget_flops))
+    best = float(law.loss(n_opt, d_opt))
+    rows = []
+    for f in factors:
+        n = f * n_opt
+        d = budget_flops / (K * n)
+        loss = float(law.loss(n, d))
+        d_match = float(tokens_for_loss(law, n, best))
+        rows.append({"factor": f, "n_params": n, "tokens": d, "tokens_per_param": d / n, "loss": loss,
+                     "delta_loss": loss - best, "delta_pct": 100 * (loss - best) / best,
+                     "compute_to_match": K * n * d_match / budget_flops if math.isfinite(d_match) else None})
+    curve_factors = np.exp(np.linspace(math.log(1 / 8), math.log(8), 61))
+    curve_loss = law.loss_at_budget(curve_factors * n_opt, budget_flops) - best
+    return {"n_opt": n_opt, "loss_opt": best, "rows": rows,
+            "curve": {"factor": curve_factors.tolist(), "delta_loss": np.asarray(curve_loss).tolist()}}
+
+
+# --- inference-aware sizing (Sardana & Frankle 2023) -------------------------------------------------
+def inference_aware(law: ParametricLaw, budget_flops: float, inference_tokens: float) -> dict:
+    """The (N, D_train) reaching the compute-optimal loss at the least 6 N D_train + 2 N D_inference.
+
+    Sardana & Frankle 2023 ("Beyond Chinchilla-Optimal"), sec. 2: fix the quality (loss) of
+    the compute-optimal model, move along its iso-loss curve D_train(N) (L(N, D_train) = L*) and
+    minimise total FLOPs. Inference pulls N below N_opt, so we search N in (N_min, N_opt], with
+    N_min the size whose loss floor E + A/N^alpha already equals L*.
+    """
+    if (isinstance(inference_tokens, bool) or not isinstance(inference_tokens, (int, float))
+            or not math.isfinite(inference_tokens) or inference_tokens < 0):
+        raise UserError(f"inference.tokens={inference_tokens!r} must be a number >= 0: give the expected lifetime "
+                        "inference tokens, e.g. inference.tokens=2e12, or leave it unset")
+    n_opt, d_opt = (float(v) for v in law.optimal_allocation(budget_flops))
+    target = float(law.loss(n_opt, d_opt))
+    n_min = (law.A / (target - law.E)) ** (1.0 / law.alpha)
+
+    def total_flops(n: float) -> float:
+        return K * n * float(tokens_for_loss(law, n, target)) + INFERENCE_FLOPS_PER_PARAM_TOKEN * n * inference_tokens
+
+    compute_optimal_total = K * n_opt * d_opt + INFERENCE_FLOPS_PER_PARAM_TOKEN * n_opt * inference_tokens
+    n_best = n_opt if inference_tokens == 0 else _minimise_log(total_flops, n_min * (1 + 1e-6), n_opt)
+    d_best = float(tokens_for_loss(law, n_best, target))
+    best_total = total_flops(n_best)
+
+    # The plotted stretch: from a few times below the best size (not down to N_min, where D_train
+    # diverges and would flatten the plot) to 4x the compute-optimal size.
+    curve_n = np.exp(np.linspace(math.log(max(n_min * 1.05, n_best / 4)), math.log(n_opt * 4), 60))
+    curve_d = tokens_for_loss(law, curve_n, target)
+    curve_total = K * curve_n * curve_d + INFERENCE_FLOPS_PER_PARAM_TOKEN * curve_n * inference_tokens
+    return {
+        "inference_tokens": float(inference_tokens), "target_loss": target,
+        "n_opt": n_best, "d_opt": d_best, "tokens_per_param": d_best / n_best,
+        "training_flops": K * n_best * d_best, "total_flops": best_total,
+        "compute_optimal_n": n_opt, "compute_optimal_d": d_opt,
+        "compute_optimal_total_flops": compute_optimal_total,
+        "saving_fraction": 1.0 - best_total / compute_optimal_total,
+        "extra_training_fraction": K * n_best * d_best / budget_flops - 1.0,
+        "curve": {"n_params": curve_n.tolist(), "train_tokens": curve_d.tolist(), "total_flops": curve_total.tolist()},
+    }
+
+
+# --- data-constrained scaling (Muennighoff et al. 2023) ----------------------------------------------
+def effective_count(unique: float, total: float, r_star: float) -> float:
+    """U + U R* (1 - exp(-R/R*)), R = total/U - 1 repetitions (Muennighoff et al. 2023, sec. 3, eq. 5).
+
+    U is what is actually used: min(unique, total), so a single partial epoch counts at face value.
+    """
+    unique = min(unique, total)
+    repetitions = total / unique - 1.0
+    return unique + unique * r_star * (1.0 - math.exp(-repetitions / r_star))
+
+
+def params_for_unique_tokens(law: ParametricLaw, unique_tokens: float) -> float:
+    """U_N: the size for which U_D tokens are compute-optimal (D_opt = (C/6)^b / G, inverted)."""
+    c_over_k = (unique_tokens * law.G) ** (1.0 / law.b)
+    return law.G * c_over_k**law.a
+
+
+def constrained_loss(law: ParametricLaw, n_params: float, tokens: float, unique_tokens: float) -> float:
+    """L(N', D') with both the data and the parameter discount (Muennighoff et al. 2023, sec. 3)."""
+    d_eff = effective_count(unique_tokens, tokens, R_STAR_DATA)
+    u_n = min(params_for_unique_tokens(law, unique_tokens), n_params)
+    n_eff = effective_count(u_n, n_params, R_STAR_PARAMS)
+    return float(law.loss(n_eff, d_eff))
+
+
+def data_constrained(law: ParametricLaw, budget_flops: float, unique_tokens: float) -> dict:
+    """What repeating U unique tokens costs the compute-optimal plan, and the plan that minimises it.
+
+    Muennighoff et al. 2023: repeated tokens are worth less, D' = U_D + U_D R*_D (1 - exp(-R_D/R*_D)),
+    and parameters beyond the size U_D can feed are worth less, N' = U_N + U_N R*_N (1 - exp(-R_N/R*_N)).
+    Both terms are modelled, with their fitted R*_D and R*_N applied to this law's E, A, B, alpha, beta.
+    """
+    if (isinstance(unique_tokens, bool) or not isinstance(unique_tokens, (int, float))
+            or not math.isfinite(unique_tokens) or unique_tokens <= 0):
+        raise UserError(f"data.unique_tokens={unique_tokens!r} must be a positive number of tokens: "
+                        "e.g. unique_tokens=1e11, or leave it unset")
+    n_opt, d_opt = (float(v) for v in law.optimal_allocation(budget_flops))
+    loss_unconstrained = float(law.loss(n_opt, d_opt))
+    loss_repeated = constrained_loss(law, n_opt, d_opt, unique_tokens)
+
+    def loss_at(n: float) -> float:
+        return constrained_loss(law, n, budget_flops / (K * n), unique_tokens)
+
+    n_best = _minimise_log(loss_at, n_opt / 100, n_opt * 100) if d_opt > unique_tokens else n_opt
+    d_best = budget_flops / (K * n_best)
+    loss_best = loss_at(n_best)
+    return {
+        "unique_tokens": float(unique_tokens), "terms": "data (R*_D) and parameters (R*_N)",
+        "r_star_data": R_STAR_DATA, "r_star_params": R_STAR_PARAMS,
+        "epochs": d_opt / unique_tokens,
+        "effective_tokens": effective_count(unique_tokens, d_opt, R_STAR_DATA),
+        "loss_unconstrained": loss_unconstrained, "loss_with_repetition": loss_repeated,
+        "n_opt": n_best, "d_opt": d_best, "tokens_per_param": d_best / n_best,
+        "adjusted_epochs": d_best / unique_tokens, "adjusted_loss": loss_best,
+        "penalty_vs_unique": loss_best - loss_unconstrained,
+    }
+
+
+# --- what the published laws say for the same budget -----------------------------------------------
+def published_comparison(budget_flops: float) -> list[dict]:
+    """N_opt, D_opt and tokens/param for the same budget under each published law and the 20x rule.
+
+    Predicted losses are in each law's own units (its data and tokenizer): compare the allocations,
+    not the losses. Kaplan's N counts non-embedding parameters.
+    """
+    rows = []
+    for name in PUBLISHED_FOR_COMPARISON:
+        law = published_law(name)
+        n, d = (float(v) for v in law.optimal_allocation(budget_flops))
+        loss = float(law.loss(n, d)) if isinstance(law, ParametricLaw) else None
+        note = "non-embedding N; fixed LR schedule" if isinstance(law, KaplanFrontier) else ""
+        rows.append({"name": name, "n_params": n, "tokens": d, "tokens_per_param": d / n,
+                     "convention": law.convention, "predicted_loss": loss, "source": law.source, "note": note})
+    n, d = (float(v) for v in tokens_per_param_rule(budget_flops))
+    rows.append({"name": "20_tokens_per_param", "n_params": n, "tokens": d, "tokens_per_param": 20.0,
+                 "convention": "total", "predicted_loss": None,
+                 "source": "rule of thumb from Hoffmann et al. 2022, Table 3", "note": ""})
+    return rows
+

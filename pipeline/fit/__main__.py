@@ -1,0 +1,89 @@
+"""`python -m pipeline.fit`: runs -> a fitted law -> the (N, D) recommendation and its report.
+
+    python -m pipeline.fit experiment=cpu_tiny                      # the demo sweep's runs
+    python -m pipeline.fit runs=my_runs.csv budget.flops=1e23       # params,tokens,loss[,flops] from elsewhere
+    python -m pipeline.fit runs=wandb:entity/project budget.gpu=h100_sxm budget.gpus=32 budget.days=14
+    python -m pipeline.fit law=epoch budget.flops=1e23              # a published law instead of a fit
+
+Writes <out_dir>/recommendation.json, report.md, the plots and experiment/full_run.yaml, and prints
+a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=none, convention=non_embedding,
+inference.tokens=T, data.unique_tokens=U.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.cli import load_study, run_main
+from pipeline.config.load import as_dict
+from pipeline.config.schema import Study
+from pipeline.decide.budget import resolve_budget
+from pipeline.decide.recommend import recommend, write_full_run_config
+from pipeline.decide.report import render_report, terminal_summary
+from pipeline.fit.fit_all import fit_all, law_from_fit
+from pipeline.fit.laws import published_law
+from pipeline.fit.plots import plot_fit
+from pipeline.fit.sources import load_runs
+from pipeline.records import atomic_write_json
+
+USAGE = __doc__
+
+
+def output_dir(study: Study) -> Path:
+    return Path(study.out_dir) if study.out_dir else Path(study.results_dir) / study.sweep_name / "fit"
+
+
+def runs_source(study: Study) -> str:
+    return study.runs or str(Path(study.results_dir) / study.sweep_name)
+
+
+def main(overrides: list[str], flags: dict) -> int:
+    study = load_study(overrides, flags)
+    if study is None:  # --cfg printed it
+        return 0
+
+    out_dir = output_dir(study)
+    fit_result, law_samples, plots, table, pilot = None, None, [], None, None
+    if study.law is None:
+        table = load_runs(runs_source(study), convention=study.convention)
+        pilot = table.pilot_summary()
+    budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
+                            pilot_flops=pilot.get("total_flops") if pilot else None)
+    if study.law is not None:
+        law = published_law(study.law)
+    else:
+        fit_result = fit_all(table, budget_flops=budget["flops"], bootstrap=study.bootstrap,
+                             outliers=study.outliers, seed=study.seed, convention=study.convention)
+        law, law_samples = law_from_fit(fit_result)
+
+        plots = plot_fit(fit_result, table, out_dir)
+    vocab_size, seq_len = (table.vocab_size, table.seq_len) if table is not None and table.vocab_size else (
+        study.data.vocab_size, study.model.seq_len)
+    rec = recommend(law, budget, law_samples=law_samples, vocab_size=vocab_size, seq_len=seq_len, pilot=pilot,
+                    inference_tokens=study.inference.tokens, unique_tokens=study.data.unique_tokens,
+                    convention=study.convention if study.law is None else None,
+                    pilot_schedule=table.schedule if table is not None else None)
+    if fit_result is not None:
+        # The fit's own headline numbers and intervals (Approach 3 with its bootstrap) lead.
+        for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline"):
+            if key in fit_result:
+                rec[key] = fit_result[key]
+        rec["law"] = {**rec["law"], **fit_result["law"]}
+        rec["intervals"] = {**(rec.get("intervals") or {}), **fit_result.get("intervals", {})}
+        rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
+    rec["budget_flops"] = budget["flops"]
+    rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
+                     "experiment": study.experiment, "bootstrap": study.bootstrap}
+    config_path = write_full_run_config(rec, out_dir, base_overrides={"data": as_dict(study.data)})
+    rec["full_run_config"] = str(config_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "recommendation.json", rec)
+    report = render_report(out_dir, fit_result, rec, plots)
+    print(terminal_summary(rec))
+    print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
+          f"python -m pipeline.train --config-dir {out_dir} experiment=full_run")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, USAGE)

@@ -1,0 +1,152 @@
+"""Checks around the fit: the outlier rule, a backtest, approach agreement, accounting sensitivity.
+
+Every check returns plain data for the report, with a `warning` string when a person should look.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.fit.isoflop import fit_isoflop
+from pipeline.fit.parametric import fit_parametric
+from pipeline.fit.table import RunsTable
+
+# Outlier rule "default": one Approach-3 fit on all runs, then drop runs whose log-space residual
+# lies more than OUTLIER_MAD_K robust standard deviations (1.4826 * MAD) from the median residual
+# (Hampel's identifier, Hampel 1974; Leys et al. 2013 recommend the MAD over the SD). k = 5 rather
+# than the usual 3 because pilot residuals are few and heavy-tailed: under Gaussian noise 5 sigma
+# essentially never fires. On Chinchilla's 245 points (Besiroglu et al. 2024) it drops 4 of the 5
+# highest-loss points Epoch dropped by hand, plus one point far below the fit. The Huber loss
+# already downweights outliers in the fit itself; the rule removes the gross ones from every approach.
+OUTLIER_RULES = ("default", "none")
+OUTLIER_MAD_K = 5.0
+# A target budget more than this many times the largest pilot run's FLOPs is flagged (the decision
+# warns; pipeline/decide/recommend.py): Chinchilla's own fits extrapolate ~10^3 beyond their largest runs.
+EXTRAPOLATION_WARN_FACTOR = 1e3
+OUTLIER_MIN_RUNS = 10        # with fewer runs than 2x the law's 5 parameters, residuals mean little
+# Floor of the robust scale: 0.5% in log-loss, so only residuals above 5 x 0.5% = 2.5% can be
+# flagged. Seed-to-seed noise is ~0.3-1% (0.011-0.03 nats measured for
+# 2M-token CPU runs, up to 0.1 at 0.5M tokens, docs/cooldown_reuse.md) and at CPU scale the
+# scatter between shapes of one size is ~1-2%: with 10-20 pilots and 5 law parameters a near-exact
+# fit makes the MAD tiny, and a 1e-3 floor dropped 3 of 10 healthy demo runs.
+MAD_FLOOR = 5e-3
+
+# Backtest: mean |relative error| on held-out largest-compute runs above 2% warns. Chinchilla's own
+# points, fitted without their top 10-20% of compute, predict those at ~1.0% mean relative error.
+BACKTEST_HOLDOUT_SHARE = 0.2
+BACKTEST_WARN_REL_ERROR = 0.02
+
+
+def apply_outlier_rule(table: RunsTable, rule: str = "default") -> tuple[RunsTable, dict]:
+    """(table without outliers, {"rule", "dropped": [{run_id, loss, residual, z}], "note"?})."""
+    if rule not in OUTLIER_RULES:
+        raise UserError(f"outliers='{rule}' is not a rule: use one of {', '.join(OUTLIER_RULES)}")
+    if rule == "none":
+        return table, {"rule": "none (every finished run is fitted)", "dropped": []}
+    description = (f"drop runs whose log-loss residual from a first Approach-3 fit is more than "
+                   f"{OUTLIER_MAD_K:g} x 1.4826 MAD from the median (Hampel identifier)")
+    if len(table) < OUTLIER_MIN_RUNS:
+        return table, {"rule": description, "dropped": [],
+                       "note": f"not applied: {len(table)} runs < {OUTLIER_MIN_RUNS}"}
+    try:
+        fit = fit_parametric(table.n, table.tokens, table.loss)
+    except UserError as err:
+        return table, {"rule": description, "dropped": [], "note": f"not applied: first fit failed ({err})"}
+    resid = np.log(fit.law().loss(table.n, table.tokens)) - np.log(table.loss)
+    median = np.median(resid)
+    scale = max(1.4826 * np.median(np.abs(resid - median)), MAD_FLOOR)
+    z = (resid - median) / scale
+    out = np.abs(z) > OUTLIER_MAD_K
+    dropped = [{"run_id": table.run_id[i], "loss": float(table.loss[i]), "residual": float(resid[i]),
+                "z": float(z[i])} for i in np.flatnonzero(out)]
+    return table.subset(~out, reason="outlier (see outliers.rule)"), {"rule": description, "dropped": dropped}
+
+
+def backtest(table: RunsTable) -> dict:
+    """Refit Approach 3 without the largest-compute runs and predict them.
+
+    Held out: the top IsoFLOP budget when the runs form 3+ budgets of 3+ runs each (2+ budgets
+    remain to fit), else the top BACKTEST_HOLDOUT_SHARE of runs by FLOPs.
+    """
+    groups = table.budget_groups()
+    budgets, runs_per_budget = np.unique(groups, return_counts=True)
+    if budgets.size >= 3 and runs_per_budget.min() >= 3:
+        held = groups == budgets[-1]
+        how = f"top budget ({budgets[-1]:.3g} FLOPs)"
+    else:
+        held = table.c >= np.quantile(table.c, 1 - BACKTEST_HOLDOUT_SHARE)
+        how = f"top {BACKTEST_HOLDOUT_SHARE:.0%} of runs by FLOPs"
+    if (~held).sum() < OUTLIER_MIN_RUNS // 2 or held.sum() == 0:
+        return {"error": f"too few runs to hold any out ({len(table)})", "held_out": how}
+    try:
+        fit = fit_parametric(table.n[~held], table.tokens[~held], table.loss[~held])
+    except UserError as err:
+        return {"error": f"refit without the {how} failed: {err}", "held_out": how}
+    predicted = fit.law().loss(table.n[held], table.tokens[held])
+    abs_err = np.abs(predicted - table.loss[held])
+    rel_err = abs_err / table.loss[held]
+    out = {"held_out": how, "n_held_out": int(held.sum()), "n_fitted": int((~held).sum()),
+           "run_ids": [r for r, h in zip(table.run_id, held, strict=True) if h],
+           "mean_abs_error": float(abs_err.mean()), "max_abs_error": float(abs_err.max()),
+           "mean_rel_error": float(rel_err.mean()), "max_rel_error": float(rel_err.max()),
+           "law": {k: getattr(fit, k) for k in ("E", "A", "B", "alpha", "beta")},
+           "warn_threshold_rel_error": BACKTEST_WARN_REL_ERROR}
+    if rel_err.mean() > BACKTEST_WARN_REL_ERROR:
+        out["warning"] = (f"backtest: the law fitted without the {how} misses them by {rel_err.mean():.1%} on "
+                          f"average (> {BACKTEST_WARN_REL_ERROR:.0%}): extrapolation is uncertain")
+    return out
+
+
+def approach_agreement(approaches: dict) -> dict:
+    """Compare N_opt at the target budget across approaches; warn when intervals do not overlap.
+
+    An approach without an interval contributes its point estimate as a zero-width interval.
+    """
+    spans = {}
+    for name, result in approaches.items():
+        if "n_opt" not in result:
+            continue
+        lo, hi = (result.get("intervals") or {}).get("n_opt", [result["n_opt"], result["n_opt"]])
+        spans[name] = (float(lo), float(hi), float(result["n_opt"]))
+    out = {"n_opt": {k: v[2] for k, v in spans.items()},
+           "n_opt_intervals": {k: [v[0], v[1]] for k, v in spans.items()}}
+    if len(spans) < 2:
+        return {**out, "note": "fewer than 2 approaches gave N_opt: nothing to compare"}
+    points = [v[2] for v in spans.values()]
+    out["max_over_min"] = max(points) / min(points)
+    clashes = [f"{a} vs {b}" for i, (a, sa) in enumerate(spans.items()) for b, sb in list(spans.items())[i + 1:]
+               if sa[1] < sb[0] or sb[1] < sa[0]]
+    if clashes:
+        out["warning"] = (f"approaches disagree on N_opt beyond their intervals ({', '.join(clashes)}; "
+                          f"{out['max_over_min']:.2g}x apart): trust the answer less, add budgets or runs")
+    return out
+
+
+def convention_sensitivity(table: RunsTable, budget_flops: float, known: dict | None = None) -> dict:
+    """Refit Approaches 3 and 2 under each parameter convention the table has (at small scale the
+    choice of N moves the exponent a noticeably at small scale). `known` holds entries already
+    computed, by convention (the main fit's), so they are not fitted twice."""
+    out = dict(known or {})
+    for convention in ("total", "non_embedding"):
+        if convention not in table.params or convention in out:
+            continue
+        t = table.with_convention(convention)
+        entry: dict = {}
+        try:
+            fit = fit_parametric(t.n, t.tokens, t.loss)
+            law = fit.law(convention)
+            entry["parametric_a"] = law.a
+            entry["parametric_n_opt"] = float(law.optimal_allocation(budget_flops)[0])
+        except UserError as err:
+            entry["parametric_error"] = str(err)
+        try:
+            iso = fit_isoflop(t, budget_flops, bootstrap=0)
+            if "error" in iso:
+                entry["isoflop_error"] = iso["error"]
+            else:
+                entry["isoflop_a"], entry["isoflop_n_opt"] = iso["a"], iso["n_opt"]
+        except UserError as err:
+            entry["isoflop_error"] = str(err)
+        out[convention] = entry
+    return out

@@ -1,0 +1,139 @@
+"""Figures of a fit: IsoFLOP profiles, the N_opt(C) frontier of every approach, the parametric fit.
+
+Drawn with matplotlib's object API (Figure + Agg canvas), never pyplot, so that no global backend
+or figure state changes and it works on headless machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from pipeline.fit.fit_all import bootstrap_samples
+from pipeline.fit.intervals import percentile_band
+from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.table import RunsTable
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay out and write a Figure (one place, shared with pipeline.decide.report)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
+    """Loss vs N per budget, with the parabolas of Approach 2 and their vertices."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    groups = table.budget_groups()
+    budgets = np.unique(groups)
+    colours = [matplotlib.colormaps["viridis"](x) for x in np.linspace(0, 0.9, budgets.size)]
+    profiles = {p["planned_budget_flops"]: p for p in result["approaches"]["isoflop"].get("budgets", [])}
+    for budget, colour in zip(budgets, colours, strict=True):
+        rows = groups == budget
+        ax.scatter(table.n[rows], table.loss[rows], color=colour, s=18, label=f"C = {budget:.2g}")
+        prof = profiles.get(float(budget))
+        if prof and prof.get("parabola"):
+            x = np.linspace(*prof["window_log_n"], 50)
+            ax.plot(np.exp(x), np.polyval(prof["parabola"], x), color=colour, lw=1.2)
+        if prof and prof.get("bracketed"):
+            ax.scatter([prof["n_opt"]], [prof["loss_min"]], color=colour, marker="*", s=120, edgecolor="k")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"N ({table.convention} parameters)")
+    ax.set_ylabel("final validation loss")
+    ax.set_title("IsoFLOP profiles (Approach 2); stars: parabola vertices")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _frontier_band(result: dict, c_grid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    samples = bootstrap_samples(result)
+    if samples.shape[0] < 2:
+        return None
+    n_opt = np.array([ParametricLaw(*row).optimal_allocation(c_grid)[0] for row in samples])  # (samples, grid)
+    return percentile_band(n_opt, axis=0)
+
+
+def plot_frontier(result: dict, table: RunsTable, path: Path) -> Path:
+    """N_opt(C) of every approach, extrapolated to the target budget, with the bootstrap band."""
+    target = result["budget_flops"]
+    c_grid = np.geomspace(min(table.c.min(), target), max(table.c.max(), target), 40)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    law = result.get("law")
+    if law:
+        fitted = ParametricLaw(law["E"], law["A"], law["B"], law["alpha"], law["beta"])
+        ax.plot(c_grid, fitted.optimal_allocation(c_grid)[0], color="C0", label="Approach 3 (parametric)")
+        band = _frontier_band(result, c_grid)
+        if band is not None:
+            ax.fill_between(c_grid, *band, color="C0", alpha=0.2, label="Approach 3, 5-95% bootstrap")
+    iso = result["approaches"]["isoflop"]
+    if "a" in iso:
+        vertices = [p for p in iso["budgets"] if p["bracketed"]]
+        ax.scatter([p["budget_flops"] for p in vertices], [p["n_opt"] for p in vertices], color="C1", zorder=3)
+        ax.plot(c_grid, iso["k_n"] * c_grid ** iso["a"], color="C1", ls="--", label="Approach 2 (IsoFLOP)")
+    env = result["approaches"]["envelope"]
+    if "a" in env:
+        ax.scatter(env["frontier"]["flops"], env["frontier"]["n"], color="C2", s=10, zorder=3)
+        ax.plot(c_grid, env["k_n"] * c_grid ** env["a"], color="C2", ls=":", label="Approach 1 (envelope)")
+    ax.axvline(target, color="grey", lw=0.8)
+    if result.get("n_opt"):
+        ax.scatter([target], [result["n_opt"]], marker="*", s=160, color="k", zorder=4,
+                   label=f"recommended N = {result['n_opt']:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"training compute C (FLOPs, {table.flop_method})")
+    ax.set_ylabel(f"compute-optimal N ({table.convention})")
+    ax.set_title("Compute-optimal model size")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
+    """Predicted vs observed loss, and the log-space residuals vs compute (outliers marked x)."""
+    law = result["law"]
+    fitted = ParametricLaw(law["E"], law["A"], law["B"], law["alpha"], law["beta"])
+    predicted = fitted.loss(table.n, table.tokens)
+    dropped = {d["run_id"] for d in result["outliers"]["dropped"]}
+    out = np.array([r in dropped for r in table.run_id], dtype=bool)
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    lims = [min(predicted.min(), table.loss.min()), max(predicted.max(), table.loss.max())]
+    ax1.plot(lims, lims, color="grey", lw=0.8)
+    ax1.scatter(table.loss[~out], predicted[~out], s=12, label="fitted runs")
+    if out.any():
+        ax1.scatter(table.loss[out], predicted[out], marker="x", color="C3", label="outliers (dropped)")
+    ax1.set_xlabel("observed loss")
+    ax1.set_ylabel("predicted loss")
+    ax1.set_title(f"L = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3f} + {law['B']:.3g}/D^{law['beta']:.3f}",
+                  fontsize=9)
+    ax1.legend(fontsize=7)
+    resid = np.log(predicted) - np.log(table.loss)
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.scatter(table.c[~out], resid[~out], s=12)
+    if out.any():
+        ax2.scatter(table.c[out], resid[out], marker="x", color="C3")
+    ax2.set_xscale("log")
+    ax2.set_xlabel(f"training compute C (FLOPs, {table.flop_method})")
+    ax2.set_ylabel("log predicted - log observed")
+    ax2.set_title("residuals")
+    return save_figure(fig, path)
+
+
+def plot_fit(result: dict, table: RunsTable, out_dir: str | Path) -> list[Path]:
+    """Write every figure the result supports into `out_dir`; returns their paths.
+
+    `table` is the table given to fit_all (outliers included: they are drawn as x).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = table.with_convention(result["convention"])
+    paths = [plot_isoflop(result, table, out_dir / "isoflop_profiles.png"),
+             plot_frontier(result, table, out_dir / "frontier.png")]
+    if result.get("law"):
+        paths.append(plot_parametric(result, table, out_dir / "parametric_fit.png"))
+    return paths

@@ -1,0 +1,60 @@
+"""`python -m pipeline.sweep`: plan the pilot study, skip what is done, launch the rest.
+
+    python -m pipeline.sweep experiment=cpu_tiny                       # CPU demo, runs one after another
+    python -m pipeline.sweep experiment=cpu_tiny sweep.dry_run=true    # the plan and each run's state
+    python -m pipeline.sweep experiment=h100_pilot launcher.mode=node  # one run per GPU on this node
+    python -m pipeline.sweep experiment=h100_pilot launcher=slurm launcher.partition=gpu
+
+Files are the source of truth: a run is done when its `run.json` says ok or diverged; failed runs
+are retried up to `sweep.max_retries` times; preempted or interrupted runs resume from their
+checkpoints. Relaunching the same command is always safe (idempotent).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.cli import load_study, run_main
+from pipeline.data.corpus import prepare_corpus
+from pipeline.errors import UserError
+from pipeline.plan.design import check_design, plan_sweep, plan_table
+from pipeline.sweep.dispatch import TERMINAL, launch, pending_runs, status_counts, sweep_dir, write_plan
+from pipeline.sweep.slurm_array import check_launcher
+
+USAGE = __doc__
+
+
+def main(overrides: list[str], flags: dict) -> int:
+    study = load_study(overrides, flags)
+    if study is None:  # --cfg printed it
+        return 0
+    if study.launcher.mode.value == "slurm" and not study.sweep.dry_run:
+        check_launcher(study)  # before any data preparation or attempt is counted
+    check_design(study)  # before the corpus is prepared: a typo must not cost a data preparation
+    manifest = prepare_corpus(study.data)
+    device_type = "cuda" if study.train.device == "cuda" or (study.train.device == "auto" and torch.cuda.is_available()) else "cpu"
+    world_size = study.launcher.gpus_per_run if study.launcher.mode.value == "node" else 1
+    runs = plan_sweep(study, manifest.vocab_size, world_size)
+    if not runs:
+        raise UserError("the sweep has no runs: give sweep.sizes and budgets (or tokens)")
+    plan_path = write_plan(study, runs, overrides)
+    todo, states = pending_runs(study, runs)
+    print(plan_table(runs, device_type, states))
+    print(f"plan: {plan_path}\nstate: {status_counts(states)}")
+    if study.sweep.dry_run:
+        return 0
+    if todo:
+        print(f"launching {len(todo)} of {len(runs)} runs ({study.launcher.mode.value})", flush=True)
+        launch(study, todo, overrides)
+    _, states = pending_runs(study, runs)
+    print(f"sweep {study.sweep_name}: {status_counts(states)} -> {sweep_dir(study)}")
+    unfinished = [k for k, v in states.items() if v not in TERMINAL and v != "done"]
+    if unfinished:
+        print(f"{len(unfinished)} runs not finished; relaunch the same command to resume or retry them")
+        return 1
+    print(f"next: python -m pipeline.fit {' '.join(overrides)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, USAGE)
