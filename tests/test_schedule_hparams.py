@@ -10,21 +10,46 @@ from pipeline.plan.hparams import batch_tokens_for_compute, lr_for_compute, reso
 from pipeline.plan.schedule import lr_multiplier
 
 
-def test_cosine_warms_up_then_decays_to_ten_percent_exactly_at_the_end():
-    kw = dict(schedule="cosine", total_steps=100, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_multiplier(0, **kw) == pytest.approx(0.1)
-    assert lr_multiplier(9, **kw) == pytest.approx(1.0)
-    assert lr_multiplier(10, **kw) == pytest.approx(1.0)
-    assert lr_multiplier(55, **kw) == pytest.approx(0.55)  # half-way through the cosine: (1 + 0.1) / 2
-    assert lr_multiplier(100, **kw) == pytest.approx(0.1)
+def _executed(kw) -> list[float]:
+    """The multiplier of every step a run of kw["total_steps"] really executes (0 .. total - 1)."""
+    return [lr_multiplier(step, **kw) for step in range(kw["total_steps"])]
 
 
-def test_wsd_is_flat_then_one_minus_sqrt():
-    kw = dict(schedule="wsd", total_steps=100, warmup_steps=10, min_lr_ratio=0.0, cooldown_steps=20)
-    assert lr_multiplier(50, **kw) == 1.0
-    assert lr_multiplier(79, **kw) == 1.0
-    assert lr_multiplier(85, **kw) == pytest.approx(1 - math.sqrt(5 / 20))
-    assert lr_multiplier(100, **kw) == pytest.approx(0.0)
+@pytest.mark.parametrize("total, warmup", [(100, 10), (37, 0), (12, 11), (1000, 1)])
+def test_cosine_over_every_executed_step_ends_exactly_at_the_minimum(total, warmup):
+    kw = dict(schedule="cosine", total_steps=total, warmup_steps=warmup, min_lr_ratio=0.1)
+    lrs = _executed(kw)
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-12)       # the last step that runs is at the minimum
+    assert min(lrs[warmup:]) == pytest.approx(0.1, abs=1e-12)
+    if warmup:
+        assert lrs[warmup - 1] == pytest.approx(1.0)         # warmup ends at the peak ...
+        assert lrs[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    decay = lrs[warmup:]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))  # ... then strictly down to the minimum
+    assert all(0.1 - 1e-12 <= v <= 1.0 for v in decay)
+
+
+def test_cosine_midpoint_of_the_executed_decay():
+    kw = dict(schedule="cosine", total_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_multiplier(59, **kw) == pytest.approx(0.55)  # end of step 59 = half of the 100 decay steps
+
+
+@pytest.mark.parametrize("total, warmup, cooldown, floor", [(100, 10, 20, 0.0), (57, 3, 11, 0.1), (30, 0, 1, 0.05)])
+def test_wsd_over_every_executed_step_is_flat_then_one_minus_sqrt_to_the_minimum(total, warmup, cooldown, floor):
+    kw = dict(schedule="wsd", total_steps=total, warmup_steps=warmup, min_lr_ratio=floor, cooldown_steps=cooldown)
+    lrs = _executed(kw)
+    start = total - cooldown
+    assert lrs[warmup:start] == [1.0] * (start - warmup)   # the stable phase
+    expected = [floor + (1 - floor) * (1 - math.sqrt((s + 1 - start) / cooldown)) for s in range(start, total)]
+    assert lrs[start:] == pytest.approx(expected)          # cooldown_steps decaying steps ...
+    assert lrs[-1] == pytest.approx(floor, abs=1e-12)       # ... the last one at the minimum
+    assert lrs[start] < 1.0
+
+
+def test_wsd_branch_start_reaches_the_minimum_at_the_last_step():
+    kw = dict(schedule="wsd", total_steps=50, warmup_steps=5, min_lr_ratio=0.1, cooldown_steps=0, decay_start_step=40)
+    lrs = _executed(kw)
+    assert lrs[39] == 1.0 and lrs[40] < 1.0 and lrs[-1] == pytest.approx(0.1)
 
 
 def test_deepseek_rule_values():

@@ -11,6 +11,14 @@ shows only two steps after resume).
              beyond fixed training durations"), sec. 3: constant LR, then a cooldown over the last
              `cooldown_steps` shaped (1 - sqrt(progress)), which they found best, to `min_lr_ratio`.
 * constant -- warmup then constant (debugging).
+
+Which step reaches the minimum. A run of `total_steps` executes steps 0 .. total_steps - 1, so a
+schedule whose progress is (step - start) / (total_steps - start) never reaches its end: the last
+step would train at a learning rate above `min_lr_ratio` (by 1 - cos(pi / span) of the range). As
+torchtitan's "virtual last step", each step's multiplier is the schedule evaluated at the END of the
+step, progress = (step + 1 - start) / (total_steps - start): the decay's first step is already below
+the peak (the last warmup step sits at it), and the last executed step, total_steps - 1, is exactly
+at `min_lr_ratio`. A cooldown of `cooldown_steps` therefore takes that many decaying steps.
 """
 
 from __future__ import annotations
@@ -31,12 +39,12 @@ def lr_multiplier(step: int, *, schedule: str, total_steps: int, warmup_steps: i
         return 1.0
     if schedule == "cosine":
         span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
+        progress = min(1.0, (step + 1 - warmup_steps) / span)
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "wsd":
         start = total_steps - cooldown_steps if decay_start_step is None else decay_start_step
         if step < start:
             return 1.0
-        progress = min(1.0, (step - start) / max(1, total_steps - start))
+        progress = min(1.0, (step + 1 - start) / max(1, total_steps - start))
         return min_lr_ratio + (1 - min_lr_ratio) * (1 - math.sqrt(progress))
     raise ValueError(f"unknown schedule {schedule!r}")
