@@ -59,8 +59,14 @@ def test_concrete_model_is_exactly_counted_and_spends_the_budget(h100_two_weeks)
     assert model["params"]["total"] == pytest.approx(1.13e10, rel=0.05)
     exact = training_flops_per_token(shape, SEQ, "exact")
     assert model["flops_per_token"]["exact"] == exact > model["flops_per_token"]["6n"]  # attention counted
-    # D recomputed for THIS shape with exact FLOPs: within one batch of budget / exact FLOPs per token
-    assert abs(model["tokens"] - h100_two_weeks["budget"]["flops"] / exact) <= model["batch_tokens"] / 2
+    # A published law allocates with C = 6 N D, so the run's D is the budget / 6 N of THIS shape (whole
+    # batches), its FLOPs under that count are the budget within half a batch, and it says so.
+    assert h100_two_weeks["count"]["name"] == "6nd" and "published" in h100_two_weeks["count"]["why"]
+    six_n = 6 * model["params"]["total"]
+    assert abs(model["tokens"] - h100_two_weeks["budget"]["flops"] / six_n) <= model["batch_tokens"] / 2
+    assert abs(model["flops"] - h100_two_weeks["budget"]["flops"]) <= six_n * model["batch_tokens"] / 2
+    assert h100_two_weeks["d_opt"] == model["tokens"]
+    assert h100_two_weeks["predicted_loss"] == pytest.approx(float(EPOCH.loss(model["params"]["total"], model["tokens"])))
     assert model["tokens"] % model["batch_tokens"] == 0 and model["steps"] == model["tokens"] // model["batch_tokens"]
     # pipeline.plan.hparams at C = 1.53e22: lr 0.3118 C^-0.125, batch 0.292 C^0.3271 tokens, beta2 0.95 above 2^20
     assert model["lr"] == pytest.approx(0.3118 * 1.5313e22 ** -0.125, rel=1e-3)

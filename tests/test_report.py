@@ -36,7 +36,7 @@ def test_report_has_headline_first_and_every_section(rec, tmp_path):
     path = render_report(tmp_path / "out", fit, rec, [fit_png])
     text = path.read_text()
     assert path.name == "report.md"
-    assert text.startswith("# Recommendation\n\n**Train 11.2B parameters (total) on 210B tokens (18.8 tokens per parameter).**")
+    assert text.startswith("# Recommendation\n\n**Train 11.2B parameters (total) on 228B tokens (20.3 tokens per parameter).**")
     assert "predicted loss 2.1174 [" in text and "448 GPU-days (32 x h100_sxm for 14.0 days at MFU 0.40)" in text
     assert "about $21,504" in text  # 448 GPU-days x 24 h x $2
     for heading in ("## Budget", "## The full run", "## Fit", "## Warnings", "## Deviating from N_opt",

@@ -210,6 +210,9 @@ class Study:
     convention: str = "total"               # which parameter count the law is fitted in
     out_dir: str | None = None           # unset: <results_dir>/<sweep_name>/fit
     seed: int = 0
+    all_runs: bool = False               # fit every record under the sweep, not only the current plan.json's runs
+    full_run_preset: str = "gpt2-2048"   # without pilots (law=..., runs=file): the full run's tokenizer/vocab/seq_len
+                                         # (pipeline/config/presets.py), or "study" for this config's own data/model
 
 
 

@@ -9,6 +9,7 @@ change. Checks that need the planned design (sizes, budgets) live with the plann
 from __future__ import annotations
 
 from models.sizing import SizingError, parse_size
+from pipeline.config.presets import FULL_RUN_PRESETS, STUDY_PRESET
 from pipeline.config.schema import DataConfig, Study
 from pipeline.errors import UserError
 
@@ -79,6 +80,8 @@ def validate_study(job: Study) -> None:
             raise UserError(f"model.size: {err}") from err
         if not size > 0:
             raise UserError(f"model.size={m.size} must be a positive parameter count, e.g. model.size=2e5")
+    if job.full_run_preset not in (*FULL_RUN_PRESETS, STUDY_PRESET):
+        raise UserError(f"full_run_preset={job.full_run_preset!r}: use one of {', '.join([*FULL_RUN_PRESETS, STUDY_PRESET])}")
     if m.convention not in ("total", "non_embedding"):
         raise UserError(f"model.convention={m.convention!r}: use total or non_embedding")
     if t.evals_per_run < 1:
