@@ -63,9 +63,10 @@ def test_report_for_a_published_law_without_fit(tmp_path):
 def test_terminal_summary_is_a_few_lines(rec):
     summary = terminal_summary(rec)
     lines = summary.splitlines()
-    assert 5 <= len(lines) <= 12
+    assert 5 <= len(lines) <= 14
     assert lines[0].startswith("Recommendation (epoch law, total parameters, budget 1.53e+22 FLOPs): 11.2B parameters")
-    assert "saves" in summary and "epochs needed" in summary and "FSDP/ZeRO-3" in summary
+    assert "saves" in summary and "data-constrained plan" in summary and "FSDP/ZeRO-3" in summary
+    assert "FLOP count: C = 6 N D" in summary and "epochs of 100B unique tokens" in summary
 
 
 def test_fit_intervals_without_a_method_still_render(rec, tmp_path):

@@ -82,17 +82,35 @@ def terminal_summary(rec: dict) -> str:
         f"{model['steps']:,} steps, {short_schedule(model['schedule'])}",
         f"  memory: {model['memory']['summary']}",
     ]
+    lines[1:1] = _count_lines(rec, "  ")
     inf = rec.get("inference_aware")
     if inf:
         lines.append(f"  with {inf['inference_tokens']:.3g} inference tokens: {count(inf['n_opt'])} params on "
                      f"{count(inf['d_opt'])} tokens saves {inf['saving_fraction']:.1%} of total FLOPs")
     dc = rec.get("data_constrained")
     if dc and dc["epochs"] > 1:
-        lines.append(f"  unique data: {dc['epochs']:.1f} epochs needed; adjusted plan {count(dc['n_opt'])} params "
-                     f"on {count(dc['d_opt'])} tokens")
+        lines.append(f"  data-constrained plan (Muennighoff et al. 2023): {count(dc['n_opt'])} params on "
+                     f"{count(dc['d_opt'])} tokens ({dc['adjusted_epochs']:.1f} epochs), loss {dc['adjusted_loss']:.4f} "
+                     f"vs {dc['loss_with_repetition']:.4f} repeating the plan above")
     for warning in rec.get("warnings", []):
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)
+
+
+def _count_lines(rec: dict, indent: str) -> list[str]:
+    """Which FLOP count the answer uses and why, what the run is sized for, and its epochs over the data."""
+    out = []
+    flop_count, target, data = rec.get("count"), rec.get("target"), rec.get("data")
+    if flop_count:
+        out.append(f"{indent}FLOP count: {flop_count['formula']} ({flop_count['why']}); the run's FLOPs under it "
+                   f"{rec['model']['flops']:.4g}")
+    if target:
+        out.append(f"{indent}sized for: tokenizer {target.get('tokenizer')}, V={target['vocab_size']:,}, "
+                   f"T={target['seq_len']:,}, {rec['model'].get('precision', 'bf16')} ({target['source']})")
+    if data and data.get("epochs") is not None:
+        out.append(f"{indent}data: {data['epochs']:.2f} epochs of {count(data['unique_tokens'])} unique tokens "
+                   f"({data['source']})")
+    return out
 
 
 # --- plots -----------------------------------------------------------------------------------------
@@ -163,7 +181,8 @@ def _headline(rec: dict) -> list[str]:
         f"- shape: {model['describe']}",
         f"- law optimum: N_opt {count(rec['n_opt'])}{_interval_text(rec, 'n_opt')}, D_opt {count(rec['d_opt'])}"
         f"{_interval_text(rec, 'd_opt')} ({rec['allocation_rule']})",
-        f"- memory: {model['memory']['summary']}", "",
+        f"- memory: {model['memory']['summary']}",
+        *_count_lines(rec, "- "), "",
     ]
 
 
@@ -204,8 +223,14 @@ def _full_run_section(rec: dict) -> list[str]:
             ["activations, micro-batch 1 (none / full checkpointing)",
              f"{mem['activations_gb']['no_checkpointing']:.2f} / {mem['activations_gb']['checkpointing']:.2f} GB"],
             ["parallelism", mem["summary"]]]
-    return (["## The full run", "", "Launch with `python -m pipeline.train --config-dir <this directory> "
-             "experiment=full_run` (written to `experiment/full_run.yaml`).", ""] + table(["", "value"], rows))
+    lines = (["## The full run", "", "Launch with `python -m pipeline.train --config-dir <this directory> "
+              "experiment=full_run` (written to `experiment/full_run.yaml`).", ""] + table(["", "value"], rows))
+    diffs = rec.get("differences") or []
+    if diffs:
+        lines += ["What differs from the pilots, and why:", ""]
+        lines += table(["setting", "pilots", "full run", "why"],
+                       [[d["setting"], d["pilots"], d["full_run"], d["why"]] for d in diffs])
+    return lines
 
 
 def _fit_section(fit: dict | None) -> list[str]:
@@ -280,9 +305,10 @@ METHODS = """## How these numbers are computed
   under C = 6 N D by the closed form G = (alpha A / (beta B))^(1/(alpha+beta)), N_opt = G (C/6)^(beta/(alpha+beta)),
   D_opt = (C/6)/N_opt (Hoffmann et al. 2022, eq. 4 and App. D.2).
 - Parameter convention: {convention} parameters (embedding, head and non-embedding counts are listed for the shape).
-- FLOP convention: the law allocates with C = 6 N D (Kaplan et al. 2020, sec. 2.1); the concrete run's token count
-  is the budget divided by the shape's exact training FLOPs per token, 3 x the forward count of Hoffmann et al.
-  2022, App. F (attention included).
+- FLOP count: one count from the law's optimum to the launched run (pipeline/decide/allocation.py). With pilots
+  from a sweep it is the exact training FLOPs per token of the family's shape, 3 x the forward count of Hoffmann
+  et al. 2022, App. F (attention included), as their IsoFLOP budgets: N_opt minimises L(N, C / F(N)) and the run
+  trains D = C / F(shape). For a published law or runs without a shape, C = 6 N D (Kaplan et al. 2020, sec. 2.1).
 - Budget: GPUs x dense bf16 peak x MFU x seconds; MFU as defined by Chowdhery et al. 2022 (PaLM, App. B).
 - Intervals: 5-95 percentiles of N_opt, D_opt and the loss over bootstrap refits of the law (Besiroglu et al. 2024).
 - Hyperparameters: learning rate and batch from DeepSeek-AI 2024 (DeepSeek LLM, eq. 1); warmup of N tokens and

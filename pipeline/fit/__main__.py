@@ -7,7 +7,12 @@
 
 Writes <out_dir>/recommendation.json, report.md, the plots and experiment/full_run.yaml, and prints
 a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=none, convention=non_embedding,
-inference.tokens=T, data.unique_tokens=U.
+inference.tokens=T, data.unique_tokens=U, all_runs=true (every record in the folder, not only plan.json's),
+full_run_preset=study (without pilots: size the full run for this config's tokenizer instead of gpt2-2048).
+
+One FLOP count runs through the decision (pipeline/decide/allocation.py): with pilots from a sweep, the exact
+count of their family at their vocabulary and sequence length (what their IsoFLOP budgets used); for a
+published law or runs from a file or W&B (no shape), C = 6 N D. The output names the count and why.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from pathlib import Path
 from pipeline.cli import load_study, run_main
 from pipeline.config.load import as_dict
 from pipeline.config.schema import Study
+from pipeline.decide.allocation import exact_count, six_nd_count
 from pipeline.decide.budget import resolve_budget
-from pipeline.decide.recommend import recommend, write_full_run_config
+from pipeline.decide.full_run import target_from_pilots, target_from_preset, write_full_run_config
+from pipeline.decide.recommend import recommend
 from pipeline.decide.report import render_report, terminal_summary
 from pipeline.fit.fit_all import fit_all, law_from_fit
 from pipeline.fit.laws import published_law
@@ -37,6 +44,30 @@ def runs_source(study: Study) -> str:
     return study.runs or str(Path(study.results_dir) / study.sweep_name)
 
 
+def decision_inputs(study: Study, table) -> tuple[dict, object, float | None, str | None]:
+    """(full-run target, FLOP count, unique tokens and where that number comes from), before any file is written."""
+    convention = study.convention if study.law is None else None
+    pilots = table is not None and table.vocab_size and table.seq_len and table.flop_method == "exact"
+    if pilots:
+        target = target_from_pilots({"tokenizer": (table.setup or {}).get("tokenizer"),
+                                     "vocab_size": table.vocab_size, "seq_len": table.seq_len})
+        count = exact_count(table.vocab_size, table.seq_len, convention or "total", study.model.tie_embeddings)
+    else:
+        why = (f"law {study.law} is published and was fitted with C = 6 N D" if study.law is not None
+               else f"the runs from {runs_source(study)} carry no shape, so no exact count: C = 6 N D as their table")
+        target = target_from_preset(study.full_run_preset, as_dict(study.data), study.model.seq_len,
+                                    why_no_pilots="no pilot records" if study.law is None else f"published law {study.law}")
+        count = six_nd_count(why, convention or ("non_embedding" if study.law == "kaplan" else "total"))
+    unique, source = study.data.unique_tokens, "declared by data.unique_tokens"
+    if unique is None and table is not None and (table.setup or {}).get("unique_tokens"):
+        unique = float(table.setup["unique_tokens"])
+        source = f"the pilots' prepared corpus {table.setup.get('data_fingerprint')} (its manifest)"
+    elif unique is None and study.data.max_train_tokens:
+        unique = float(study.data.max_train_tokens)
+        source = "at most data.max_train_tokens (the corpus is capped there; the prepared count may be lower)"
+    return target, count, unique, (source if unique is not None else None)
+
+
 def main(overrides: list[str], flags: dict) -> int:
     study = load_study(overrides, flags)
     if study is None:  # --cfg printed it
@@ -45,8 +76,9 @@ def main(overrides: list[str], flags: dict) -> int:
     out_dir = output_dir(study)
     fit_result, law_samples, plots, table, pilot = None, None, [], None, None
     if study.law is None:
-        table = load_runs(runs_source(study), convention=study.convention)
+        table = load_runs(runs_source(study), convention=study.convention, all_runs=study.all_runs)
         pilot = table.pilot_summary()
+    target, count, unique_tokens, unique_source = decision_inputs(study, table)
     budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
                             pilot_flops=pilot.get("total_flops") if pilot else None)
     if study.law is not None:
@@ -57,10 +89,10 @@ def main(overrides: list[str], flags: dict) -> int:
         law, law_samples = law_from_fit(fit_result)
 
         plots = plot_fit(fit_result, table, out_dir)
-    vocab_size, seq_len = (table.vocab_size, table.seq_len) if table is not None and table.vocab_size else (
-        study.data.vocab_size, study.model.seq_len)
-    rec = recommend(law, budget, law_samples=law_samples, vocab_size=vocab_size, seq_len=seq_len, pilot=pilot,
-                    inference_tokens=study.inference.tokens, unique_tokens=study.data.unique_tokens,
+    rec = recommend(law, budget, law_samples=law_samples, target=target, count=count, pilot=pilot,
+                    pilot_setup=table.setup if table is not None else None,
+                    inference_tokens=study.inference.tokens, unique_tokens=unique_tokens,
+                    unique_tokens_source=unique_source,
                     convention=study.convention if study.law is None else None,
                     pilot_schedule=table.schedule if table is not None else None)
     if fit_result is not None:
@@ -69,7 +101,9 @@ def main(overrides: list[str], flags: dict) -> int:
             if key in fit_result:
                 rec[key] = fit_result[key]
         rec["law"] = {**rec["law"], **fit_result["law"]}
-        rec["intervals"] = {**(rec.get("intervals") or {}), **fit_result.get("intervals", {})}
+        # The law parameters' intervals come from the fit; N_opt, D_opt, tokens/param and the loss stay the
+        # decision's, each bootstrap sample allocated under the same count as the headline.
+        rec["intervals"] = {**fit_result.get("intervals", {}), **(rec.get("intervals") or {})}
         rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,

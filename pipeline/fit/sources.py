@@ -182,12 +182,12 @@ def load_wandb(project_path: str, convention: str = "total", flop_method: str = 
 
 
 def load_runs(source: str | Path, convention: str = "total", flop_method: str | None = None,
-              columns: dict[str, str] | None = None) -> RunsTable:
+              columns: dict[str, str] | None = None, all_runs: bool = False) -> RunsTable:
     """Dispatch on the source: `wandb:entity/project`, a results directory, or a .csv/.jsonl file."""
     text = str(source)
     if text.startswith("wandb:"):
         return load_wandb(text[len("wandb:"):], convention, flop_method or "exact")
     path = Path(text)
     if path.is_dir():
-        return load_results_dir(path, convention, flop_method or "exact")
+        return load_results_dir(path, convention, flop_method or "exact", all_runs=all_runs)
     return load_table_file(path, convention, flop_method, columns)

@@ -8,10 +8,17 @@ pick the N and C the fits use (README, "Accounting conventions": the report says
 Runs that cannot be used (not finished, diverged, non-finite or non-positive numbers, unreadable
 records) are excluded with a reason and listed in `excluded`; the fit reports them. A table file
 with a bad value aborts instead, naming the line: the user typed it and can fix it.
+
+Only comparable runs are fitted together. A sweep folder's fit uses the runs of its current plan
+(plan.json) and lists the other records as excluded ("not in the current plan", naming the setting in
+which they differ); `all_runs=True` fits every record. Either way, runs that differ in their data
+(corpus fingerprint, tokenizer, validation set), their LR or batch rule, or their LR schedule are never
+mixed: the table refuses with one line naming the field (`COMPARABLE_FIELDS`, `pilot_schedule`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +27,14 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.records import FINISHED_STATUS, load_records, read_jsonl
+
+PLAN_FILE = "plan.json"
+# (name in messages, path in the record): settings that change what a loss means. The tokenizer and the
+# validation set change the units and the sample of the loss; the fingerprint catches any other change of
+# the corpus; the LR/batch rules change how well each size is trained.
+COMPARABLE_FIELDS = (("data.tokenizer", ("data", "tokenizer")), ("data.val_tokens", ("data", "val_tokens")),
+                     ("data.source", ("data", "source")), ("data.fingerprint", ("data", "fingerprint")),
+                     ("LR rule", ("hparams", "lr_source")), ("batch rule", ("hparams", "batch_source")))
 
 # Runs whose FLOPs lie within 5% of each other count as one IsoFLOP budget when no planned budget
 # is recorded: the planner keeps each run within half an optimizer step of its budget (well under
@@ -45,6 +60,7 @@ class RunsTable:
     vocab_size: int | None = None     # the pilots' shared vocabulary and sequence length (records only)
     seq_len: int | None = None
     schedule: dict | None = None      # the pilots' shared LR schedule (records only), see pilot_schedule
+    setup: dict | None = None         # the pilots' shared tokenizer, unique train tokens, precision, device (records)
 
     def __post_init__(self):
         if self.convention not in self.params:
@@ -181,6 +197,45 @@ def pilot_schedule(records: list[dict], source: str) -> dict | None:
     return dict(key) if key else None
 
 
+def _field(rec: dict, path: tuple[str, str]):
+    return (rec.get(path[0]) or {}).get(path[1])
+
+
+def differing_field(rec: dict, reference: dict) -> str | None:
+    """The first COMPARABLE_FIELDS setting in which `rec` differs from `reference`, as 'name (a vs b)'."""
+    for name, path in COMPARABLE_FIELDS:
+        mine, theirs = _field(rec, path), _field(reference, path)
+        if mine is not None and theirs is not None and mine != theirs:
+            return f"{name} ({mine} vs {theirs})"
+    return None
+
+
+def check_comparable(records: list[dict], source: str) -> None:
+    """One-line UserError when the runs differ in a COMPARABLE_FIELDS setting (their losses do not compare)."""
+    for name, path in COMPARABLE_FIELDS:
+        values: dict = {}
+        for rec in records:
+            value = _field(rec, path)
+            if value is not None:
+                values[value] = values.get(value, 0) + 1
+        if len(values) > 1:
+            mix = ", ".join(f"{n} runs with {v}" for v, n in values.items())
+            raise UserError(f"the runs in {source} differ in {name} ({mix}): their losses are not comparable; fit the "
+                            "current plan (drop all_runs=true) or one setting at a time")
+
+
+def pilot_setup(records: list[dict]) -> dict:
+    """What the pilots shared beyond the schedule: tokenizer, unique training tokens, precision, device."""
+    def common(values):
+        values = {v for v in values if v is not None}
+        return values.pop() if len(values) == 1 else None
+    return {"tokenizer": common(_field(r, ("data", "tokenizer")) for r in records),
+            "unique_tokens": common(_field(r, ("data", "train_tokens_unique")) for r in records),
+            "data_fingerprint": common(_field(r, ("data", "fingerprint")) for r in records),
+            "precision": common(r.get("precision") for r in records),
+            "device": common(((r.get("provenance") or {}).get("device") or {}).get("type") for r in records)}
+
+
 def table_from_records(records: list[dict], convention: str = "total", flop_method: str = "exact",
                        rejected: list[dict] | None = None, source: str = "records",
                        read_curves: bool = True) -> RunsTable:
@@ -220,6 +275,7 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
     shapes = {((r.get("shape") or {}).get("vocab_size"), (r.get("shape") or {}).get("seq_len")) for r in kept}
     vocab_size, seq_len = shapes.pop() if len(shapes) == 1 else (None, None)
     schedule = pilot_schedule(kept, source)
+    check_comparable(kept, source)
     return RunsTable(
         run_id=tuple(str(r["run_id"]) for r in kept),
         params={k: np.array([float(r["params"][k]) for r in kept]) for k in conventions},
@@ -230,15 +286,48 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
         curves=tuple(_read_curve(r.get("_dir") or r.get("run_dir")) for r in kept) if read_curves else (),
         convention=convention, flop_method=flop_method, excluded=tuple(excluded), source=source,
         mfu=np.array([float(r["mfu"]) if _positive_finite(r.get("mfu")) else np.nan for r in kept]),
-        vocab_size=vocab_size, seq_len=seq_len, schedule=schedule)
+        vocab_size=vocab_size, seq_len=seq_len, schedule=schedule, setup=pilot_setup(kept))
 
 
-def load_results_dir(results_dir: str | Path, convention: str = "total", flop_method: str = "exact") -> RunsTable:
-    """Every run record under a sweep's results directory (unreadable records are excluded)."""
+def plan_run_ids(results_dir: Path) -> list[str] | None:
+    """Run ids of the sweep's current plan (plan.json, rewritten by every `pipeline.sweep`), None without one."""
+    path = Path(results_dir) / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return [str(r["run_id"]) for r in json.loads(path.read_text())["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a readable plan ({type(err).__name__}): re-run the sweep's dry run to rewrite it, "
+                        "or fit every record with all_runs=true") from err
+
+
+def load_results_dir(results_dir: str | Path, convention: str = "total", flop_method: str = "exact",
+                     all_runs: bool = False) -> RunsTable:
+    """The run records under a sweep's results directory (unreadable records are excluded).
+
+    By default only the runs of the current plan (plan.json) are fitted; the other records are listed
+    under `excluded` as "not in the current plan", with the setting in which they differ from the plan's
+    runs. `all_runs=True` fits every record (and refuses records that are not comparable).
+    """
     path = Path(results_dir)
     if not path.is_dir():
         raise UserError(f"results directory {path} does not exist: pass the sweep's results_dir")
     records, rejected = load_records(path)
-    return table_from_records(records, convention, flop_method, rejected, source=str(path))
+    planned = None if all_runs else plan_run_ids(path)
+    stale: list[dict] = []
+    if planned is not None:
+        wanted = set(planned)
+        current = [r for r in records if str(r.get("run_id")) in wanted]
+        reference = current[0] if current else None
+        for rec in records:
+            if str(rec.get("run_id")) in wanted:
+                continue
+            differs = differing_field(rec, reference) if reference else None
+            stale.append({"run_id": str(rec.get("run_id", "?")),
+                          "reason": f"not in the current plan ({PLAN_FILE})"
+                                    + (f": differs in {differs}" if differs else "") + "; all_runs=true fits it"})
+        records = current
+    table = table_from_records(records, convention, flop_method, rejected, source=str(path))
+    return replace(table, excluded=(*table.excluded, *stale)) if stale else table
 
 

@@ -106,7 +106,8 @@ def execute(job: Study) -> dict:
                            "hparams": spec.hparams.to_dict()}
     tracker = Tracker(job.tracking, run_id=spec.run_id, attempt=attempt, group=job.sweep_name,
                       config=config_for_tracking, wandb_dir=job.tracking.dir or str(Path(job.results_dir) / "wandb"))
-    base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir)}
+    base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir),
+            "precision": precision}  # as resolved (auto -> bf16 on GPU, fp32 on CPU): the full run lists the difference
     refuse_foreign_record(run_dir, spec.run_id)
     if not claim(run_dir):
         raise UserError(f"run {spec.run_id} is being trained by another process ({lock_holder(run_dir)}): "
