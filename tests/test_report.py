@@ -66,7 +66,7 @@ def test_terminal_summary_is_a_few_lines(rec):
     assert 5 <= len(lines) <= 14
     assert lines[0].startswith("Recommendation (epoch law, total parameters, budget 1.53e+22 FLOPs): 11.2B parameters")
     assert "saves" in summary and "data-constrained plan" in summary and "FSDP/ZeRO-3" in summary
-    assert "FLOP count: C = 6 N D" in summary and "epochs of 100B unique tokens" in summary
+    assert "FLOP count: C = 6 N D" in summary and "4.56 epochs of 50B unique tokens" in summary
 
 
 def test_fit_intervals_without_a_method_still_render(rec, tmp_path):

@@ -114,10 +114,12 @@ def _data_section(tokens: int, unique_tokens: float | None, source: str | None, 
                 "epochs": None, "repeats": None}
     epochs = tokens / unique_tokens
     if epochs > EPOCHS_WARN:
-        warnings.append(f"the full run needs {epochs:.1f} epochs of its {unique_tokens:.3g} unique tokens ({source}); "
+        warnings.append(f"the full run needs {epochs:.1f} epochs of its {unique_tokens:.3g} unique tokens "
+                        f"({source or 'declared'}); "
                         f"beyond ~{EPOCHS_WARN:g} epochs repeated tokens lose value (Muennighoff et al. 2023): see the "
                         "data-constrained plan, or add data")
-    return {"unique_tokens": float(unique_tokens), "source": source, "epochs": epochs, "repeats": epochs > 1}
+    return {"unique_tokens": float(unique_tokens), "source": source or "declared", "epochs": epochs,
+            "repeats": epochs > 1}
 
 
 def _check_positive(key: str, value, allow_zero: bool) -> None:

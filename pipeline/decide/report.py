@@ -105,7 +105,8 @@ def _count_lines(rec: dict, indent: str) -> list[str]:
         out.append(f"{indent}FLOP count: {flop_count['formula']} ({flop_count['why']}); the run's FLOPs under it "
                    f"{rec['model']['flops']:.4g}")
     if target:
-        out.append(f"{indent}sized for: tokenizer {target.get('tokenizer')}, V={target['vocab_size']:,}, "
+        tokenizer = f"tokenizer {target['tokenizer']}, " if target.get("tokenizer") else ""
+        out.append(f"{indent}sized for: {tokenizer}V={target['vocab_size']:,}, "
                    f"T={target['seq_len']:,}, {rec['model'].get('precision', 'bf16')} ({target['source']})")
     if data and data.get("epochs") is not None:
         out.append(f"{indent}data: {data['epochs']:.2f} epochs of {count(data['unique_tokens'])} unique tokens "

@@ -15,13 +15,36 @@ from __future__ import annotations
 import torch
 
 from pipeline.cli import load_study, run_main
-from pipeline.data.corpus import prepare_corpus
+from pipeline.config.presets import KNOWN_VOCAB_SIZES
+from pipeline.config.schema import DataConfig
+from pipeline.data.corpus import corpus_fingerprint, prepare_corpus, resolve_source
+from pipeline.data.manifest import load_manifest
 from pipeline.errors import UserError
 from pipeline.plan.design import check_design, plan_sweep, plan_table
 from pipeline.sweep.dispatch import TERMINAL, launch, pending_runs, status_counts, sweep_dir, write_plan
 from pipeline.sweep.slurm_array import check_launcher
 
 USAGE = __doc__
+
+
+def planned_vocab_size(cfg: DataConfig) -> tuple[int, str]:
+    """The vocabulary a dry run plans with, from the config alone: no data preparation, no tokenizer, no network.
+
+    A trained-on-the-spot BPE has data.vocab_size; a corpus already prepared in the cache says its own; a
+    well-known hub tokenizer is tabled (pipeline/config/presets.py: gpt2 = 50,257).
+    """
+    if cfg.tokenizer == "bpe":
+        return cfg.vocab_size, f"bpe, data.vocab_size={cfg.vocab_size}"
+    if cfg.tokenizer in KNOWN_VOCAB_SIZES:
+        return KNOWN_VOCAB_SIZES[cfg.tokenizer], f"{cfg.tokenizer} (tabled)"
+    try:  # stat-only: a hub source's identity is its name, a local one's its files' sizes and times
+        corpus_dir = f"{cfg.cache_dir}/{corpus_fingerprint(cfg, resolve_source(cfg))}"
+        return load_manifest(corpus_dir).vocab_size, f"{cfg.tokenizer} (prepared corpus {corpus_dir})"
+    except UserError:
+        pass
+    raise UserError(f"data.tokenizer={cfg.tokenizer}: its vocabulary size is not tabled and no prepared corpus is "
+                    "cached: run the sweep once without sweep.dry_run (it prepares the data), or use a tabled "
+                    f"tokenizer ({', '.join(KNOWN_VOCAB_SIZES)})")
 
 
 def main(overrides: list[str], flags: dict) -> int:
@@ -31,10 +54,14 @@ def main(overrides: list[str], flags: dict) -> int:
     if study.launcher.mode.value == "slurm" and not study.sweep.dry_run:
         check_launcher(study)  # before any data preparation or attempt is counted
     check_design(study)  # before the corpus is prepared: a typo must not cost a data preparation
-    manifest = prepare_corpus(study.data)
+    if study.sweep.dry_run:  # the plan from the config alone: never prepare data nor load a tokenizer
+        vocab_size, vocab_source = planned_vocab_size(study.data)
+        print(f"dry run: vocabulary {vocab_size:,} ({vocab_source}); no data prepared")
+    else:
+        vocab_size = prepare_corpus(study.data).vocab_size
     device_type = "cuda" if study.train.device == "cuda" or (study.train.device == "auto" and torch.cuda.is_available()) else "cpu"
     world_size = study.launcher.gpus_per_run if study.launcher.mode.value == "node" else 1
-    runs = plan_sweep(study, manifest.vocab_size, world_size)
+    runs = plan_sweep(study, vocab_size, world_size)
     if not runs:
         raise UserError("the sweep has no runs: give sweep.sizes and budgets (or tokens)")
     plan_path = write_plan(study, runs, overrides)
