@@ -124,7 +124,7 @@ def test_h100_preset_full_run_has_gpt2_vocabulary_and_counts_its_embeddings(tmp_
     dc = rec["data_constrained"]
     assert dc["unique_tokens"] == 4e10 and dc["count"] == "6nd"
     assert dc["adjusted_loss"] <= dc["loss_with_repetition"] + 1e-12
-    assert "tokenizer, vocabulary, sequence length" in {d["setting"] for d in rec["differences"]}
+    assert [d["setting"] for d in rec["differences"]] == ["tokenizer, vocabulary, sequence length, precision"]
     assert "preset gpt2-2048" in rec["target"]["source"]
 
 

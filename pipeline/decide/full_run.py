@@ -105,6 +105,10 @@ def launched_run(shape: ModelShape, budget_flops: float, count: FlopCount, *, co
 
 def differences(pilots: dict | None, model: dict, target: dict) -> list[dict]:
     """Every setting that differs between the pilots and the full run, with why (the report lists them)."""
+    if not pilots:
+        return [{"setting": "tokenizer, vocabulary, sequence length, precision", "pilots": "none (no pilot records)",
+                 "full_run": f"{target['tokenizer']}, V={target['vocab_size']}, T={target['seq_len']}, {model['precision']}",
+                 "why": target["source"]}]
     rows = [{"setting": "model size and shape", "pilots": "the sweep's sizes",
              "full_run": f"{model['describe']}", "why": "the law's optimum at the full budget, on the same sizing rule"},
             {"setting": "tokens", "pilots": "each run's IsoFLOP budget / its FLOPs per token",
@@ -112,18 +116,14 @@ def differences(pilots: dict | None, model: dict, target: dict) -> list[dict]:
             {"setting": "learning rate, batch, warmup, beta2", "pilots": "the rules at each pilot's compute",
              "full_run": f"lr {model['lr']:.3g}, batch {model['batch_tokens']:,} tokens",
              "why": "the same rules (DeepSeek LLM 2024 eq. 1; Porian et al. 2024) at the full compute"}]
-    pilot_precision = (pilots or {}).get("precision")
+    pilot_precision = pilots.get("precision")
     if pilot_precision != model["precision"]:
         rows.append({"setting": "precision", "pilots": pilot_precision or "unknown", "full_run": model["precision"],
                      "why": "bf16 autocast (fp32 master weights and AdamW moments) is how GPUs train at scale; "
                             "the law assumes it leaves the loss unchanged (not measured here)"})
-    if pilots and pilots.get("device") and pilots["device"] != "cuda":
+    if pilots.get("device") and pilots["device"] != "cuda":
         rows.append({"setting": "device", "pilots": pilots["device"], "full_run": "cuda",
                      "why": "the full budget is GPU-days"})
-    if not pilots:
-        rows.append({"setting": "tokenizer, vocabulary, sequence length", "pilots": "none (no pilot records)",
-                     "full_run": f"{target['tokenizer']}, V={target['vocab_size']}, T={target['seq_len']}",
-                     "why": target["source"]})
     return rows
 
 
