@@ -176,7 +176,7 @@ def test_hub_stream_code_path_with_a_local_parquet(docs_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
     # datasets sleeps 5 s when a parquet stream's reader threads shut down (apache/arrow#45214): not our code.
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0, raising=False)  # newer datasets only
     cfg = small_config("hf:org/web-docs", tmp_path / "cache", hf_config="sample", max_train_tokens=20_000)
     manifest = prepare_corpus(cfg)
     assert calls == [("org/web-docs", "sample", "train", True)]
@@ -216,7 +216,7 @@ def test_offline_hub_names_give_one_line_errors(docs_dir, tmp_path, monkeypatch)
     import datasets
     import huggingface_hub
 
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # newer datasets only
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     one_line_error(prepare_corpus, small_config(docs_dir, tmp_path, tokenizer="no-such-org/no-such-tokenizer"),
                    fragment="data.tokenizer=bpe")

@@ -55,7 +55,9 @@ def test_seeded_run_reproduces_its_first_losses(corpus_overrides, tmp_path):
 
 
 # ln(512) = 6.238 at step 1: the init (std 0.02, scaled residuals) starts the model near uniform.
-GOLDEN_FIRST_LOSSES = [6.237117, 6.220028, 6.159460, 6.012155, 5.867049]
+# Re-recorded when each step's LR multiplier moved to the end of the step (the last executed step is at
+# the schedule's minimum): the first four losses are unchanged, the fifth follows a slightly higher LR.
+GOLDEN_FIRST_LOSSES = [6.237117, 6.220028, 6.159460, 6.012155, 5.871885]
 
 
 def _launch(corpus_overrides, run_dir, *extra):
