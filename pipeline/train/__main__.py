@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.cli import load_study, run_main
+from pipeline.plan.design import check_run
 from pipeline.train.run import execute
 
 USAGE = __doc__
@@ -23,6 +24,7 @@ def main(overrides: list[str], flags: dict) -> int:
     job = load_study(overrides, flags)
     if job is None:  # --cfg printed it
         return 0
+    check_run(job)  # resolve the run before its corpus is prepared: a bad combination costs nothing
     record = execute(job)
     line = (f"{record['run_id']}: {record['status']}, val loss {record['final_val_loss']:.4f}"
             if record["final_val_loss"] is not None else f"{record['run_id']}: {record['status']}")
