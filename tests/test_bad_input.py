@@ -136,7 +136,7 @@ CASES = [
     ("beta1 of 1", "train", ["train.beta1=1.0"], "train.beta1=1.0 must be in [0, 1)"),
     ("batch not a multiple of seq_len", "train", ["train.batch_tokens=1000"],
      "train.batch_tokens=1000 is not a multiple of model.seq_len=128"),
-    ("zero W&B finish timeout", "train", ["tracking.finish_timeout_s=0"], "tracking.finish_timeout_s=0.0 must be > 0"),
+    ("zero W&B finish timeout", "train", ["tracking.finish_timeout_s=0"], "tracking.finish_timeout_s=0.0 must be > 0 seconds"),
     ("negative train seed", "train", ["train.seed=-1"], "train.seed=-1 must be >= 0"),
     ("zero log interval", "train", ["train.log_interval_steps=0"], "train.log_interval_steps=0 must be >= 1"),
 ]

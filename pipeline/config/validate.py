@@ -161,8 +161,9 @@ def validate_train(job: Study) -> None:
                                         "(0 checkpoints at every step), e.g. train.checkpoint_interval_s=300")
     bad_step = next((s for s in t.keep_steps if s < 1), None)
     _need(bad_step is None, f"train.keep_steps holds {bad_step}: steps start at 1")
-    _need(job.tracking.finish_timeout_s > 0,
-          f"tracking.finish_timeout_s={job.tracking.finish_timeout_s} must be > 0, e.g. tracking.finish_timeout_s=30")
+    for key in ("init_timeout_s", "finish_timeout_s"):
+        value = getattr(job.tracking, key)
+        _need(math.isfinite(value) and value > 0, f"tracking.{key}={value} must be > 0 seconds, e.g. tracking.{key}=30")
 
 
 def validate_sweep(job: Study) -> None:

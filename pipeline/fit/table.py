@@ -109,6 +109,15 @@ class RunsTable:
                 cluster.append(int(i))
         return groups
 
+    def grouping_note(self) -> str | None:
+        """How runs without a planned budget were grouped into IsoFLOP budgets (None when all had one)."""
+        loose = int(np.sum(~np.isfinite(self.budget_flops.astype(float))))
+        if not loose:
+            return None
+        n_budgets = np.unique(self.budget_groups()).size
+        return (f"{loose} runs without a planned budget were grouped into {n_budgets} IsoFLOP budgets by their "
+                f"FLOPs ({self.flop_method}): runs within {BUDGET_MATCH_TOLERANCE:.0%} of each other share a budget")
+
     def pilot_summary(self) -> dict:
         """What the pilots spent (finished runs only), for the budget and the report."""
         planned = self.budget_flops[np.isfinite(self.budget_flops)]
