@@ -25,6 +25,7 @@ from pipeline.errors import UserError
 RUN_SCHEMA_VERSION = 1
 RUN_STATUSES = ("ok", "diverged", "failed", "running", "preempted")
 FINISHED_STATUS = "ok"
+TERMINAL_STATUSES = ("ok", "diverged")  # recorded outcomes: never trained again
 
 # key -> accepted python types; the record may hold more keys than these.
 _REQUIRED_KEYS: dict[str, tuple[type, ...]] = {
@@ -46,6 +47,14 @@ class RecordError(UserError):
 
 
 # --- atomic files --------------------------------------------------------------------------------
+# Files are created with the mode a plain open() would give (0666 less the umask, usually 0644), not
+# mkstemp's private 0600: run.json must be as readable as config.json beside it (a shared results
+# directory is read by other users' fits).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -68,6 +77,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -99,6 +109,25 @@ def jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def writable_dir_error(path: str | os.PathLike, err: OSError, key: str) -> UserError:
+    """The one-line error for a results folder that cannot be written (read-only, full, not a directory)."""
+    where = err.filename or path
+    return UserError(f"cannot write {where} ({err.strerror or type(err).__name__}): free space there or choose a "
+                     f"writable {key}")
+
+
+def check_writable_dir(path: str | os.PathLike, key: str) -> None:
+    """Raise the one-line error now if `path` (or, not yet created, its nearest existing parent) cannot be
+    written -- before compute is spent on results that could not be saved. Writes nothing."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write {path} ({probe} is not a directory): choose a writable {key}")
+    if not os.access(probe, os.W_OK | os.X_OK):  # access(2) also reports a read-only filesystem (EROFS)
+        raise UserError(f"cannot write {path} ({probe} is not writable): choose a writable {key}")
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
@@ -188,6 +217,22 @@ def load_record(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as err:
         raise RecordError(f"{path} is not valid JSON ({err.msg}): delete it and re-run that run") from err
     return validate_record(record, where=str(path))
+
+
+def finished_record(run_dir: str | os.PathLike, run_id: str | None = None) -> dict | None:
+    """The run's record if it is finished (ok or diverged) -- and is run `run_id`, when given -- else None.
+
+    Whoever is about to train a run calls this right after claiming its lock (pipeline.train.lock
+    claim_unfinished): a finished run is never re-entered, so a second sweep of the same study, a late
+    array task or a repeated `python -m pipeline.train` cannot overwrite its record. A torn or missing
+    record is not finished (the run then resumes from its final checkpoint and rewrites it)."""
+    try:
+        record = load_record(run_dir)
+    except RecordError:
+        return None
+    if record["status"] not in TERMINAL_STATUSES or (run_id is not None and record["run_id"] != run_id):
+        return None
+    return record
 
 
 def run_dirs(results_dir: str | os.PathLike) -> Iterator[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -71,8 +72,13 @@ def test_node_launcher_gives_each_run_its_own_gpus_and_frees_them(tmp_path, monk
 
 
 def test_a_run_needing_more_gpus_than_the_node_has_is_refused_before_starting(tmp_path):
-    study = load_config("study", Study, [*GRID, "launcher.gpus=2", "launcher.gpus_per_run=4", f"results_dir={tmp_path}"])
+    # Refused when the config is loaded (pipeline/config/validate.py), before any plan, data or attempt.
+    with pytest.raises(UserError, match="launcher.gpus_per_run=4 is more than launcher.gpus=2"):
+        load_config("study", Study, [*GRID, "launcher.gpus=2", "launcher.gpus_per_run=4", f"results_dir={tmp_path}"])
+    # The launcher keeps its own check for a plan made elsewhere.
+    study = load_config("study", Study, [*GRID, "launcher.gpus=4", "launcher.gpus_per_run=4", f"results_dir={tmp_path}"])
     runs = plan_sweep(study, vocab_size=512, world_size=4)
+    study = replace(study, launcher=replace(study.launcher, gpus=2))
     with pytest.raises(UserError, match="needs 4 GPUs but launcher.gpus=2"):
         launch_node(study, runs, [])
     assert not (tmp_path / "node" / "logs").exists()

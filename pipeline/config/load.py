@@ -86,8 +86,38 @@ def to_schema(cfg: Any, schema: type):
         raise UserError(f"invalid config: {message}") from err
 
 
+# The full run's budget is given one way: FLOPs, or hardware x time (pipeline/decide/budget.py).
+_BUDGET_AS_FLOPS = ("budget.flops",)
+_BUDGET_AS_TIME = ("budget.days",)
+
+
+def _override_keys(overrides: list[str]) -> set[str]:
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o or o.startswith("~")}
+
+
+def command_line_budget_wins(cfg, overrides: list[str]):
+    """A budget given on the command line replaces the other form a preset set.
+
+    `experiment=cpu_tiny budget.gpu=h100_sxm budget.gpus=32 budget.days=14` means "this hardware for
+    this long", not "this and the preset's budget.flops": the preset's flops are dropped (and, the
+    other way round, `budget.flops=...` drops a preset's budget.days, keeping its GPUs for the
+    wall-clock estimate). Both forms on the command line stay an error (budget.py says so).
+    """
+    keys = _override_keys(overrides)
+    if cfg is None or "budget" not in cfg or cfg.budget is None:
+        return cfg
+    if keys & set(_BUDGET_AS_TIME) and not keys & set(_BUDGET_AS_FLOPS) and cfg.budget.get("flops") is not None:
+        cfg.budget.flops = None
+    elif keys & set(_BUDGET_AS_FLOPS) and not keys & set(_BUDGET_AS_TIME) and cfg.budget.get("days") is not None:
+        cfg.budget.days = None
+    return cfg
+
+
 def load_config(primary: str, schema: type, overrides: list[str]):
-    obj = to_schema(compose(primary, overrides), schema)
+    cfg = compose(primary, overrides)
+    if schema is Study:
+        cfg = command_line_budget_wins(cfg, overrides)
+    obj = to_schema(cfg, schema)
     validate(obj)
     return obj
 

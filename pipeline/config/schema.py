@@ -110,7 +110,8 @@ class TrackingConfig:
     group: str | None = None             # unset: the sweep name (one W&B group per sweep)
     tags: list[str] = field(default_factory=list)
     dir: str | None = None               # unset: <results_dir>/wandb
-    finish_timeout_s: float = 30.0
+    init_timeout_s: float = 15.0         # an unreachable server: offline after this, for the rest of the sweep
+    finish_timeout_s: float = 30.0       # wandb.finish (uploading) is abandoned after this; the files stay local
 
 
 class Design(str, Enum):

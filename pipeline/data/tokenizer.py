@@ -54,12 +54,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     return tokenizer, tokenizer.token_to_id(EOS_TOKEN)
 
 
-def load_hub_tokenizer(name: str):
-    """transformers.AutoTokenizer by hub name or local directory; a one-line UserError when it fails."""
+def load_hub_tokenizer(name: str, local_only: bool = False):
+    """transformers.AutoTokenizer by hub name or local directory; a one-line UserError when it fails.
+    `local_only`: the local cache or directory only, never the network (a check before data preparation)."""
     try:
         from transformers import AutoTokenizer
 
-        hf_tokenizer = AutoTokenizer.from_pretrained(name)
+        hf_tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except Exception as err:  # OSError offline, ValueError for unknown names, ...
         raise UserError(f"cannot load tokenizer {name!r} ({type(err).__name__}): download it once with "
                         f"AutoTokenizer.from_pretrained({name!r}) on a machine with network (it is then "

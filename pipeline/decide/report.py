@@ -7,15 +7,31 @@ be re-rendered from recommendation.json alone. Plots use matplotlib's Agg backen
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pipeline.decide.recommend import schedule_text
 from pipeline.fit.plots import save_figure
+from pipeline.records import atomic_write_text
 
 REPORT_NAME = "report.md"
+REPORT_FIGURES = ("deviation.png", "inference_aware.png")  # written beside report.md by render_report
 
 
 # --- formatting ------------------------------------------------------------------------------------
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md_escape(value) -> str:
+    """Text that came from input (run ids, statuses, reasons and warnings quoting them, GPU names) as
+    inert Markdown: one line, `&` and `<` HTML-escaped (no tags, scripts, autolinks or entities; a lone
+    `>` opens nothing and stays readable, as in "loss 25773 > 2.0 x best"), and the brackets
+    of links and images, emphasis, code spans and table bars backslash-escaped, so that no
+    `[x](javascript:...)` link, `![](http://...)` remote image or `|` cell break can form."""
+    text = " ".join(str(value).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text.replace("&", "&amp;").replace("<", "&lt;"))
+
+
 def count(value) -> str:
     """1.12e10 -> '11.2B', 2.1e11 -> '210B', 5e4 -> '50.0K' (parameters, tokens)."""
     if value is None:
@@ -197,9 +213,9 @@ def _interval_text(rec: dict, key: str) -> str:
 
 def _budget_section(rec: dict) -> list[str]:
     b = rec["budget"]
-    lines = ["## Budget", "", f"- {b['conversion']}", f"- MFU: {b['mfu']:.2f}, {b['mfu_source']}"]
+    lines = ["## Budget", "", f"- {md_escape(b['conversion'])}", f"- MFU: {b['mfu']:.2f}, {b['mfu_source']}"]
     if b.get("peak_source"):
-        lines.append(f"- peak: {b['peak_source']}")
+        lines.append(f"- peak: {md_escape(b['peak_source'])}")
     pilot = rec.get("pilot")
     if pilot and pilot.get("share_of_budget") is not None:
         lines.append(f"- pilots: {pilot['n_runs']} runs, {pilot['total_flops']:.3g} FLOPs = "
@@ -245,21 +261,21 @@ def _fit_section(fit: dict | None) -> list[str]:
             a = a if isinstance(a, dict) else {"note": str(a)}
             rows.append([name, count(a.get("n_opt")), count(a.get("d_opt")), sci(a.get("a")), sci(a.get("b")),
                          band(a.get("n_opt_interval") or (a.get("intervals") or {}).get("n_opt")).strip() or "-",
-                         a.get("note") or a.get("status") or ""])
+                         md_escape(a.get("note") or a.get("status") or "")])
         lines += table(["approach", "N_opt", "D_opt", "a (N ∝ C^a)", "b (D ∝ C^b)", "N_opt interval", "note"], rows)
     excluded = fit.get("excluded") or []
     lines.append(f"Excluded runs: {len(excluded)}." if excluded else "Excluded runs: none.")
     for item in excluded:
         if isinstance(item, dict):
-            lines.append(f"- {item.get('run_id', item.get('id', '?'))}: {item.get('reason', '')}")
+            lines.append(f"- {md_escape(item.get('run_id', item.get('id', '?')))}: {md_escape(item.get('reason', ''))}")
         else:
-            lines.append(f"- {item}")
+            lines.append(f"- {md_escape(item)}")
     return lines + [""]
 
 
 def _warnings_section(rec: dict, fit: dict | None) -> list[str]:
     warnings = list(dict.fromkeys([*((fit or {}).get("warnings") or []), *(rec.get("warnings") or [])]))
-    return ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["None."]) + [""]
+    return ["## Warnings", ""] + ([f"- {md_escape(w)}" for w in warnings] or ["None."]) + [""]
 
 
 def _tradeoff_sections(rec: dict) -> list[str]:
@@ -338,5 +354,5 @@ def render_report(out_dir, fit_result: dict | None, recommendation: dict, plots:
             lines += [f"![{image.stem}]({Path(os.path.relpath(image.resolve(), out.resolve())).as_posix()})", ""]
     lines.append(METHODS.format(convention=recommendation["convention"]))
     path = out / REPORT_NAME
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

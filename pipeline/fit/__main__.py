@@ -26,12 +26,12 @@ from pipeline.decide.allocation import exact_count, six_nd_count
 from pipeline.decide.budget import resolve_budget
 from pipeline.decide.full_run import target_from_pilots, target_from_preset, write_full_run_config
 from pipeline.decide.recommend import recommend
-from pipeline.decide.report import render_report, terminal_summary
+from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
 from pipeline.fit.fit_all import fit_all, law_from_fit
 from pipeline.fit.laws import published_law
-from pipeline.fit.plots import plot_fit
+from pipeline.fit.plots import FIT_FIGURES, plot_fit
 from pipeline.fit.sources import load_runs
-from pipeline.records import atomic_write_json
+from pipeline.records import atomic_write_json, check_writable_dir, writable_dir_error
 
 USAGE = __doc__
 
@@ -68,26 +68,45 @@ def decision_inputs(study: Study, table) -> tuple[dict, object, float | None, st
     return target, count, unique, (source if unique is not None else None)
 
 
+def remove_previous_figures(out_dir: Path) -> None:
+    """A fit into a folder replaces the previous fit's figures: only the files the fit itself writes."""
+    for name in (*FIT_FIGURES, *REPORT_FIGURES):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def main(overrides: list[str], flags: dict) -> int:
     study = load_study(overrides, flags)
     if study is None:  # --cfg printed it
         return 0
-
     out_dir = output_dir(study)
-    fit_result, law_samples, plots, table, pilot = None, None, [], None, None
+    fit_result, law_samples, table, pilot = None, None, None, None
     if study.law is None:
         table = load_runs(runs_source(study), convention=study.convention, all_runs=study.all_runs)
         pilot = table.pilot_summary()
     target, count, unique_tokens, unique_source = decision_inputs(study, table)
     budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
                             pilot_flops=pilot.get("total_flops") if pilot else None)
+    check_writable_dir(out_dir, "out_dir (or results_dir)")  # before the fit: its results must be savable
     if study.law is not None:
         law = published_law(study.law)
     else:
         fit_result = fit_all(table, budget_flops=budget["flops"], bootstrap=study.bootstrap,
                              outliers=study.outliers, seed=study.seed, convention=study.convention)
         law, law_samples = law_from_fit(fit_result)
+    try:
+        return write_outputs(study, out_dir, fit_result, law, law_samples, table, pilot, budget,
+                             (target, count, unique_tokens, unique_source))
+    except OSError as err:  # a read-only or full results folder: one line with the path
+        raise writable_dir_error(out_dir, err, "out_dir (or results_dir)") from err
 
+
+def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, table, pilot, budget,
+                  inputs: tuple) -> int:
+    target, count, unique_tokens, unique_source = inputs
+    plots = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_previous_figures(out_dir)
+    if fit_result is not None:
         plots = plot_fit(fit_result, table, out_dir)
     rec = recommend(law, budget, law_samples=law_samples, target=target, count=count, pilot=pilot,
                     pilot_setup=table.setup if table is not None else None,

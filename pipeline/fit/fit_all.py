@@ -83,6 +83,10 @@ def _isoflop(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, w
         iso = fit_isoflop(table, budget_flops, bootstrap=bootstrap, seed=seed)
     except UserError as err:
         return {"error": str(err)}
+    grouping = table.grouping_note()  # FLOPs that jitter within a budget (real logs) are grouped: say how
+    if grouping:
+        iso["grouping"] = grouping
+        iso.setdefault("note", grouping)
     left_out = [p for p in iso.get("budgets", []) if not p["bracketed"]]
     if left_out:
         first = left_out[0]

@@ -6,6 +6,8 @@ or figure state changes and it works on headless machines.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -16,12 +18,31 @@ from pipeline.fit.fit_all import bootstrap_samples
 from pipeline.fit.intervals import percentile_band
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.table import RunsTable
+from pipeline.records import FILE_MODE
+
+# The figures `plot_fit` writes; a new fit removes the previous fit's copies first (pipeline/fit/__main__.py).
+FIT_FIGURES = ("isoflop_profiles.png", "frontier.png", "parametric_fit.png")
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Lay out and write a Figure (one place, shared with pipeline.decide.report)."""
+    """Lay out and write a Figure (one place, shared with pipeline.decide.report).
+
+    Atomically, like every result file (pipeline.records): rendered into a temporary file beside it and
+    renamed, so a full disk leaves the previous figure or none, never a 0-byte or truncated PNG.
+    """
+    path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=120, format=path.suffix.lstrip(".") or "png")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

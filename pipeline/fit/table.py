@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.records import FINISHED_STATUS, load_records, read_jsonl
+from pipeline.records import FINISHED_STATUS, RecordError, load_records, read_jsonl
 
 PLAN_FILE = "plan.json"
 # (name in messages, path in the record): settings that change what a loss means. The tokenizer and the
@@ -124,6 +124,15 @@ class RunsTable:
             if i is not None:
                 cluster.append(int(i))
         return groups
+
+    def grouping_note(self) -> str | None:
+        """How runs without a planned budget were grouped into IsoFLOP budgets (None when all had one)."""
+        loose = int(np.sum(~np.isfinite(self.budget_flops.astype(float))))
+        if not loose:
+            return None
+        n_budgets = np.unique(self.budget_groups()).size
+        return (f"{loose} runs without a planned budget were grouped into {n_budgets} IsoFLOP budgets by their "
+                f"FLOPs ({self.flop_method}): runs within {BUDGET_MATCH_TOLERANCE:.0%} of each other share a budget")
 
     def pilot_summary(self) -> dict:
         """What the pilots spent (finished runs only), for the budget and the report."""
@@ -242,6 +251,7 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
     """Table from run records (pipeline.records schema); unusable runs are excluded with a reason."""
     excluded = [{"run_id": Path(r["path"]).name, "reason": r["reason"]} for r in rejected or []]
     kept: list[dict] = []
+    curves: list[dict | None] = []
     for rec in records:
         run_id = str(rec.get("run_id", "?"))
         status = rec.get("status")
@@ -260,10 +270,17 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
                 if not _positive_finite(value):
                     reason = f"{what}={value!r} is not a positive finite number"
                     break
+        curve = None
+        if not reason and read_curves:
+            try:  # one unreadable eval.jsonl excludes its run, named, and the fit goes on
+                curve = _read_curve(rec.get("_dir") or rec.get("run_dir"))
+            except RecordError as err:
+                reason = f"unreadable evaluation curve: {err}"
         if reason:
             excluded.append({"run_id": run_id, "reason": reason})
         else:
             kept.append(rec)
+            curves.append(curve)
     if not kept:
         first = f" (first: {excluded[0]['run_id']}: {excluded[0]['reason']})" if excluded else ""
         raise UserError(f"no finished runs in {source}: {len(excluded)} excluded{first}; "
@@ -283,7 +300,7 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
         loss=np.array([float(r["final_val_loss"]) for r in kept]),
         flops={k: np.array([float(r["flops"][k]) for r in kept]) for k in methods},
         budget_flops=np.array([float(b) if _positive_finite(b) else np.nan for b in budgets]),
-        curves=tuple(_read_curve(r.get("_dir") or r.get("run_dir")) for r in kept) if read_curves else (),
+        curves=tuple(curves) if read_curves else (),
         convention=convention, flop_method=flop_method, excluded=tuple(excluded), source=source,
         mfu=np.array([float(r["mfu"]) if _positive_finite(r.get("mfu")) else np.nan for r in kept]),
         vocab_size=vocab_size, seq_len=seq_len, schedule=schedule, setup=pilot_setup(kept))

@@ -18,10 +18,12 @@ Budgets come from `budgets_flops`, or from `pilot_share` of the full budget: `n_
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from pipeline.config.schema import Schedule, Study
+from pipeline.config.schema import DataConfig, Schedule, Study
+from pipeline.data.tokenizer import load_hub_tokenizer
 from pipeline.errors import UserError
 from pipeline.plan.runspec import RunSpec, resolve_run
 
@@ -154,8 +156,21 @@ def with_cooldown_reuse(study: Study, runs: list[PlannedRun], vocab_size: int, w
     return planned
 
 
-def check_design(study: Study) -> None:
-    """The checks that need no data (duplicates, shares, budgets): run before the corpus is prepared."""
+def expected_vocab_size(data: DataConfig) -> int | None:
+    """The vocabulary the prepared corpus will have, known before preparing it: the configured size for
+    our byte-level BPE (pipeline/data/tokenizer.py trains exactly that many), the hub tokenizer's length
+    otherwise, from the local cache only (the data stage loads the same tokenizer first). None when it is
+    not there: the data stage then downloads it, or reports why it cannot."""
+    if data.tokenizer == "bpe":
+        return data.vocab_size
+    try:
+        return len(load_hub_tokenizer(data.tokenizer, local_only=True))
+    except UserError:
+        return None
+
+
+def _check_static(study: Study) -> None:
+    """The design checks that need no vocabulary (duplicates, shares, budgets)."""
     sweep = study.sweep
     if sweep.sizes and len(set(map(str, sweep.sizes))) != len(sweep.sizes):
         dup = next(s for s in sweep.sizes if list(map(str, sweep.sizes)).count(str(s)) > 1)
@@ -164,10 +179,43 @@ def check_design(study: Study) -> None:
         pilot_budgets(sweep, study.budget.flops, len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget)
 
 
+def sweep_world_size(study: Study) -> int:
+    """Processes per run the launcher will start (node mode: launcher.gpus_per_run), for the batch split."""
+    return study.launcher.gpus_per_run if study.launcher.mode.value == "node" else 1
+
+
+def check_design(study: Study) -> list[PlannedRun] | None:
+    """Plan the whole sweep before the corpus is prepared, so that every impossible run (too few steps,
+    a size no shape meets, micro-batches that do not divide, a run needing more GPUs than the node has)
+    is a one-line error before any data preparation, attempt count or file write. Returns the plan
+    (None when the vocabulary is only known after preparing the data)."""
+    _check_static(study)
+    vocab_size = expected_vocab_size(study.data)
+    if vocab_size is None:
+        return None
+    runs = plan_sweep(study, vocab_size, sweep_world_size(study))
+    if study.launcher.mode.value == "node":
+        too_big = next((r for r in runs if r.gpus > study.launcher.gpus), None)
+        if too_big:
+            raise UserError(f"run {too_big.run_id} needs {too_big.gpus} GPUs but launcher.gpus={study.launcher.gpus}: "
+                            "lower launcher.gpus_per_run or raise launcher.gpus")
+    return runs
+
+
+def check_run(job: Study) -> RunSpec | None:
+    """Resolve one training run before its corpus is prepared (`python -m pipeline.train`): the same
+    resolution the run makes afterwards, with the vocabulary known in advance. Under `accelerate launch`
+    the batch splits over WORLD_SIZE processes."""
+    vocab_size = expected_vocab_size(job.data)
+    if vocab_size is None:
+        return None
+    return resolve_run(job, vocab_size, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[PlannedRun]:
     """Every run of the study, resolved. Raises a one-line UserError for an impossible design."""
     sweep = study.sweep
-    check_design(study)
+    _check_static(study)
     runs: list[PlannedRun] = []
     if sweep.design.value == "isoflop":
         per_budget = len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget
@@ -179,7 +227,7 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
                     model_over = {"size": size} if sweep.sizes else {"size": size, "size_tolerance": AUTO_SIZE_TOLERANCE}
                     run = _run(study, vocab_size, world_size, model_over, {"flops": budget}, budget)
                 except UserError as err:
-                    raise UserError(f"IsoFLOP budget {budget:.3g} with size {size}: {err}") from err
+                    raise UserError(f"sweep.budgets_flops: IsoFLOP budget {budget:.3g} with size {size}: {err}") from err
                 n = run.spec.n_params
                 if n in seen:
                     raise UserError(f"sizes {seen[n]} and {size} give the same model ({n} params) at budget "

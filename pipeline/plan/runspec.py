@@ -67,11 +67,13 @@ def model_shape(job: Study, vocab_size: int) -> ModelShape:
         if m.n_layer is not None:
             return ModelShape(n_layer=m.n_layer, d_model=m.d_model, n_heads=m.n_heads, d_ff=m.d_ff,
                               vocab_size=vocab_size, seq_len=m.seq_len, tie_embeddings=m.tie_embeddings)
-        shape = shape_for_params(parse_size(m.size), vocab_size, m.seq_len, convention=m.convention,
-                                 tie_embeddings=m.tie_embeddings, tolerance=m.size_tolerance)
-    except (SizingError, ShapeError) as err:
-        raise UserError(f"model: {err}") from err
-    return shape
+    except ShapeError as err:
+        raise UserError(f"model (n_layer, d_model, n_heads, d_ff): {err}") from err
+    try:
+        return shape_for_params(parse_size(m.size), vocab_size, m.seq_len, convention=m.convention,
+                                tie_embeddings=m.tie_embeddings, tolerance=m.size_tolerance)
+    except SizingError as err:
+        raise UserError(f"model.size={m.size}: {err}") from err
 
 
 def _size_label(n: float) -> str:

@@ -8,12 +8,15 @@ checkpoints. Relaunching the same command is always safe (idempotent).
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 from pipeline.config.load import as_dict
 from pipeline.config.schema import Study
 from pipeline.plan.design import PlannedRun
-from pipeline.records import RecordError, atomic_write_json, load_record
+from pipeline.records import RecordError, atomic_write_json, load_record, writable_dir_error
 from pipeline.sweep.launchers import launch_local, launch_node, launch_slurm
 from pipeline.train.lock import lock_holder
 
@@ -48,9 +51,41 @@ def attempts_path(study: Study) -> Path:
     return sweep_dir(study) / "attempts.json"
 
 
+def _read_attempts(path: Path) -> dict | None:
+    """{run_id: launches} from attempts.json; {} when there is none; None when it is unreadable."""
+    try:
+        attempts = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    valid = isinstance(attempts, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                               and v >= 0 for k, v in attempts.items())
+    return attempts if valid else None
+
+
 def load_attempts(study: Study) -> dict:
+    """Launch counts per run. A corrupt attempts.json (torn, edited, garbage) never blocks the sweep: it is
+    named, counted as empty (failed runs get their retries again), and set aside when counts are next
+    written (quarantine_attempts); the dry run only reads."""
     path = attempts_path(study)
-    return json.loads(path.read_text()) if path.exists() else {}
+    attempts = _read_attempts(path)
+    if attempts is None:
+        print(f"warning: {path} is unreadable (not a JSON object of run id -> launches); counting attempts afresh",
+              file=sys.stderr, flush=True)
+        return {}
+    return attempts
+
+
+def quarantine_attempts(study: Study) -> Path | None:
+    """Move an unreadable attempts.json aside (kept, for a person to look at); return where it went."""
+    path = attempts_path(study)
+    if _read_attempts(path) is not None:
+        return None
+    aside = path.with_name(f"attempts.json.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(path, aside)
+    print(f"warning: moved the unreadable {path.name} to {aside}", file=sys.stderr, flush=True)
+    return aside
 
 
 def pending_runs(study: Study, runs: list[PlannedRun]) -> tuple[list[PlannedRun], dict[str, str]]:
@@ -78,6 +113,14 @@ def status_counts(states: dict[str, str]) -> str:
 
 def write_plan(study: Study, runs: list[PlannedRun], overrides: list[str]) -> Path:
     path = sweep_dir(study) / "plan.json"
+    try:
+        _write_plan(study, runs, overrides, path)
+    except OSError as err:  # a read-only or full results folder: one line with the path
+        raise writable_dir_error(path, err, "results_dir") from err
+    return path
+
+
+def _write_plan(study: Study, runs: list[PlannedRun], overrides: list[str], path: Path) -> None:
     atomic_write_json(path, {
         "sweep": study.sweep_name, "experiment": study.experiment, "config": as_dict(study),
         "overrides": list(overrides),
@@ -86,7 +129,6 @@ def write_plan(study: Study, runs: list[PlannedRun], overrides: list[str]) -> Pa
                   "shape": r.spec.shape.to_dict(), "steps": r.spec.steps} for r in runs],
         "total_flops_exact": sum(r.spec.flops["exact"] for r in runs),
     })
-    return path
 
 
 def launch(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
@@ -112,7 +154,11 @@ def _launch_wave(study: Study, runs: list[PlannedRun], overrides: list[str]) -> 
     attempts = load_attempts(study)
     for run in runs:
         attempts[run.run_id] = attempts.get(run.run_id, 0) + 1
-    atomic_write_json(attempts_path(study), attempts)
+    try:
+        quarantine_attempts(study)
+        atomic_write_json(attempts_path(study), attempts)
+    except OSError as err:
+        raise writable_dir_error(attempts_path(study), err, "results_dir") from err
     if mode == "local":
         return launch_local(study, runs)
     if mode == "node":

@@ -18,7 +18,7 @@ from pipeline.config.schema import Study
 from pipeline.errors import UserError
 from pipeline.plan.design import PlannedRun
 from pipeline.sweep.slurm_array import submit_array
-from pipeline.train.lock import claim, release
+from pipeline.train.lock import claim_unfinished, release
 from pipeline.train.run import execute
 
 POLL_S = 2.0   # how often the node launcher looks for finished runs
@@ -30,8 +30,13 @@ def launch_local(study: Study, runs: list[PlannedRun]) -> str | None:
 
     for i, run in enumerate(runs, 1):
         rd = Path(study.results_dir) / study.sweep_name / "runs" / run.run_id
-        if not claim(rd):
+        state, record = claim_unfinished(rd, run.run_id)  # never re-enter a run another sweep finished
+        if state == "held":
             print(f"[{i}/{len(runs)}] {run.run_id}: held by another worker, skipped", flush=True)
+            continue
+        if state == "finished":
+            print(f"[{i}/{len(runs)}] {run.run_id}: already {record['status']} (finished by another worker), "
+                  "skipped", flush=True)
             continue
         print(f"[{i}/{len(runs)}] {run.run_id}: N={run.spec.n_params:.3g} D={run.spec.tokens:.3g} "
               f"C={run.spec.flops['exact']:.2e}", flush=True)

@@ -31,12 +31,9 @@ from pipeline.config.schema import Study
 from pipeline.config.validate import validate_study as validate_Study
 from pipeline.errors import UserError
 from pipeline.plan.runspec import resolve_run
-from pipeline.records import RecordError, load_record
 from pipeline.train.engine import REQUEUE_EXIT_CODE
-from pipeline.train.lock import claim, release
+from pipeline.train.lock import claim_unfinished, release
 from pipeline.train.run import execute, run_directory
-
-TERMINAL_STATUSES = ("ok", "diverged")
 
 
 @dataclass
@@ -103,14 +100,11 @@ def run_task(run_id: str, submission_path: str | Path) -> dict:
         raise UserError(f"run {run_id} now resolves to {spec.run_id} (the code changed since submission): "
                         "relaunch the sweep so it plans and submits again")
     run_dir = run_directory(job, spec)
-    try:
-        status = load_record(run_dir)["status"]
-    except (FileNotFoundError, RecordError):
-        status = None
-    if status in TERMINAL_STATUSES:  # a duplicate or requeued task of a finished run
-        print(f"{run_id}: already {status}, nothing to do", flush=True)
-        return {"run_id": run_id, "status": status, "skipped": True}
-    if not claim(run_dir):
+    state, record = claim_unfinished(run_dir, run_id)  # the record is read under the lock
+    if state == "finished":  # a duplicate or requeued task of a finished run, or another sweep finished it
+        print(f"{run_id}: already {record['status']}, nothing to do", flush=True)
+        return {"run_id": run_id, "status": record["status"], "skipped": True}
+    if state == "held":
         print(f"{run_id}: held by another worker, skipped", flush=True)
         return {"run_id": run_id, "status": "running", "skipped": True}
     try:

@@ -14,7 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.cli import load_study, run_main
-from pipeline.train.run import execute
+from pipeline.errors import UserError
+from pipeline.plan.design import check_run
+from pipeline.train.lock import claim_unfinished, lock_holder, release
+from pipeline.train.run import execute, run_directory
 
 USAGE = __doc__
 
@@ -23,7 +26,24 @@ def main(overrides: list[str], flags: dict) -> int:
     job = load_study(overrides, flags)
     if job is None:  # --cfg printed it
         return 0
-    record = execute(job)
+    spec = check_run(job)  # resolve the run before its corpus is prepared: a bad combination costs nothing
+    if spec is None:  # the vocabulary is known only after preparing the data
+        record = execute(job)
+    else:
+        # A finished run is never re-entered (a node launcher's task of a run another sweep finished, a
+        # repeated command): the record is checked under the run's lock, which execute() takes over.
+        run_dir = run_directory(job, spec)
+        state, done = claim_unfinished(run_dir, spec.run_id)
+        if state == "held":
+            raise UserError(f"run {spec.run_id} is being trained by another process ({lock_holder(run_dir)}): "
+                            "wait for it, or stop it and relaunch")
+        if state == "finished":
+            print(f"{spec.run_id}: already {done['status']}, nothing to do -> {run_dir / 'run.json'}")
+            return 0
+        try:
+            record = execute(job)
+        finally:
+            release(run_dir)
     line = (f"{record['run_id']}: {record['status']}, val loss {record['final_val_loss']:.4f}"
             if record["final_val_loss"] is not None else f"{record['run_id']}: {record['status']}")
     print(f"{line} -> {Path(record['run_dir']) / 'run.json'}")

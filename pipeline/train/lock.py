@@ -15,6 +15,8 @@ import socket
 import time
 from pathlib import Path
 
+from pipeline.records import finished_record
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -58,6 +60,23 @@ def claim(run_dir: Path, stale_after_s: float = 6 * 3600) -> bool:
             json.dump(info, f)
         return True
     return False
+
+
+def claim_unfinished(run_dir: Path, run_id: str | None = None) -> tuple[str, dict | None]:
+    """Claim a run for training unless it is finished: ("claimed", None), ("held", None) when another
+    live worker has it, or ("finished", its record) -- then the lock is released again.
+
+    The record is read under the lock, after the claim: a run that another worker finished between our
+    planning and our claim (two sweeps of one study at once) is seen as finished, because a worker
+    writes the final record before it releases the lock.
+    """
+    if not claim(run_dir):
+        return "held", None
+    record = finished_record(run_dir, run_id)
+    if record is not None:
+        release(run_dir)
+        return "finished", record
+    return "claimed", None
 
 
 def release(run_dir: Path) -> None:
