@@ -44,6 +44,7 @@ def validate_data(d: DataConfig) -> None:
 
 def validate_study(job: Study) -> None:
     validate_data(job.data)
+    validate_fit_keys(job)
     t, m = job.train, job.model
     horizons = [k for k in ("tokens", "tokens_per_param", "flops") if getattr(t, k) is not None]
     if len(horizons) > 1:
@@ -85,3 +86,21 @@ def validate_study(job: Study) -> None:
         raise UserError(f"train.evals_per_run={t.evals_per_run} must be >= 1")
     if t.diverge_ratio <= 1:
         raise UserError(f"train.diverge_ratio={t.diverge_ratio} must be > 1")
+
+
+# The fit's choices (pipeline/fit/checks.py OUTLIER_RULES + "auto", pipeline/fit/candidates.py CANDIDATE_NAMES);
+# listed here because the config stage imports no later stage (tests/test_layout.py).
+OUTLIER_SETTINGS = ("auto", "default", "none")
+LAW_CANDIDATES = ("chinchilla", "overtrain", "fixed_E")
+
+
+def validate_fit_keys(job: Study) -> None:
+    if job.outliers not in OUTLIER_SETTINGS:
+        raise UserError(f"outliers={job.outliers!r}: use auto (the backtest decides), default (rule on) or none")
+    lf = job.law_fit
+    if lf.candidate is not None and lf.candidate not in LAW_CANDIDATES:
+        raise UserError(f"law_fit.candidate={lf.candidate!r}: use one of {', '.join(LAW_CANDIDATES)} or leave it unset")
+    if lf.fixed_E is not None and not lf.fixed_E > 0:
+        raise UserError(f"law_fit.fixed_E={lf.fixed_E} must be a positive loss in nats")
+    if lf.candidate == "fixed_E" and lf.fixed_E is None:
+        raise UserError("law_fit.candidate=fixed_E needs law_fit.fixed_E=<irreducible loss in nats>")

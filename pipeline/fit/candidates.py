@@ -192,19 +192,29 @@ def fit_candidate(form: Form, n_params, tokens, loss, convention: str = "total")
 
 
 def bootstrap_candidate(fit: CandidateFit, n_params, tokens, loss, budget_flops: float,
-                        n_resamples: int, seed: int = 0) -> dict:
-    """Refit `fit.form` on resamples of the runs (multinomial counts = a weighted objective), batched.
+                        n_resamples: int, seed: int = 0, sd_log: float | None = None) -> dict:
+    """Refit `fit.form` on `n_resamples` bootstrap samples, batched; percentile 5-95% intervals.
 
-    As pipeline.fit.parametric.bootstrap_parametric: starts at the full-data optimum and the best
-    basins' grid starts; a resample whose best point did not converge, has alpha or beta <= 0 or
-    non-finite constants counts as failed (reported as n_failed, never dropped silently).
+    With `sd_log` (the noise model, pipeline/fit/noise.py): parametric -- every run's loss redrawn as
+    the fitted law times log-normal noise of that sd (the calibrated choice for pilot studies, see
+    pipeline.fit.parametric.bootstrap_parametric_noise and docs/calibration.md). Without it: runs
+    resampled (multinomial counts = a weighted objective). Starts at the full-data optimum and the
+    best basins' grid starts; a resample whose best point did not converge, has alpha or beta <= 0
+    or non-finite constants counts as failed (n_failed), never dropped silently.
     """
     n, d, loss = _check_points(n_params, tokens, loss)
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(n), np.full(len(n), 1.0 / len(n)), size=n_resamples).astype(float)
     starts = np.vstack([fit.theta[None, :], fit.basin_starts])
     k = len(starts)
-    objective = FormObjective(fit.form, HuberLogObjective(n, d, loss, weights=np.repeat(counts, k, axis=0)))
+    if sd_log is not None:
+        redrawn = fit.law().loss(n, d)[None, :] * np.exp(sd_log * rng.standard_normal((n_resamples, n.size)))
+        base = HuberLogObjective(n, d, np.repeat(redrawn, k, axis=0))
+        unit = f"parametric: the fitted law x log-normal noise, sd(log loss) {sd_log:.4f}"
+    else:
+        counts = rng.multinomial(len(n), np.full(len(n), 1.0 / len(n)), size=n_resamples).astype(float)
+        base = HuberLogObjective(n, d, loss, weights=np.repeat(counts, k, axis=0))
+        unit = "runs (multinomial resample of the fitted runs)"
+    objective = FormObjective(fit.form, base)
     res = minimize_batched(objective, np.tile(starts, (n_resamples, 1)), max_iter=2000)
     fun = np.where(np.isfinite(res.fun), res.fun, np.inf).reshape(n_resamples, k)
     pick = np.arange(n_resamples) * k + np.argmin(fun, axis=1)
@@ -215,6 +225,7 @@ def bootstrap_candidate(fit: CandidateFit, n_params, tokens, loss, budget_flops:
     samples = derived_quantities(params[ok], budget_flops) if ok.sum() else {}
     intervals, errors = _summaries(samples) if ok.sum() >= 2 else ({}, {})
     return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_failed": int((~ok).sum()),
-            "seed": int(seed), "unit": "runs (multinomial resample of the fitted runs)",
+            "n_dropped": int((~ok).sum()), "seed": int(seed), "unit": unit,
+            "interval": "percentile 5-95% (90% bootstrap interval)",
             "intervals": intervals, "standard_errors": errors,
             "sample_columns": ["E", "A", "B", "alpha", "beta"], "samples": params[ok]}
