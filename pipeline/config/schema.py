@@ -143,6 +143,9 @@ class SweepConfig:
     # One warmup-stable trunk per model size, with (1 - sqrt) cooldowns branched from its stable phase at
     # each requested token count (Hägele et al. 2024, sec. 4): each branch is its own run and record.
     cooldown_reuse: bool = False
+    # Every planned run trained with this many seeds (train.seed, +1, ...): the fit measures the
+    # seed-to-seed noise from them and says when a budget's minimum is not resolved beyond it.
+    seeds: int = 1
     max_retries: int = 1                    # failed runs are retried this many times, diverged never
     dry_run: bool = False
 

@@ -95,6 +95,10 @@ LAW_CANDIDATES = ("chinchilla", "overtrain", "fixed_E")
 
 
 def validate_fit_keys(job: Study) -> None:
+    if job.sweep.seeds < 1:
+        raise UserError(f"sweep.seeds={job.sweep.seeds} must be >= 1 (seeds per planned run)")
+    if job.sweep.seeds > 1 and job.sweep.cooldown_reuse:
+        raise UserError("sweep.seeds > 1 with sweep.cooldown_reuse=true is not supported yet: use one of them")
     if job.outliers not in OUTLIER_SETTINGS:
         raise UserError(f"outliers={job.outliers!r}: use auto (the backtest decides), default (rule on) or none")
     lf = job.law_fit
