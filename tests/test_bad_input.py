@@ -119,7 +119,7 @@ CASES = [
      "sweep_name='../elsewhere' must be a plain directory name"),
     ("MFU above 1", "fit", [GOOD, "budget.flops=1e22", "budget.mfu=1.5"], "budget.mfu=1.5 must lie in (0, 1]"),
     ("negative bootstrap", "fit", [GOOD, "budget.flops=1e22", "bootstrap=-3"], "bootstrap=-3 must be >= 0"),
-    ("unknown outlier rule", "fit", [GOOD, "budget.flops=1e22", "outliers=iqr"], "outliers='iqr': use default or none"),
+    ("unknown outlier rule", "fit", [GOOD, "budget.flops=1e22", "outliers=iqr"], "outliers='iqr': use auto (the backtest decides), default (rule on) or none"),
     ("unknown law", "fit", ["law=nonsense", "budget.flops=1e22"], "unknown law 'nonsense'"),
     ("both budget forms on the command line", "fit",
      [GOOD, "budget.flops=1e22", "budget.gpu=h100_sxm", "budget.gpus=32", "budget.days=14"],

@@ -10,6 +10,7 @@ from test_fit_synthetic import TRUE_LAW, isoflop_design, profile_optimum, table_
 
 from pipeline.errors import UserError
 from pipeline.fit import fit_all as fitting
+from pipeline.fit import selection
 from pipeline.fit.fit_all import bootstrap_samples, fit_all, law_from_fit
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.parametric import FitError
@@ -30,10 +31,10 @@ def sweep(tmp_path_factory):
 def test_result_is_strict_json_with_the_documented_keys(sweep):
     _, result = sweep
     text = json.dumps(result, allow_nan=False)
-    assert json.loads(text)["headline"] == "parametric"
+    assert json.loads(text)["headline"] == "law chinchilla"
     for key in ("budget_flops", "n_opt", "d_opt", "tokens_per_param", "predicted_loss", "intervals", "law",
                 "approaches", "excluded", "convention", "flop_method", "outliers", "backtest", "sensitivity",
-                "agreement", "warnings", "bootstrap"):
+                "agreement", "warnings", "bootstrap", "selection", "noise", "minima", "verdict"):
         assert key in result, key
     assert result["convention"] == "total" and result["flop_method"] == "exact" and result["n_runs"] == 30
     assert set(result["intervals"]) >= {"n_opt", "d_opt", "tokens_per_param", "predicted_loss", "E", "A", "B",
@@ -78,6 +79,8 @@ def test_headline_falls_back_to_isoflop_when_the_parametric_fit_fails(monkeypatc
         raise FitError("parametric fit did not converge (test)")
 
     monkeypatch.setattr(fitting, "fit_parametric", broken)
+    monkeypatch.setattr(fitting, "fit_candidate", broken)          # every law candidate fails too
+    monkeypatch.setattr(selection, "fit_candidate", broken)
     table = table_from_design(isoflop_design(noise=0.003))
     result = fit_all(table, TARGET_FLOPS, bootstrap=0, outliers="none")
     assert result["headline"] == "isoflop" and result["law"] is None and result["predicted_loss"] is None

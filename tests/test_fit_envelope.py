@@ -29,9 +29,10 @@ def test_envelope_of_ideal_curves_recovers_the_exponent(sweep_table):
     assert result["n_opt"] == pytest.approx(truth, rel=0.35)
 
 
-def test_bootstrap_over_runs_gives_an_interval_holding_the_truth(sweep_table):
-    result = fit_envelope(sweep_table, 1e21, bootstrap=200, seed=0)
-    assert result["bootstrap"]["n_used"] >= 190
+def test_noise_bootstrap_gives_an_interval_holding_the_truth(sweep_table):
+    result = fit_envelope(sweep_table, 1e21, bootstrap=200, seed=0, noise_sd_log=0.005)
+    boot = result["bootstrap"]
+    assert boot["n_used"] >= 190 and boot["n_used"] + boot["n_failed"] == 200
     lo, hi = result["intervals"]["a"]
     assert lo <= TRUE_LAW.a <= hi and lo <= result["a"] <= hi
     lo, hi = result["intervals"]["n_opt"]
@@ -67,3 +68,8 @@ def test_wsd_pilots_use_each_runs_end_point_only(sweep_table):
     # IsoFLOP end points of ideal runs: the winners' exponent is the law's, as from the full curves
     assert result["a"] == pytest.approx(TRUE_LAW.a, abs=0.06)
     assert len(envelope_points(sweep_table)["loss"]) > len(wsd)
+
+
+def test_without_a_noise_estimate_there_is_no_interval_and_it_says_why(sweep_table):
+    result = fit_envelope(sweep_table, 1e21, bootstrap=50, seed=0)
+    assert result["intervals"] == {} and "no noise estimate" in result["bootstrap"]["note"]

@@ -88,14 +88,15 @@ def test_chinchilla_points_give_epochs_law_at_an_objective_no_higher(chinchilla_
                        EPOCH_FIT["alpha"], EPOCH_FIT["beta"]])
     their_objective = HuberLogObjective(table.n, table.tokens, table.loss).single(theirs)[0]
     assert law["objective"] <= their_objective
-    assert result["headline"] == "parametric" and result["n_opt"] == pytest.approx(EPOCH_N_OPT, rel=0.03)
+    assert result["headline"] == "law chinchilla" and result["n_opt"] == pytest.approx(EPOCH_N_OPT, rel=0.03)
     assert 15 < result["tokens_per_param"] < 22                        # "about 20 tokens per parameter"
 
 
 @needs_chinchilla
-def test_chinchilla_bootstrap_errors_are_the_size_of_epochs(chinchilla_result):
-    _, result = chinchilla_result
-    boot = result["bootstrap"]
+def test_chinchilla_run_bootstrap_errors_are_the_size_of_epochs(chinchilla_result):
+    table, result = chinchilla_result     # Epoch resampled runs: compare the run bootstrap with theirs
+    fit = fit_parametric(table.n, table.tokens, table.loss)
+    boot = bootstrap_parametric(table.n, table.tokens, table.loss, fit, EPOCH_BUDGET_FLOPS, 1000, seed=0)
     assert boot["n_resamples"] == 1000 and boot["n_used"] >= 990
     for key, theirs in EPOCH_SE.items():
         assert theirs / 2 <= boot["standard_errors"][key] <= theirs * 2, key

@@ -93,3 +93,13 @@ def test_run_ids_are_deterministic_and_semantic():
     assert plan_sweep(lr_changed, VOCAB)[0].run_id != a[0].run_id
     tags_changed = replace(isoflop_study(), tracking=replace(Study().tracking, tags=["x"]))
     assert plan_sweep(tags_changed, VOCAB)[0].run_id == a[0].run_id
+
+
+def test_seeds_repeat_every_run_with_its_own_seed_and_identity():
+    study = isoflop_study()
+    one = plan_sweep(study, VOCAB)
+    three = plan_sweep(replace(study, sweep=replace(study.sweep, seeds=3)), VOCAB)
+    assert len(three) == 3 * len(one) and len({r.run_id for r in three}) == len(three)
+    first = three[:3]
+    assert [r.job.train.seed for r in first] == [study.train.seed + k for k in range(3)]
+    assert len({(r.spec.n_params, r.spec.tokens) for r in first}) == 1      # same point, three seeds

@@ -36,7 +36,8 @@ def test_report_has_headline_first_and_every_section(rec, tmp_path):
     path = render_report(tmp_path / "out", fit, rec, [fit_png])
     text = path.read_text()
     assert path.name == "report.md"
-    assert text.startswith("# Recommendation\n\n**Train 11.2B parameters (total) on 228B tokens (20.3 tokens per parameter).**")
+    assert text.startswith("# Recommendation\n\n**90% range: N_opt 11.3B [")       # the range leads
+    assert "\n**Train 11.2B parameters (total) on 228B tokens (20.3 tokens per parameter).**" in text
     assert "predicted loss 2.1174 [" in text and "448 GPU-days (32 x h100_sxm for 14.0 days at MFU 0.40)" in text
     assert "about $21,504" in text  # 448 GPU-days x 24 h x $2
     for heading in ("## Budget", "## The full run", "## Fit", "## Warnings", "## Deviating from N_opt",
@@ -63,8 +64,9 @@ def test_report_for_a_published_law_without_fit(tmp_path):
 def test_terminal_summary_is_a_few_lines(rec):
     summary = terminal_summary(rec)
     lines = summary.splitlines()
-    assert 5 <= len(lines) <= 14
-    assert lines[0].startswith("Recommendation (epoch law, total parameters, budget 1.53e+22 FLOPs): 11.2B parameters")
+    assert 5 <= len(lines) <= 16
+    assert lines[0].startswith("90% range: N_opt")
+    assert lines[1].startswith("Recommendation (epoch law, total parameters, budget 1.53e+22 FLOPs): 11.2B parameters")
     assert "saves" in summary and "data-constrained plan" in summary and "FSDP/ZeRO-3" in summary
     assert "FLOP count: C = 6 N D" in summary and "4.56 epochs of 50B unique tokens" in summary
 

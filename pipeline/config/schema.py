@@ -144,6 +144,9 @@ class SweepConfig:
     # One warmup-stable trunk per model size, with (1 - sqrt) cooldowns branched from its stable phase at
     # each requested token count (Hägele et al. 2024, sec. 4): each branch is its own run and record.
     cooldown_reuse: bool = False
+    # Every planned run trained with this many seeds (train.seed, +1, ...): the fit measures the
+    # seed-to-seed noise from them and says when a budget's minimum is not resolved beyond it.
+    seeds: int = 1
     max_retries: int = 1                    # failed runs are retried this many times, diverged never
     dry_run: bool = False
 
@@ -187,6 +190,14 @@ class InferenceConfig:
 
 
 @dataclass
+class LawFitConfig:
+    """The law candidates of the fit (pipeline/fit/candidates.py, chosen by backtest in selection.py)."""
+
+    candidate: str | None = None         # pin a form: chinchilla, overtrain, fixed_E; unset: the backtest chooses
+    fixed_E: float | None = None         # adds the candidate with this irreducible loss E (nats) fixed
+
+
+@dataclass
 class Study:
     """One schema for every entry point (train, sweep, fit), so one preset drives all three."""
 
@@ -207,7 +218,8 @@ class Study:
     runs: str | None = None              # a CSV/JSONL of runs or wandb:<entity>/<project>; unset: the sweep's results
     law: str | None = None               # a published law instead of a fit: chinchilla, chinchilla_unrounded, epoch, kaplan
     bootstrap: int = 1000                   # bootstrap resamples over runs; 0 skips the intervals
-    outliers: str = "default"               # the outlier rule (pipeline/fit/table.py); none turns it off
+    outliers: str = "auto"                  # auto: the backtest turns the rule (pipeline/fit/checks.py) on or off; default: on; none: off
+    law_fit: LawFitConfig = field(default_factory=LawFitConfig)
     convention: str = "total"               # which parameter count the law is fitted in
     out_dir: str | None = None           # unset: <results_dir>/<sweep_name>/fit
     seed: int = 0

@@ -94,6 +94,7 @@ def validate_study(job: Study) -> None:
     validate_launcher(job)
     validate_budget(job)
     validate_fit(job)
+    validate_fit_keys(job)
 
 
 def validate_model(job: Study) -> None:
@@ -234,7 +235,28 @@ def validate_fit(job: Study) -> None:
                                                      "tokens), e.g. inference.tokens=1e13, or null for none")
     _at_least("bootstrap", job.bootstrap, 0, "bootstrap=0 skips the intervals")
     _at_least("seed", job.seed, 0, "the fit's bootstrap seed, e.g. seed=0")
-    _need(job.outliers in ("default", "none"), f"outliers={job.outliers!r}: use default or none")
     _need(job.convention in ("total", "non_embedding"), f"convention={job.convention!r}: use total or non_embedding")
     presets = (*FULL_RUN_PRESETS, STUDY_PRESET)
     _need(job.full_run_preset in presets, f"full_run_preset={job.full_run_preset!r}: use one of {', '.join(presets)}")
+
+
+# The fit's choices (pipeline/fit/checks.py OUTLIER_RULES + "auto", pipeline/fit/candidates.py CANDIDATE_NAMES);
+# listed here because the config stage imports no later stage (tests/test_layout.py).
+OUTLIER_SETTINGS = ("auto", "default", "none")
+LAW_CANDIDATES = ("chinchilla", "overtrain", "fixed_E")
+
+
+def validate_fit_keys(job: Study) -> None:
+    if job.sweep.seeds < 1:
+        raise UserError(f"sweep.seeds={job.sweep.seeds} must be >= 1 (seeds per planned run)")
+    if job.sweep.seeds > 1 and job.sweep.cooldown_reuse:
+        raise UserError("sweep.seeds > 1 with sweep.cooldown_reuse=true is not supported yet: use one of them")
+    if job.outliers not in OUTLIER_SETTINGS:
+        raise UserError(f"outliers={job.outliers!r}: use auto (the backtest decides), default (rule on) or none")
+    lf = job.law_fit
+    if lf.candidate is not None and lf.candidate not in LAW_CANDIDATES:
+        raise UserError(f"law_fit.candidate={lf.candidate!r}: use one of {', '.join(LAW_CANDIDATES)} or leave it unset")
+    if lf.fixed_E is not None and not lf.fixed_E > 0:
+        raise UserError(f"law_fit.fixed_E={lf.fixed_E} must be a positive loss in nats")
+    if lf.candidate == "fixed_E" and lf.fixed_E is None:
+        raise UserError("law_fit.candidate=fixed_E needs law_fit.fixed_E=<irreducible loss in nats>")

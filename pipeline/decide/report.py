@@ -85,10 +85,28 @@ def short_schedule(schedule: dict) -> str:
     return f"cosine to {schedule['min_lr_ratio']:.0%}"
 
 
+def range_line(rec: dict) -> str | None:
+    """N, D and loss each with its interval, and the approaches' N_opt: the range leads, not the point."""
+    iv = rec.get("intervals") or {}
+    if not iv.get("n_opt"):
+        return None
+    parts = [f"N_opt {count(rec['n_opt'])} [{count(iv['n_opt'][0])}, {count(iv['n_opt'][1])}]"]
+    if iv.get("d_opt"):
+        parts.append(f"D_opt {count(rec['d_opt'])} [{count(iv['d_opt'][0])}, {count(iv['d_opt'][1])}]")
+    if iv.get("predicted_loss") and rec.get("predicted_loss") is not None:
+        parts.append(f"loss {rec['predicted_loss']:.3f} [{iv['predicted_loss'][0]:.3f}, {iv['predicted_loss'][1]:.3f}]")
+    spread = (rec.get("agreement") or {}).get("n_opt") or {}
+    text = "90% range: " + ", ".join(parts)
+    if len(spread) > 1:
+        text += "; approaches' N_opt " + ", ".join(f"{k} {count(v)}" for k, v in spread.items())
+    return text
+
+
 def terminal_summary(rec: dict) -> str:
     """A few lines for the terminal: the answer, its cost and shape, and what to look at next."""
     model, conv = rec["model"], rec["convention"]
-    lines = [
+    lead = [line for line in (rec.get("verdict") and f"verdict: {rec['verdict']}", range_line(rec)) if line]
+    lines = [*lead,
         f"Recommendation ({rec['law'].get('name')} law, {conv} parameters, budget {rec['budget']['flops']:.3g} FLOPs): "
         f"{count(model['params'][conv])} parameters on {count(model['tokens'])} tokens "
         f"({model['tokens_per_param']:.1f} tokens/param)",
@@ -98,7 +116,7 @@ def terminal_summary(rec: dict) -> str:
         f"{model['steps']:,} steps, {short_schedule(model['schedule'])}",
         f"  memory: {model['memory']['summary']}",
     ]
-    lines[1:1] = _count_lines(rec, "  ")
+    lines[len(lead) + 1:len(lead) + 1] = _count_lines(rec, "  ")  # right under the Recommendation line
     inf = rec.get("inference_aware")
     if inf:
         lines.append(f"  with {inf['inference_tokens']:.3g} inference tokens: {count(inf['n_opt'])} params on "
@@ -188,8 +206,10 @@ def plot_inference(rec: dict, path: Path) -> Path | None:
 # --- the report's sections -------------------------------------------------------------------------
 def _headline(rec: dict) -> list[str]:
     model, conv = rec["model"], rec["convention"]
+    lead = [f"**{line}**" for line in (range_line(rec),) if line] + (
+        [f"Verdict: {rec['verdict']}", ""] if rec.get("verdict") else [])
     return [
-        "# Recommendation", "",
+        "# Recommendation", "", *lead,
         f"**Train {count(model['params'][conv])} parameters ({conv}) on {count(model['tokens'])} tokens "
         f"({model['tokens_per_param']:.1f} tokens per parameter).**", "",
         f"- {_loss_phrase(rec)}",
@@ -263,6 +283,7 @@ def _fit_section(fit: dict | None) -> list[str]:
                          band(a.get("n_opt_interval") or (a.get("intervals") or {}).get("n_opt")).strip() or "-",
                          md_escape(a.get("note") or a.get("status") or "")])
         lines += table(["approach", "N_opt", "D_opt", "a (N ∝ C^a)", "b (D ∝ C^b)", "N_opt interval", "note"], rows)
+    lines += _selection_lines(fit)
     excluded = fit.get("excluded") or []
     lines.append(f"Excluded runs: {len(excluded)}." if excluded else "Excluded runs: none.")
     for item in excluded:
@@ -271,6 +292,52 @@ def _fit_section(fit: dict | None) -> list[str]:
         else:
             lines.append(f"- {md_escape(item)}")
     return lines + [""]
+
+
+def _selection_lines(fit: dict) -> list[str]:
+    """The law candidates with their backtest, the outlier rule either way, the noise and the minima."""
+    sel = fit.get("selection") or {}
+    lines = []
+    if sel.get("candidates"):
+        chosen = sel.get("chosen") or {}
+        lines += ["### Law chosen by prediction", "",
+                  f"Each candidate refitted without the largest-compute runs ({', '.join(f['label'] for f in sel['folds'])}) "
+                  f"and scored on them ({sel['score']}); rule: {sel.get('rule', '')}. Chosen: "
+                  f"**{chosen.get('candidate', '-')}**, outlier rule {chosen.get('outliers', '-')}.", ""]
+        pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
+        rows = []
+        for r in sel["candidates"]:
+            iv = r.get("intervals") or {}
+            rows.append([("**" + r["candidate"] + "**") if r.get("chosen") else r["candidate"], r["n_free"],
+                         pct(r.get("backtest_error")), pct(r.get("top_budget_error")),
+                         pct(r.get("expected_error_at_target")), count(r.get("n_opt")),
+                         band(iv.get("n_opt")).strip() or "-",
+                         "-" if r.get("predicted_loss") is None else f"{r['predicted_loss']:.4f}",
+                         band(iv.get("predicted_loss")).strip() or r.get("error", "-")])
+        lines += table(["candidate", "free params", "backtest error", "top-budget error", "expected error at target",
+                        "N_opt", "N_opt interval", "predicted loss", "loss interval"], rows)
+        other = [r for r in sel.get("rows", []) if r["outliers"] != chosen.get("outliers")]
+        if other:
+            lines += ["Backtest error with the outlier rule " + (other[0]["outliers"]) + ": "
+                      + ", ".join(f"{r['candidate']} {pct(r['score'])}" for r in other), ""]
+    out = fit.get("outliers") or {}
+    dropped = out.get("dropped") or []
+    would = out.get("would_drop")
+    if dropped:
+        lines.append(f"Outlier rule ({out.get('setting', '')}): dropped " + ", ".join(
+            f"{d['run_id']} (loss {d['loss']:.4g})" for d in dropped) + ".")
+    elif would is not None:
+        lines.append("Outlier rule off; it would have dropped: " + (", ".join(
+            f"{d['run_id']} (loss {d['loss']:.4g})" for d in would) or "nothing") + ".")
+    noise = fit.get("noise")
+    if noise:
+        lines.append(f"Noise model: sd of log loss {noise['sd_log']:.3g} ({noise['source']}).")
+    minima = fit.get("minima") or []
+    if minima:
+        lines.append("IsoFLOP minima resolved beyond the noise: " + ", ".join(
+            f"{m['budget_flops']:.2g} {'yes' if m['resolved'] else 'no'}"
+            + (f" ({m['gap_in_sd']:.1f} sd)" if "gap_in_sd" in m else "") for m in minima) + ".")
+    return lines + [""] if lines else []
 
 
 def _warnings_section(rec: dict, fit: dict | None) -> list[str]:

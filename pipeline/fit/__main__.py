@@ -6,7 +6,8 @@
     python -m pipeline.fit law=epoch budget.flops=1e23              # a published law instead of a fit
 
 Writes <out_dir>/recommendation.json, report.md, the plots and experiment/full_run.yaml, and prints
-a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=none, convention=non_embedding,
+a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=auto|default|none,
+law_fit.candidate=chinchilla|overtrain|fixed_E, law_fit.fixed_E=1.7, convention=non_embedding,
 inference.tokens=T, data.unique_tokens=U, all_runs=true (every record in the folder, not only plan.json's),
 full_run_preset=study (without pilots: size the full run for this config's tokenizer instead of gpt2-2048).
 
@@ -91,7 +92,8 @@ def main(overrides: list[str], flags: dict) -> int:
         law = published_law(study.law)
     else:
         fit_result = fit_all(table, budget_flops=budget["flops"], bootstrap=study.bootstrap,
-                             outliers=study.outliers, seed=study.seed, convention=study.convention)
+                             outliers=study.outliers, seed=study.seed, convention=study.convention,
+                             fixed_E=study.law_fit.fixed_E, candidate=study.law_fit.candidate)
         law, law_samples = law_from_fit(fit_result)
     try:
         return write_outputs(study, out_dir, fit_result, law, law_samples, table, pilot, budget,
@@ -116,7 +118,8 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
                     pilot_schedule=table.schedule if table is not None else None)
     if fit_result is not None:
         # The fit's own headline numbers and intervals (Approach 3 with its bootstrap) lead.
-        for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline"):
+        for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline",
+                    "selection", "noise", "minima", "agreement", "verdict"):
             if key in fit_result:
                 rec[key] = fit_result[key]
         rec["law"] = {**rec["law"], **fit_result["law"]}

@@ -150,3 +150,35 @@ def convention_sensitivity(table: RunsTable, budget_flops: float, known: dict | 
             entry["isoflop_error"] = str(err)
         out[convention] = entry
     return out
+
+
+# The verdict's thresholds: the factor within which the pilots pin N_opt (the larger of the chosen
+# law's interval half-width, sqrt(high/low), and the approaches' max/min spread).
+AGREE_FACTOR = 1.2
+USABLE_FACTOR = 2.0
+
+
+def verdict(result: dict) -> str:
+    """One line a person can act on, from the chosen law's N_opt interval and the approaches' spread."""
+    interval = (result.get("intervals") or {}).get("n_opt")
+    spread = (result.get("agreement") or {}).get("max_over_min")
+    unresolved = sum(not m["resolved"] for m in result.get("minima") or [])
+    factors = [f for f in ((interval[1] / interval[0]) ** 0.5 if interval else None, spread) if f]
+    if not factors:
+        return "no interval and a single approach: the pilots' precision is unknown; fit with bootstrap > 0"
+    factor = max(factors)
+    why = []
+    if interval:
+        why.append(f"N_opt interval x/{(interval[1] / interval[0]) ** 0.5:.2g}")
+    if spread:
+        why.append(f"approaches {spread:.2g}x apart")
+    if unresolved:
+        why.append(f"{unresolved} IsoFLOP minima not resolved beyond the noise")
+    detail = "; ".join(why)
+    if factor <= AGREE_FACTOR:
+        return f"pilots agree within {factor - 1:.0%} on N_opt ({detail}): size the run from them"
+    if factor <= USABLE_FACTOR:
+        return (f"pilots pin N_opt within {factor:.2g}x ({detail}): usable, the loss penalty of that error is in "
+                "the deviation table")
+    return (f"pilots cannot separate sizes within {factor:.2g}x ({detail}): run more budgets or seeds "
+            "before betting the budget on this size")

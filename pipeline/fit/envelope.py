@@ -85,11 +85,15 @@ def _usable(pts: dict, winners: np.ndarray) -> bool:
     return winners.size >= MIN_BINS and np.unique(pts["n"][winners]).size >= 2
 
 
-def fit_envelope(table: RunsTable, budget_flops: float, bootstrap: int = 0, seed: int = 0) -> dict:
+def fit_envelope(table: RunsTable, budget_flops: float, bootstrap: int = 0, seed: int = 0,
+                 noise_sd_log: float | None = None) -> dict:
     """Approach 1; returns {"error": ...} when the table has no curves or too few bins.
 
-    `bootstrap` > 0 resamples runs (with replacement, seeded) on the same bins for percentile 5-95%
-    intervals of a, b and N_opt, D_opt at `budget_flops`.
+    `bootstrap` > 0 with a noise model (`noise_sd_log`, sd of one run's log loss, pipeline/fit/noise.py)
+    redraws every run's curve with a run-level log-normal offset of that sd (seed noise moves a
+    run's whole curve) and re-takes the envelope on the same bins: percentile 5-95% intervals of a,
+    b and N_opt, D_opt. Resampling runs instead would delete sizes, which is not noise. Failed
+    resamples (too few bins) are counted in `n_failed`.
     """
     if not table.has_curves and not end_points_only(table):
         return {"error": "no training curves (a CSV or W&B table has none): Approach 1 needs sweep records "
@@ -115,26 +119,32 @@ def fit_envelope(table: RunsTable, budget_flops: float, bootstrap: int = 0, seed
            "frontier": {"flops": pts["flops"][winners].tolist(), "n": pts["n"][winners].tolist(),
                         "tokens": pts["tokens"][winners].tolist(), "loss": pts["loss"][winners].tolist()}}
     if bootstrap > 0:
-        out["bootstrap"] = _bootstrap(pts, which_bin, len(table), budget_flops, bootstrap, seed)
+        out["bootstrap"] = _bootstrap(pts, which_bin, len(table), budget_flops, bootstrap, seed, noise_sd_log)
         out["intervals"] = out["bootstrap"]["intervals"]
     return out
 
 
 def _bootstrap(pts: dict, which_bin: np.ndarray, n_runs: int, budget_flops: float, n_resamples: int,
-               seed: int) -> dict:
+               seed: int, noise_sd_log: float | None) -> dict:
+    base = {"n_resamples": n_resamples, "seed": seed,
+            "unit": "parametric: one log-normal offset per run's curve, sd from the noise model"}
+    if noise_sd_log is None:
+        return {**base, "n_used": 0, "n_failed": 0, "intervals": {}, "note": "no noise estimate: no interval"}
     rng = np.random.default_rng(seed)
+    run = pts["run"].astype(int)
+    everything = np.ones(run.size, dtype=bool)
     samples: dict[str, list[float]] = {"a": [], "b": [], "n_opt": [], "d_opt": []}
     for _ in range(n_resamples):
-        chosen = np.zeros(n_runs, dtype=bool)
-        chosen[rng.integers(0, n_runs, n_runs)] = True        # a run drawn twice adds no new point to a minimum
-        winners, _ = _frontier(pts, which_bin, chosen[pts["run"].astype(int)])
-        if not _usable(pts, winners):
+        offset = np.exp(noise_sd_log * rng.standard_normal(n_runs))
+        redrawn = {**pts, "loss": pts["loss"] * offset[run]}
+        winners, _ = _frontier(redrawn, which_bin, everything)
+        if not _usable(redrawn, winners):
             continue
-        a, k_n, b, k_d = _power_laws(pts, winners)
+        a, k_n, b, k_d = _power_laws(redrawn, winners)
         for key, value in (("a", a), ("b", b), ("n_opt", k_n * budget_flops ** a), ("d_opt", k_d * budget_flops ** b)):
             samples[key].append(value)
     n_used = len(samples["a"])
     intervals = ({k: percentile_interval(v) for k, v in samples.items()}
                  if n_used >= 2 else {})
-    return {"n_resamples": n_resamples, "n_used": n_used, "seed": seed,
-            "interval": "percentile 5-95% over resamples of runs", "intervals": intervals}
+    return {**base, "n_used": n_used, "n_failed": n_resamples - n_used, "noise_sd_log": float(noise_sd_log),
+            "interval": "percentile 5-95% over noise redraws of the runs' curves", "intervals": intervals}

@@ -8,6 +8,12 @@ run it falls back to Approach 2 and says so. `bootstrap` resamples are drawn for
 (runs for 3 and 1, runs within budgets for 2); all intervals are percentile 5-95%. The result is a
 JSON-able dict; the Approach-3 samples of (E, A, B, alpha, beta) travel inside it as lists
 (`bootstrap_samples(result)` gives the array, `law_from_fit(result)` the law and the array).
+
+Law selection (pipeline/fit/selection.py, docs/calibration.md): before the approaches, every law
+candidate (pipeline/fit/candidates.py) is backtested with the outlier rule on and off; `outliers=auto`
+takes the rule of the best-predicting row, and the headline law, `law` and `bootstrap` are the chosen
+candidate's (refitted on all kept runs, with a parametric bootstrap from the noise model,
+pipeline/fit/noise.py). `approaches.parametric` stays Approach 3 with the Chinchilla form.
 """
 
 from __future__ import annotations
@@ -17,11 +23,22 @@ import math
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.fit.checks import apply_outlier_rule, approach_agreement, backtest, convention_sensitivity
+from pipeline.fit.candidates import bootstrap_candidate, candidate_forms, fit_candidate
+from pipeline.fit.checks import (
+    BACKTEST_WARN_REL_ERROR,
+    OUTLIER_RULES,
+    apply_outlier_rule,
+    approach_agreement,
+    backtest,
+    convention_sensitivity,
+    verdict,
+)
 from pipeline.fit.envelope import fit_envelope
 from pipeline.fit.isoflop import fit_isoflop
 from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.noise import minimum_resolution, noise_model
 from pipeline.fit.parametric import HUBER_DELTA, bootstrap_parametric, derived_quantities, fit_parametric
+from pipeline.fit.selection import select_law
 from pipeline.fit.table import RunsTable
 from pipeline.records import jsonable
 
@@ -47,7 +64,7 @@ def law_from_fit(result: dict) -> tuple[ParametricLaw, np.ndarray | None]:
         why = result["approaches"]["parametric"].get("error")
         raise UserError(f"Approach 3 could not fit the runs ({why}){hint}: "
                         "the recommendation needs the parametric law: add runs, or pass law=epoch")
-    fitted = ParametricLaw(law["E"], law["A"], law["B"], law["alpha"], law["beta"], name="fit",
+    fitted = ParametricLaw(law["E"], law["A"], law["B"], law["alpha"], law["beta"], name=law.get("candidate", "fit"),
                            convention=result["convention"],
                            source=f"Approach 3 fit to {result['n_runs']} runs ({result['source']})")
     samples = bootstrap_samples(result)
@@ -78,15 +95,18 @@ def _parametric(table: RunsTable, budget_flops: float, bootstrap: int, seed: int
     return entry, law, boot
 
 
-def _isoflop(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, warnings: list) -> dict:
+def _isoflop(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, warnings: list,
+            sd_log: float | None = None) -> dict:
     try:
-        iso = fit_isoflop(table, budget_flops, bootstrap=bootstrap, seed=seed)
+        iso = fit_isoflop(table, budget_flops, bootstrap=bootstrap, seed=seed, noise_sd_log=sd_log)
     except UserError as err:
         return {"error": str(err)}
     grouping = table.grouping_note()  # FLOPs that jitter within a budget (real logs) are grouped: say how
     if grouping:
         iso["grouping"] = grouping
         iso.setdefault("note", grouping)
+    if (iso.get("bootstrap") or {}).get("warning"):
+        warnings.append(iso["bootstrap"]["warning"])
     left_out = [p for p in iso.get("budgets", []) if not p["bracketed"]]
     if left_out:
         first = left_out[0]
@@ -96,9 +116,51 @@ def _isoflop(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, w
     return iso
 
 
-def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outliers: str = "default",
-            seed: int = 0, convention: str = "total") -> dict:
-    """Fit all three approaches and the checks; see the module docstring for the result's layout."""
+def _candidates(clean: RunsTable, budget_flops: float, selection: dict, fixed_E, bootstrap: int, seed: int,
+                sd_log: float | None, warnings: list) -> tuple[dict | None, dict | None, list]:
+    """Every candidate refitted on the kept runs (N_opt, loss, intervals); (chosen law, its bootstrap, rows)."""
+    chosen = (selection.get("chosen") or {}).get("candidate", "chinchilla")
+    rule = (selection.get("chosen") or {}).get("outliers")
+    scores = {r["candidate"]: r for r in selection["rows"] if r["outliers"] == rule} if rule else {}
+    rows, law, boot = [], None, None
+    for form in candidate_forms(fixed_E):
+        row = {"candidate": form.name, "n_free": form.n_free, "chosen": form.name == chosen,
+               "backtest_error": (scores.get(form.name) or {}).get("score"),
+               "top_budget_error": (scores.get(form.name) or {}).get("top_budget_error"),
+               "expected_error_at_target": (scores.get(form.name) or {}).get("expected_error_at_target")}
+        try:
+            fit = fit_candidate(form, clean.n, clean.tokens, clean.loss, clean.convention)
+        except UserError as err:
+            rows.append({**row, "error": str(err)})
+            if form.name == chosen:
+                warnings.append(f"the chosen law {chosen} could not be refitted on all runs ({err})")
+            continue
+        fitted = fit.law()
+        n_opt, d_opt = fitted.optimal_allocation(budget_flops)
+        row.update(n_opt=float(n_opt), predicted_loss=float(fitted.loss(n_opt, d_opt)), law=fitted.to_dict())
+        if bootstrap > 0:
+            b = bootstrap_candidate(fit, clean.n, clean.tokens, clean.loss, budget_flops, bootstrap, seed, sd_log)
+            row.update(intervals={k: b["intervals"].get(k) for k in ("n_opt", "predicted_loss")},
+                       n_failed=b["n_failed"])
+            if form.name == chosen:
+                boot = b
+                if b["n_failed"] > BOOTSTRAP_DROP_WARN_SHARE * bootstrap:
+                    warnings.append(f"law {chosen} bootstrap: {b['n_failed']} of {bootstrap} resamples gave no valid "
+                                    "fit: the intervals understate the uncertainty")
+        if form.name == chosen:
+            law = {**fit.to_dict(), "convention": clean.convention, "huber_delta": HUBER_DELTA}
+        rows.append(row)
+    return law, boot, rows
+
+
+def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outliers: str = "auto",
+            seed: int = 0, convention: str = "total", fixed_E: float | None = None,
+            candidate: str | None = None) -> dict:
+    """Fit all three approaches and the checks; see the module docstring for the result's layout.
+
+    `outliers`: "auto" (the backtest chooses the rule on or off), "default" (the Hampel rule on) or
+    "none"; `candidate` pins a law form, `fixed_E` adds the fixed-E candidate (pipeline/fit/candidates.py).
+    """
     if not (isinstance(budget_flops, (int, float)) and math.isfinite(budget_flops) and budget_flops > 0):
         raise UserError(f"budget_flops={budget_flops!r} must be a positive number of FLOPs: set budget.flops")
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0 or bootstrap == 1:
@@ -107,19 +169,52 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     if convention not in table.params:
         raise UserError(f"convention '{convention}' is not in the runs table: use one of {', '.join(table.params)}")
     table = table.with_convention(convention)
-    clean, outlier_report = apply_outlier_rule(table, outliers)
+    if outliers != "auto" and outliers not in OUTLIER_RULES:
+        raise UserError(f"outliers='{outliers}' is not a rule: use auto, {', '.join(OUTLIER_RULES)}")
+    selection = select_law(table, budget_flops, fixed_E=fixed_E, candidate=candidate,
+                           outliers=None if outliers == "auto" else outliers)
+    rule = (selection.get("chosen") or {}).get("outliers") or ("default" if outliers == "auto" else outliers)
+    clean, outlier_report = apply_outlier_rule(table, rule)
+    outlier_report["setting"] = outliers
+    if rule == "none":   # say which runs the rule would have dropped
+        outlier_report["would_drop"] = apply_outlier_rule(table, "default")[1]["dropped"]
     warnings: list[str] = []
     if table.excluded:
         warnings.append(f"{len(table.excluded)} runs excluded before fitting (see excluded)")
     if outlier_report["dropped"]:
         warnings.append(f"outlier rule dropped {len(outlier_report['dropped'])} runs (see outliers)")
 
-    parametric, law, boot = _parametric(clean, budget_flops, bootstrap, seed, warnings)
-    isoflop = _isoflop(clean, budget_flops, bootstrap, seed, warnings)
-    envelope = fit_envelope(clean, budget_flops, bootstrap=bootstrap, seed=seed)
+    parametric, law, boot = _parametric(clean, budget_flops, 0, seed, warnings)
+    law3 = ParametricLaw(*(law[k] for k in ("E", "A", "B", "alpha", "beta"))) if law else None
+    noise = noise_model(clean, law3)
+    sd_log = noise["sd_log"] if noise else None
+    chosen_law, chosen_boot, candidate_rows = _candidates(clean, budget_flops, selection, fixed_E, bootstrap, seed,
+                                                          sd_log, warnings)
+    fit3 = next((r for r in candidate_rows if r["candidate"] == "chinchilla" and "intervals" in r), None)
+    if law is not None and fit3 is not None:   # Approach 3 = the chinchilla candidate, same bootstrap
+        parametric["intervals"] = (chosen_boot["intervals"] if chosen_law and chosen_law["candidate"] == "chinchilla"
+                                   and chosen_boot else fit3["intervals"])
+    if chosen_law is not None:
+        if chosen_law["candidate"] == "chinchilla" and law is not None:   # the same fit: keep Approach 3's details
+            chosen_law = {**law, "candidate": "chinchilla", "source": chosen_law["source"]}
+        law, boot = chosen_law, chosen_boot
+        if chosen_boot:
+            chosen_boot = {**chosen_boot, "n_dropped": chosen_boot["n_failed"]}
+        point = {k: float(v[0]) for k, v in derived_quantities(
+            np.array([[law[k] for k in ("E", "A", "B", "alpha", "beta")]]), budget_flops).items()}
+        headline_law = {**{k: point[k] for k in HEADLINE_KEYS}, "a": point["a"], "b": point["b"],
+                        "intervals": (chosen_boot or {}).get("intervals", {})}
+        boot = chosen_boot
+    else:
+        headline_law = None
+    isoflop = _isoflop(clean, budget_flops, bootstrap, seed, warnings, sd_log)
+    # Approach 1's noise bootstrap is not calibrated (docs/calibration.md): a point cross-check only.
+    envelope = fit_envelope(clean, budget_flops, bootstrap=0, seed=seed)
     approaches = {"envelope": envelope, "isoflop": isoflop, "parametric": parametric}
 
-    if "error" not in parametric:
+    if headline_law is not None:
+        headline, source = headline_law, f"law {law['candidate']}"
+    elif "error" not in parametric:
         headline, source = parametric, "parametric"
     elif "error" not in isoflop:
         headline, source = {**isoflop, "predicted_loss": None}, "isoflop"
@@ -128,8 +223,14 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
                         f"isoflop: {isoflop['error']}")
     extrapolation = budget_flops / float(np.max(clean.c))
 
-    checks_backtest = backtest(clean)
-    agreement = approach_agreement(approaches)
+    checks_backtest = _chosen_backtest(selection) if selection.get("chosen") else backtest(clean)
+    agreement = approach_agreement({k: v for k, v in approaches.items() if k != "envelope"})
+    resolution = minimum_resolution(isoflop.get("budgets", []), sd_log)
+    unresolved = [r for r in resolution if not r["resolved"]]
+    if unresolved and sd_log is not None:
+        warnings.append(f"{len(unresolved)} of {len(resolution)} IsoFLOP minima are not resolved beyond the noise "
+                        f"(sd of log loss {sd_log:.3g}, {noise['source'] if noise else 'none'}): the lowest loss does "
+                        "not beat its neighbours by 2 noise sd; train those sizes with more seeds (sweep.seeds)")
     known = {}
     if law is not None and "error" not in isoflop:
         known[convention] = {"parametric_a": parametric["a"], "parametric_n_opt": parametric["n_opt"],
@@ -149,6 +250,28 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "outliers": outlier_report, "extrapolation_factor": extrapolation,
         "backtest": checks_backtest, "agreement": agreement, "sensitivity": sensitivity,
         "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS
+        "selection": {**selection, "candidates": candidate_rows}, "noise": noise, "minima": resolution,
         "warnings": warnings,
     }
+    result["verdict"] = verdict(result)
     return jsonable(result)
+
+
+def _chosen_backtest(selection: dict) -> dict:
+    """The backtest of the chosen candidate, stated as the expected error of the loss at the target."""
+    chosen = selection["chosen"]
+    row = next(r for r in selection["rows"] if r["candidate"] == chosen["candidate"]
+               and r["outliers"] == chosen["outliers"])
+    top = row["folds"][0] if row["folds"] else {}
+    out = {"candidate": chosen["candidate"], "outliers": chosen["outliers"], "held_out": top.get("label"),
+           "mean_rel_error": row["top_budget_error"], "rolling_mean_rel_error": row["score"],
+           "folds": row["folds"], "expected_error_at_target": row["expected_error_at_target"],
+           "target_decades": selection["target_decades"], "warn_threshold_rel_error": BACKTEST_WARN_REL_ERROR}
+    expected = row["expected_error_at_target"]
+    if row["top_budget_error"] is not None and (row["top_budget_error"] > BACKTEST_WARN_REL_ERROR or
+                                                (expected is not None and expected > BACKTEST_WARN_REL_ERROR)):
+        out["warning"] = (f"backtest of law {chosen['candidate']}: refitted without the {top.get('label')}, it misses "
+                          f"them by {row['top_budget_error']:.1%}; extrapolated {selection['target_decades']:.1f} "
+                          "decades to the target, expect the predicted loss to be off by about "
+                          + (f"{expected:.1%}" if expected is not None else "as much or more"))
+    return out

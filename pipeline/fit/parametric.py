@@ -58,17 +58,19 @@ class HuberLogObjective:
     """Sum of Huber(log L_hat - log L) and its exact gradient, for many thetas at once.
 
     `weights` (n_problems, n_runs) gives each problem its own run multiplicities (a bootstrap
-    resample is a vector of counts); None weighs every run once for every problem.
+    resample is a vector of counts); None weighs every run once for every problem. `loss` may also be
+    (n_problems, n_runs): each problem its own losses (a parametric bootstrap redraws them).
     """
 
     def __init__(self, n_params, tokens, loss, weights: np.ndarray | None = None, delta: float = HUBER_DELTA):
         self.log_n = np.log(np.asarray(n_params, dtype=float))
         self.log_d = np.log(np.asarray(tokens, dtype=float))
         self.log_loss = np.log(np.asarray(loss, dtype=float))
+        self.per_problem = self.log_loss.ndim == 2
         self.weights = weights
         self.delta = delta
 
-    def _chunk(self, theta: np.ndarray, weights: np.ndarray | None):
+    def _chunk(self, theta: np.ndarray, weights: np.ndarray | None, log_loss: np.ndarray | None = None):
         a, b, e, alpha, beta = (theta[:, i:i + 1] for i in range(5))
         t_n = a - alpha * self.log_n                       # log(A / N^alpha)
         t_d = b - beta * self.log_d                        # log(B / D^beta)
@@ -77,7 +79,7 @@ class HuberLogObjective:
         # in double precision but keeps exp() off its denormal/underflow slow path (35x slower).
         exp_n, exp_d, exp_e = (np.exp(np.maximum(t - top, EXP_FLOOR)) for t in (t_n, t_d, e))
         total = exp_n + exp_d + exp_e
-        resid = top + np.log(total) - self.log_loss
+        resid = top + np.log(total) - (self.log_loss if log_loss is None else log_loss)
         abs_r = np.abs(resid)
         huber = np.where(abs_r <= self.delta, 0.5 * resid * resid, self.delta * (abs_r - 0.5 * self.delta))
         # d huber / d resid, times d LSE / d t_i = softmax weight exp_i / total
@@ -93,11 +95,11 @@ class HuberLogObjective:
     def __call__(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = np.empty(len(theta))
         g = np.empty((len(theta), 5))
-        step = max(1, CHUNK_ELEMENTS // len(self.log_loss))
+        step = max(1, CHUNK_ELEMENTS // len(self.log_n))
         for lo in range(0, len(theta), step):
             hi = lo + step
             w = None if self.weights is None else self.weights[rows[lo:hi]]
-            f[lo:hi], g[lo:hi] = self._chunk(theta[lo:hi], w)
+            f[lo:hi], g[lo:hi] = self._chunk(theta[lo:hi], w, self.log_loss[rows[lo:hi]] if self.per_problem else None)
         return f, g
 
     def single(self, theta: np.ndarray, row: int = 0) -> tuple[float, np.ndarray]:
@@ -277,5 +279,40 @@ def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flop
     intervals, errors = _summaries(samples)
     return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_dropped": int((~ok).sum()),
             "seed": int(seed), "interval": "percentile 5-95% (90% bootstrap interval)",
+            "intervals": intervals, "standard_errors": errors,
+            "sample_columns": list(SAMPLE_COLUMNS), "samples": params}
+
+
+def bootstrap_parametric_noise(n_params, tokens, loss, fit: ParametricFit, budget_flops: float, sd_log: float,
+                               n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Parametric bootstrap: redraw every run's loss as the fitted law times log-normal noise of
+    `sd_log` (the noise model, pipeline/fit/noise.py) and refit, batched as bootstrap_parametric.
+
+    With few runs (a CPU pilot study has 15-25 for 5 parameters) resampling runs leaves resamples
+    with a handful of distinct points, whose refits run off (E -> 0, A, B -> inf) and blow the
+    interval up; redrawing the noise keeps the design. scripts/calibrate_intervals.py compares both.
+    Failed resamples are counted in n_dropped, never silently.
+    """
+    n, d, loss = _check_points(n_params, tokens, loss)
+    rng = np.random.default_rng(seed)
+    mean = fit.law().loss(n, d)
+    redrawn = mean[None, :] * np.exp(sd_log * rng.standard_normal((n_resamples, n.size)))
+    starts = np.array([fit.theta, *fit.basin_starts])
+    n_starts = len(starts)
+    objective = HuberLogObjective(n, d, np.repeat(redrawn, n_starts, axis=0))
+    res = minimize_batched(objective, np.tile(starts, (n_resamples, 1)), max_iter=2000)
+    fun = np.where(np.isfinite(res.fun), res.fun, np.inf).reshape(n_resamples, n_starts)
+    pick = np.arange(n_resamples) * n_starts + np.argmin(fun, axis=1)
+    theta = res.theta[pick]
+    with np.errstate(over="ignore"):
+        params = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
+                                  theta[:, 3], theta[:, 4]])
+    ok = res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
+    params = params[ok]
+    samples = derived_quantities(params, budget_flops)
+    intervals, errors = _summaries(samples) if len(params) >= 2 else ({}, {})
+    return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_dropped": int((~ok).sum()),
+            "seed": int(seed), "unit": f"parametric: the fitted law x log-normal noise, sd(log loss) {sd_log:.4f}",
+            "interval": "percentile 5-95% (90% bootstrap interval)",
             "intervals": intervals, "standard_errors": errors,
             "sample_columns": list(SAMPLE_COLUMNS), "samples": params}

@@ -46,28 +46,46 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _legend_outside(ax, n_entries: int) -> None:
+    """Legends sit right of the axes, never over the data (a 57-budget table has 57 entries)."""
+    ax.legend(fontsize=6 if n_entries > 12 else 7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              ncol=max(1, n_entries // 25 + 1))
+
+
 def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
-    """Loss vs N per budget, with the parabolas of Approach 2 and their vertices."""
-    fig = Figure(figsize=(7, 4.5))
+    """Loss vs N per budget, the parabolas of Approach 2 and their vertices; filled points are the ones
+    each parabola used, hollow ones lie outside its window, x marks a run the outlier rule dropped."""
+    fig = Figure(figsize=(8.5, 4.5))
     ax = fig.add_subplot()
     groups = table.budget_groups()
     budgets = np.unique(groups)
     colours = [matplotlib.colormaps["viridis"](x) for x in np.linspace(0, 0.9, budgets.size)]
     profiles = {p["planned_budget_flops"]: p for p in result["approaches"]["isoflop"].get("budgets", [])}
+    dropped = {d["run_id"] for d in (result.get("outliers") or {}).get("dropped", [])}
+    out = np.array([r in dropped for r in table.run_id], dtype=bool)
     for budget, colour in zip(budgets, colours, strict=True):
-        rows = groups == budget
-        ax.scatter(table.n[rows], table.loss[rows], color=colour, s=18, label=f"C = {budget:.2g}")
+        rows = (groups == budget) & ~out
         prof = profiles.get(float(budget))
+        inside = np.zeros(rows.shape, dtype=bool)
+        if prof and prof.get("window_log_n"):
+            lo, hi = prof["window_log_n"]
+            inside = rows & (np.log(table.n) >= lo - 1e-9) & (np.log(table.n) <= hi + 1e-9)
+        ax.scatter(table.n[inside], table.loss[inside], color=colour, s=18, label=f"C = {budget:.2g}")
+        ax.scatter(table.n[rows & ~inside], table.loss[rows & ~inside], facecolors="none", edgecolors=colour, s=18,
+                   label=None if inside.any() else f"C = {budget:.2g}")
         if prof and prof.get("parabola"):
             x = np.linspace(*prof["window_log_n"], 50)
             ax.plot(np.exp(x), np.polyval(prof["parabola"], x), color=colour, lw=1.2)
         if prof and prof.get("bracketed"):
             ax.scatter([prof["n_opt"]], [prof["loss_min"]], color=colour, marker="*", s=120, edgecolor="k")
+    if out.any():
+        ax.scatter(table.n[out], table.loss[out], marker="x", color="C3", s=30, label="dropped (outlier rule)")
     ax.set_xscale("log")
     ax.set_xlabel(f"N ({table.convention} parameters)")
     ax.set_ylabel("final validation loss")
-    ax.set_title("IsoFLOP profiles (Approach 2); stars: parabola vertices")
-    ax.legend(fontsize=7)
+    ax.set_title("IsoFLOP profiles (Approach 2): filled = in the parabola's window, hollow = outside; stars: vertices",
+                 fontsize=8)
+    _legend_outside(ax, budgets.size + int(out.any()))
     return save_figure(fig, path)
 
 
@@ -83,15 +101,15 @@ def plot_frontier(result: dict, table: RunsTable, path: Path) -> Path:
     """N_opt(C) of every approach, extrapolated to the target budget, with the bootstrap band."""
     target = result["budget_flops"]
     c_grid = np.geomspace(min(table.c.min(), target), max(table.c.max(), target), 40)
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(8.5, 4.5))
     ax = fig.add_subplot()
     law = result.get("law")
     if law:
         fitted = ParametricLaw(law["E"], law["A"], law["B"], law["alpha"], law["beta"])
-        ax.plot(c_grid, fitted.optimal_allocation(c_grid)[0], color="C0", label="Approach 3 (parametric)")
+        ax.plot(c_grid, fitted.optimal_allocation(c_grid)[0], color="C0", label=f"law {law.get('candidate', 'fit')}")
         band = _frontier_band(result, c_grid)
         if band is not None:
-            ax.fill_between(c_grid, *band, color="C0", alpha=0.2, label="Approach 3, 5-95% bootstrap")
+            ax.fill_between(c_grid, *band, color="C0", alpha=0.2, label="law, 5-95% bootstrap")
     iso = result["approaches"]["isoflop"]
     if "a" in iso:
         vertices = [p for p in iso["budgets"] if p["bracketed"]]
@@ -102,6 +120,7 @@ def plot_frontier(result: dict, table: RunsTable, path: Path) -> Path:
         ax.scatter(env["frontier"]["flops"], env["frontier"]["n"], color="C2", s=10, zorder=3)
         ax.plot(c_grid, env["k_n"] * c_grid ** env["a"], color="C2", ls=":", label="Approach 1 (envelope)")
     ax.axvline(target, color="grey", lw=0.8)
+    ax.axvspan(table.c.min(), table.c.max(), color="grey", alpha=0.12, label="fitted range (pilots)")
     if result.get("n_opt"):
         ax.scatter([target], [result["n_opt"]], marker="*", s=160, color="k", zorder=4,
                    label=f"recommended N = {result['n_opt']:.3g}")
@@ -109,8 +128,8 @@ def plot_frontier(result: dict, table: RunsTable, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel(f"training compute C (FLOPs, {table.flop_method})")
     ax.set_ylabel(f"compute-optimal N ({table.convention})")
-    ax.set_title("Compute-optimal model size")
-    ax.legend(fontsize=7)
+    ax.set_title("Compute-optimal model size: fitted range shaded, the rest is extrapolation", fontsize=9)
+    _legend_outside(ax, 7)
     return save_figure(fig, path)
 
 
@@ -132,7 +151,7 @@ def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
     ax1.set_ylabel("predicted loss")
     ax1.set_title(f"L = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3f} + {law['B']:.3g}/D^{law['beta']:.3f}",
                   fontsize=9)
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2)
     resid = np.log(predicted) - np.log(table.loss)
     ax2.axhline(0, color="grey", lw=0.8)
     ax2.scatter(table.c[~out], resid[~out], s=12)

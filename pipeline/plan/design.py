@@ -244,6 +244,10 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
                 runs.append(_run(study, vocab_size, world_size, {"size": str(size)}, {"tokens": int(tokens)}, None))
             for ratio in sweep.tokens_per_param:
                 runs.append(_run(study, vocab_size, world_size, {"size": str(size)}, {"tokens_per_param": float(ratio)}, None))
+    if sweep.seeds > 1:   # repeats with train.seed + k: the fit's measured noise (pipeline/fit/noise.py)
+        runs = [run if k == 0 else _run(study, vocab_size, world_size, run.model_over,
+                                        {**run.train_over, "seed": study.train.seed + k}, run.spec.budget_flops)
+                for run in runs for k in range(sweep.seeds)]
     if sweep.cooldown_reuse:
         runs = with_cooldown_reuse(study, runs, vocab_size, world_size)
     ids = [r.run_id for r in runs]

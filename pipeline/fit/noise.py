@@ -1,0 +1,87 @@
+"""The noise model of the fit: how much a run's final loss moves between seeds, measured not assumed.
+
+* Measured: runs that repeat the same (N, D) with different seeds (`sweep.seeds`) give the pooled
+  within-point standard deviation of log loss (one-way ANOVA's within-group mean square: sum of
+  squared deviations from each point's mean over sum of (n_i - 1)).
+* Otherwise: the residual standard deviation of log loss about the Approach-3 law, with the law's 5
+  parameters taken off the degrees of freedom. It includes any misfit of the form, so it is an
+  upper estimate of the seed noise (at CPU scale docs/cooldown_reuse.md measured 0.011-0.11 nats,
+  0.3-3% of the loss, between seeds).
+
+The bootstraps of Approaches 1 and 2 draw their noise from this model, and `minimum_resolution`
+says, per IsoFLOP budget, whether the lowest loss beats its neighbours by more than the noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.table import RunsTable
+
+MIN_SEED_DOF = 2          # a pooled sd from fewer degrees of freedom is not used alone
+RESOLVE_Z = 2.0           # a minimum is resolved when it beats both neighbours by 2 sd of the difference
+
+
+def point_keys(table: RunsTable) -> np.ndarray:
+    """An integer per distinct (N, D) point; repeats (seeds) share it. D is matched to 0.5%."""
+    keys = np.round(np.log(table.n) * 1e3).astype(np.int64) * 10**7 + np.round(np.log(table.tokens) * 200)
+    return np.unique(keys, return_inverse=True)[1]
+
+
+def seed_noise(table: RunsTable) -> dict | None:
+    """Pooled within-point sd of log loss over points trained with 2+ seeds; None when there are none."""
+    keys = point_keys(table)
+    log_loss = np.log(table.loss)
+    counts = np.bincount(keys)
+    means = np.bincount(keys, weights=log_loss) / counts
+    dof = int(np.sum(counts - 1))
+    if dof < 1:
+        return None
+    ss = float(np.sum((log_loss - means[keys]) ** 2))
+    return {"sd_log": float(np.sqrt(ss / dof)), "dof": dof, "n_points_repeated": int(np.sum(counts > 1)),
+            "source": f"seed-to-seed spread of {int(np.sum(counts > 1))} repeated points ({dof} degrees of freedom)"}
+
+
+def residual_noise(table: RunsTable, law: ParametricLaw | None) -> dict | None:
+    if law is None or len(table) <= 6:
+        return None
+    resid = np.log(table.loss) - np.log(law.loss(table.n, table.tokens))
+    dof = len(table) - 5
+    return {"sd_log": float(np.sqrt(np.sum((resid - resid.mean()) ** 2) / dof)), "dof": dof,
+            "source": f"residuals about the Approach-3 law ({dof} degrees of freedom; includes misfit)"}
+
+
+def noise_model(table: RunsTable, law: ParametricLaw | None) -> dict | None:
+    """{"sd_log", "dof", "source", ...}: measured seed noise when it has MIN_SEED_DOF, else the law's
+    residuals (the larger of the two when both exist: misfit is error the pilots cannot average away)."""
+    seeds, resid = seed_noise(table), residual_noise(table, law)
+    if seeds and seeds["dof"] >= MIN_SEED_DOF:
+        if resid and resid["sd_log"] > seeds["sd_log"]:
+            return {**resid, "seed_sd_log": seeds["sd_log"], "seed_dof": seeds["dof"],
+                    "note": "law residuals exceed the measured seed noise: the form misfits the runs"}
+        return {**seeds, "residual_sd_log": resid["sd_log"] if resid else None}
+    return resid or seeds
+
+
+def minimum_resolution(profiles: list[dict], sd_log: float | None) -> list[dict]:
+    """Per IsoFLOP budget: does the lowest mean loss beat both neighbours beyond the noise?
+
+    The difference of two points' mean log losses has sd sd_log * sqrt(1/n_best + 1/n_neighbour)
+    (n = seeds at each point); resolved when the smaller gap exceeds RESOLVE_Z times it.
+    """
+    out = []
+    for prof in profiles:
+        loss, counts = np.asarray(prof["loss"]), np.asarray(prof.get("counts") or [1] * len(prof["loss"]))
+        entry = {"budget_flops": prof["budget_flops"], "resolved": False}
+        best = int(np.argmin(loss)) if loss.size else 0
+        if sd_log is None or loss.size < 3 or best in (0, loss.size - 1):
+            entry["reason"] = "no noise estimate" if sd_log is None else "the minimum is not interior"
+            out.append(entry)
+            continue
+        gaps = [np.log(loss[j] / loss[best]) / (sd_log * np.sqrt(1 / counts[best] + 1 / counts[j]))
+                for j in (best - 1, best + 1)]
+        entry.update(gap_in_sd=float(min(gaps)), resolved=bool(min(gaps) > RESOLVE_Z),
+                     gap_nats=float(min(loss[best - 1], loss[best + 1]) - loss[best]))
+        out.append(entry)
+    return out
