@@ -253,6 +253,7 @@ class Study:
     outliers: str = "default"               # the outlier rule (pipeline/fit/table.py); none turns it off
     convention: str = "total"               # which parameter count the law is fitted in
     out_dir: str | None = None           # unset: <results_dir>/<sweep_name>/fit
+    steps: str | None = None             # per-step CSVs (a directory or glob), one per run named <run_id>.csv
     target: str = "loss"                    # the metric to fit and optimise: loss, <column>, <task>:bpb, <task>:acc
     seed: int = 0
 

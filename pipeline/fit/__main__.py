@@ -7,7 +7,9 @@
 
 Writes <out_dir>/recommendation.json, report.md, the plots and experiment/full_run.yaml, and prints
 a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=none, convention=non_embedding,
-inference.tokens=T, data.unique_tokens=U.
+inference.tokens=T, data.unique_tokens=U; target=<metric> | <task>:acc (docs/downstream.md),
+predict.params=[...] predict.tokens=[...], serving.max_params=N, columns.params=<column> (also tokens,
+loss, flops, run_id, status, step), steps=<dir of per-step CSVs>.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from pipeline.cli import load_study, run_main
 from pipeline.config.load import as_dict
 from pipeline.config.schema import Study
 from pipeline.decide.budget import resolve_budget
+from pipeline.decide.predict import loss_model, target_sections
 from pipeline.decide.recommend import recommend, write_full_run_config
 from pipeline.decide.report import render_report, terminal_summary
+from pipeline.decide.target_report import plot_targets, target_summary
+from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
 from pipeline.fit.laws import published_law
 from pipeline.fit.plots import plot_fit
-from pipeline.fit.sources import load_runs
+from pipeline.fit.sources import columns_from_config, load_runs
+from pipeline.fit.targets import fit_targets, parse_target
 from pipeline.records import atomic_write_json
 
 USAGE = __doc__
@@ -45,8 +51,12 @@ def main(overrides: list[str], flags: dict) -> int:
     out_dir = output_dir(study)
     fit_result, law_samples, plots, table, pilot = None, None, [], None, None
     if study.law is None:
-        table = load_runs(runs_source(study), convention=study.convention)
+        table = load_runs(runs_source(study), convention=study.convention,
+                          columns=columns_from_config(study.columns), steps=study.steps)
         pilot = table.pilot_summary()
+        parse_target(study.target, table)          # an unknown target stops here, before any fit
+    elif study.target != "loss":
+        raise UserError(f"target={study.target} needs runs to fit: a published law (law={study.law}) has only the loss")
     budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
                             pilot_flops=pilot.get("total_flops") if pilot else None)
     if study.law is not None:
@@ -71,6 +81,18 @@ def main(overrides: list[str], flags: dict) -> int:
         rec["law"] = {**rec["law"], **fit_result["law"]}
         rec["intervals"] = {**(rec.get("intervals") or {}), **fit_result.get("intervals", {})}
         rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
+    models = {}
+    if fit_result is not None:  # target metrics (pipeline/fit/targets.py) and their decision (pipeline/decide/predict.py)
+        target, models, failed = fit_targets(table.with_convention(study.convention), study.target,
+                                             bootstrap=study.bootstrap, seed=study.seed, outliers=study.outliers)
+        loss = loss_model(law, law_samples)
+        rec.update(target_sections(
+            loss=loss, target=loss if target.kind == "loss" else models[target.name], models=models,
+            budget_flops=budget["flops"], recommended=(rec["model"]["params"][rec["convention"]], rec["model"]["tokens"]),
+            loss_optimum=(rec["n_opt"], rec["d_opt"]), max_params=study.serving.max_params,
+            predict_pairs=list(zip(study.predict.params, study.predict.tokens, strict=True))), metric_fit_failures=failed)
+        plots += plot_targets({"loss": loss, **models} if target.kind == "loss" else models, target.name,
+                              budget["flops"], rec["n_opt"], out_dir)
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
                      "experiment": study.experiment, "bootstrap": study.bootstrap}
@@ -80,6 +102,8 @@ def main(overrides: list[str], flags: dict) -> int:
     atomic_write_json(out_dir / "recommendation.json", rec)
     report = render_report(out_dir, fit_result, rec, plots)
     print(terminal_summary(rec))
+    if rec.get("target"):
+        print(target_summary(rec))
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
           f"python -m pipeline.train --config-dir {out_dir} experiment=full_run")
     return 0
