@@ -258,8 +258,10 @@ def read_step_file(path: Path, columns: dict[str, str] | None = None) -> list[tu
     rows = _read_rows(path)
     if not rows:
         raise UserError(f"per-step file {path} has no rows")
-    rename = {**olmo_columns(list(rows[0][1])), **(columns or {})}
-    renamed = [(n, {rename.get(k, k): v for k, v in row.items()}) for n, row in rows]
+    olmo, mine = olmo_columns(list(rows[0][1])), columns or {}
+    # `columns` may name a column by its own name or by the name the OLMo rule gave it (c4_en_loss).
+    renamed = [(n, {mine.get(olmo.get(k, k), mine.get(k, olmo.get(k, k))): v for k, v in row.items()})
+               for n, row in rows]
     if "step" not in renamed[0][1]:
         raise UserError(f"per-step file {path} has no step column: name it with columns.step=<your column>")
     try:
