@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.sources import load_runs  # noqa: E402
 from pipeline.fit.targets import Target, fit_metric  # noqa: E402
 
@@ -65,7 +66,11 @@ def main() -> int:
         target = Target(f"{task}:acc", "accuracy", f"{task}_bpb", accuracy=f"{task}_acc", task=task)
         row = {"task": task}
         for label, fit_table in (("final", replace(train, metric_points=())), ("steps", train)):
-            model = fit_metric(fit_table, target, bootstrap=args.bootstrap, seed=0)
+            try:
+                model = fit_metric(fit_table, target, bootstrap=args.bootstrap, seed=0)
+            except UserError as err:          # reported in the table, as the fit command reports it
+                row["error"] = str(err)
+                break
             bpb_pred = model.law.loss(test.n, test.tokens)
             acc_pred = model.value(test.n, test.tokens)
             acc_true, bpb_true = test.metrics[f"{task}_acc"], test.metrics[f"{task}_bpb"]
@@ -85,6 +90,9 @@ def main() -> int:
              "3B-10xC acc: true / predicted (checkpoints) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['task']} | not fitted: {r['error']} | | | | | |")
+            continue
         f, s = r["final"], r["steps"]
         lines.append(f"| {r['task']} | {100 * f['bpb_rel'].mean():.1f}% ({100 * f['bpb_rel'].max():.1f}%) | "
                      f"{f['acc_err'].mean():.1f} ({f['acc_err'].max():.1f}) | {f['covered']}/{len(test)} | "

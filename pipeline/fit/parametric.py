@@ -276,7 +276,9 @@ def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flop
     with np.errstate(over="ignore"):  # a resample that ran off to A or B = inf is dropped below
         params = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
                                   theta[:, 3], theta[:, 4]])
-    ok = res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
+    # A or B underflowing to 0 (a resample that switched a term off) is no law either (ParametricLaw refuses it).
+    ok = (res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
+          & (params[:, 1] > 0) & (params[:, 2] > 0))
     params = params[ok]
     samples = derived_quantities(params, budget_flops)
     intervals, errors = _summaries(samples)
