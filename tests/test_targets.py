@@ -16,8 +16,10 @@ from pipeline.decide.predict import loss_model, optimum_on_budget, target_sectio
 from pipeline.errors import UserError
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.sources import load_runs
-from pipeline.fit.table import RunsTable
+from pipeline.fit.table import RunsTable, load_results_dir
 from pipeline.fit.targets import Sigmoid, Target, fit_metric, fit_sigmoid, parse_target
+from pipeline.records import append_jsonl, write_record
+from tests.test_runs_table import record
 
 REPO = Path(__file__).resolve().parents[1]
 LADDER = REPO.parent / "shared" / "data" / "olmo_ladder"
@@ -165,3 +167,23 @@ def test_ladder_command_predicts_hellaswag_accuracy(tmp_path):
     assert pred["value"] == pytest.approx(0.7311, abs=0.03)
     assert pred["interval"][0] < pred["value"] < pred["interval"][1]
     assert (tmp_path / "metric_hellaswag_acc.png").exists()
+
+
+def test_sweep_records_carry_metrics_points_and_chance(tmp_path):
+    """run.json `metrics` / `evaluation` and eval.jsonl rows (pipeline/train/evaluate.py) reach the table."""
+    for name, n in (("a", 1000), ("b", 2000)):
+        run_dir = tmp_path / "runs" / name
+        rec = record(name, n=n)
+        rec.update(metrics={"t_bpb": 2.0 - n / 1e4, "t_acc": 0.3 + n / 1e4, "notes_loss": 4.0},
+                   evaluation={"tasks": {"t": {"chance": 0.25, "n_questions": 128}}}, run_dir=str(run_dir))
+        write_record(run_dir, rec)
+        for step, tokens in ((5, 10_000), (10, 20_000)):
+            append_jsonl(run_dir / "eval.jsonl", {"step": step, "tokens": tokens, "flops_exact": 1e9, "flops_6n": 1e9,
+                                                  "val_loss": 3.0, "t_bpb": 2.5 - step / 10, "t_acc": 0.25 + step / 100})
+    table = load_results_dir(tmp_path)
+    assert sorted(table.metrics) == ["notes_loss", "t_acc", "t_bpb"]
+    assert table.tasks["t"]["chance"] == 0.25
+    tokens, values = table.metric_points[table.run_id.index("b")]["t_acc"]
+    assert list(tokens) == [10_000, 20_000] and values == pytest.approx([0.3, 0.35])
+    assert parse_target("t:acc", table).accuracy == "t_acc"
+    assert table.subset(np.array([False, True])).metric_points[0]["t_acc"][1] == pytest.approx([0.3, 0.35])
