@@ -30,10 +30,10 @@ def tokens_on_budget(n_params, budget_flops: float):
     return budget_flops / (TRAIN_FLOPS_PER_PARAM_TOKEN * np.asarray(n_params, dtype=float))
 
 
-def loss_model(law: ParametricLaw, samples) -> MetricModel:
-    """The validation-loss law as a metric model (no step 2)."""
+def loss_model(law: ParametricLaw, samples, points: dict | None = None) -> MetricModel:
+    """The validation-loss law as a metric model (no step 2); `points` ({"n", "d", "value"}) for its plot."""
     return MetricModel(Target("loss", "loss", "loss"), law,
-                       None if samples is None else np.asarray(samples, dtype=float))
+                       None if samples is None else np.asarray(samples, dtype=float), points=points)
 
 
 def optimum_on_budget(model: MetricModel, budget_flops: float, n_center: float,

@@ -83,6 +83,7 @@ def plot_metric(model: MetricModel, budget_flops: float, n_center: float, path: 
 def plot_targets(models: dict[str, MetricModel], target_name: str, budget_flops: float, n_center: float,
                  out_dir) -> list[Path]:
     names = [n for n in models if n == target_name] + sorted(n for n in models if n != target_name)
+    names = [n for n in names if models[n].points]          # a published law has no runs to draw
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     safe = {n: "metric_" + "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in n) + ".png" for n in names}

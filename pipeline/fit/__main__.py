@@ -26,10 +26,10 @@ from pipeline.decide.report import render_report, terminal_summary
 from pipeline.decide.target_report import plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
-from pipeline.fit.laws import published_law
+from pipeline.fit.laws import ParametricLaw, published_law
 from pipeline.fit.plots import plot_fit
 from pipeline.fit.sources import columns_from_config, load_runs
-from pipeline.fit.targets import fit_targets, parse_target
+from pipeline.fit.targets import Target, fit_targets, parse_target
 from pipeline.records import atomic_write_json
 
 USAGE = __doc__
@@ -81,11 +81,12 @@ def main(overrides: list[str], flags: dict) -> int:
         rec["law"] = {**rec["law"], **fit_result["law"]}
         rec["intervals"] = {**(rec.get("intervals") or {}), **fit_result.get("intervals", {})}
         rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
-    models = {}
-    if fit_result is not None:  # target metrics (pipeline/fit/targets.py) and their decision (pipeline/decide/predict.py)
-        target, models, failed = fit_targets(table.with_convention(study.convention), study.target,
-                                             bootstrap=study.bootstrap, seed=study.seed, outliers=study.outliers)
-        loss = loss_model(law, law_samples)
+    if isinstance(law, ParametricLaw):  # target metrics (pipeline/fit/targets.py), their decision (decide/predict.py)
+        target, models, failed = (fit_targets(table.with_convention(study.convention), study.target,
+                                              bootstrap=study.bootstrap, seed=study.seed, outliers=study.outliers)
+                                  if table is not None else (Target("loss", "loss", "loss"), {}, {}))
+        runs = table.with_convention(study.convention) if table is not None else None
+        loss = loss_model(law, law_samples, None if runs is None else {"n": runs.n, "d": runs.tokens, "value": runs.loss})
         rec.update(target_sections(
             loss=loss, target=loss if target.kind == "loss" else models[target.name], models=models,
             budget_flops=budget["flops"], recommended=(rec["model"]["params"][rec["convention"]], rec["model"]["tokens"]),
