@@ -156,7 +156,7 @@ def test_ladder_command_predicts_hellaswag_accuracy(tmp_path):
     """The issue's command on the public OLMo ladder table (Bhagia et al. 2024)."""
     cmd = [sys.executable, "-m", "pipeline.fit", f"runs={LADDER / 'ladder_final.csv'}", "columns.params=N",
            "columns.loss=c4_loss", "target=hellaswag:acc", "predict.params=[3.17e9]", "predict.tokens=[6.3e11]",
-           "bootstrap=30", "budget.flops=1e22", f"out_dir={tmp_path}"]
+           "bootstrap=30", "budget.flops=1e23", f"out_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
