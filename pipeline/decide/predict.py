@@ -103,7 +103,18 @@ def target_sections(*, loss: MetricModel, target: MetricModel, models: dict[str,
             "rule": "the best N <= max_params on the budget line (the metric is unimodal along it, so a binding "
                     "cap puts N at the cap and D = C / (6 cap))",
         }
-    out["predictions"] = [{"params": float(n), "tokens": float(d), "target": target.name,
-                           "value": float(target.value(n, d)), "interval": target.interval(n, d)}
-                          for n, d in predict_pairs]
+    out["predictions"] = prediction_rows(target, predict_pairs)
     return out
+
+
+def prediction_rows(target: MetricModel, predict_pairs) -> list[dict]:
+    """recommendation.json's `predictions`: one {params, tokens, target, value, interval} per pair."""
+    return [{"params": float(n), "tokens": float(d), "target": target.name, "value": float(target.value(n, d)),
+             "interval": target.interval(n, d)} for n, d in predict_pairs]
+
+
+def predictions_only(target: MetricModel, predict_pairs) -> dict:
+    """Without a budget there is no allocation to decide; the fitted target still answers predict.* pairs."""
+    return {"predictions": prediction_rows(target, predict_pairs),
+            "target": {"name": target.name, "kind": target.target.kind, "fit": target.summary()},
+            "note": "no budget given: predictions only (set budget.flops for the recommendation)"}

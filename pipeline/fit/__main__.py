@@ -20,7 +20,7 @@ from pipeline.cli import load_study, run_main
 from pipeline.config.load import as_dict
 from pipeline.config.schema import Study
 from pipeline.decide.budget import resolve_budget
-from pipeline.decide.predict import loss_model, target_sections
+from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend, write_full_run_config
 from pipeline.decide.report import render_report, terminal_summary
 from pipeline.decide.target_report import plot_targets, target_summary
@@ -29,7 +29,7 @@ from pipeline.fit.fit_all import fit_all, law_from_fit
 from pipeline.fit.laws import ParametricLaw, published_law
 from pipeline.fit.plots import plot_fit
 from pipeline.fit.sources import columns_from_config, load_runs
-from pipeline.fit.targets import Target, fit_targets, parse_target
+from pipeline.fit.targets import Target, fit_metric, fit_targets, parse_target
 from pipeline.records import atomic_write_json
 
 USAGE = __doc__
@@ -41,6 +41,22 @@ def output_dir(study: Study) -> Path:
 
 def runs_source(study: Study) -> str:
     return study.runs or str(Path(study.results_dir) / study.sweep_name)
+
+
+def predict_without_budget(study: Study, table, out_dir: Path) -> int:
+    """`predict.params/tokens` without a budget: fit the target, predict, stop."""
+    runs = table.with_convention(study.convention)
+    chosen = fit_metric(runs, parse_target(study.target, runs), bootstrap=study.bootstrap, seed=study.seed,
+                        outliers=study.outliers)          # the target alone: no decision needs the others
+    rec = predictions_only(chosen, list(zip(study.predict.params, study.predict.tokens, strict=True)))
+    rec["source"] = {"runs": runs_source(study), "bootstrap": study.bootstrap, "convention": study.convention}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "recommendation.json", rec)
+    for p in rec["predictions"]:
+        band = f" [{p['interval'][0]:.4g}, {p['interval'][1]:.4g}] (5-95%)" if p["interval"] else ""
+        print(f"{p['target']} at N {p['params']:.4g}, D {p['tokens']:.4g}: {p['value']:.4g}{band}")
+    print(f"{rec['note']}\npredictions: {out_dir / 'recommendation.json'}")
+    return 0
 
 
 def main(overrides: list[str], flags: dict) -> int:
@@ -57,6 +73,8 @@ def main(overrides: list[str], flags: dict) -> int:
         parse_target(study.target, table)          # an unknown target stops here, before any fit
     elif study.target != "loss":
         raise UserError(f"target={study.target} needs runs to fit: a published law (law={study.law}) has only the loss")
+    if table is not None and study.predict.params and study.budget.flops is None and study.budget.days is None:
+        return predict_without_budget(study, table, out_dir)
     budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
                             pilot_flops=pilot.get("total_flops") if pilot else None)
     if study.law is not None:
