@@ -115,6 +115,17 @@ def test_optimum_on_the_budget_line_is_chinchillas_closed_form_and_the_cap_costs
                                    "value": pytest.approx(float(law.loss(7e9, 4e12))), "interval": None}]
 
 
+def test_a_binding_cap_costs_accuracy_as_a_positive_number():
+    table = synthetic_table()
+    model = fit_metric(table, parse_target("task:acc", table), bootstrap=0, outliers="none")
+    n_bpb, d_bpb = (float(v) for v in model.law.optimal_allocation(1e22))
+    out = target_sections(loss=model, target=model, models={}, budget_flops=1e22, recommended=(n_bpb, d_bpb),
+                          loss_optimum=(n_bpb, d_bpb), max_params=n_bpb / 10)
+    capped = out["serving"]["target"]
+    assert capped["params"] == pytest.approx(n_bpb / 10) and capped["cost"] > 0
+    assert capped["cost"] == pytest.approx(out["target"]["optimum"]["value"] - capped["value"])
+
+
 def test_accuracy_optimum_matches_the_bpb_laws_optimum():
     """The sigmoid falls monotonically in bpb, so maximising accuracy = minimising the task's bpb."""
     table = synthetic_table()

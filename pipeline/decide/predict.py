@@ -98,7 +98,9 @@ def target_sections(*, loss: MetricModel, target: MetricModel, models: dict[str,
         free_loss = optimum_on_budget(loss, budget_flops, n_center=n_loss)
         out["serving"] = {
             "max_params": max_params, "binding": capped_target["capped"] or capped_loss["capped"],
-            "target": {**capped_target, "cost": capped_target["value"] - best["value"]},
+            # cost = how much worse the capped run is: accuracy lost, or loss gained (>= 0 either way)
+            "target": {**capped_target, "cost": (best["value"] - capped_target["value"]) if target.higher_is_better
+                       else capped_target["value"] - best["value"]},
             "loss": {**capped_loss, "cost": capped_loss["value"] - free_loss["value"]},
             "rule": "the best N <= max_params on the budget line (the metric is unimodal along it, so a binding "
                     "cap puts N at the cap and D = C / (6 cap))",

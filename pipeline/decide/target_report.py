@@ -124,8 +124,8 @@ def target_lines(rec: dict) -> list[str]:
         lines += ["### Serving cap", "",
                   f"N <= {serving['max_params']:.4g}: " + ("the cap binds. " if serving["binding"] else "the cap does not bind. ")
                   + f"Best under it for {t['name']}: N {st['params']:.4g}, D {st['tokens']:.4g}, "
-                  f"{_fmt(st['value'], st['interval'])} (cost {st['cost']:+.4g}); for the loss: N {sl['params']:.4g}, "
-                  f"D {sl['tokens']:.4g}, loss {sl['value']:.4f} (cost {sl['cost']:+.4f}). {serving['rule']}.", ""]
+                  f"{_fmt(st['value'], st['interval'])} (worse by {st['cost']:.4g}); for the loss: N {sl['params']:.4g}, "
+                  f"D {sl['tokens']:.4g}, loss {sl['value']:.4f} (worse by {sl['cost']:.4f}). {serving['rule']}.", ""]
     preds = rec.get("predictions") or []
     if preds:
         lines += ["### Predictions", "", "| N | D | target | value [5-95%] |", "|---|---|---|---|"]
@@ -156,8 +156,8 @@ def target_summary(rec: dict) -> str:
     if serving:
         st = serving["target"]
         lines.append(f"  serving cap N <= {serving['max_params']:.3g}: N {st['params']:.3g}, D {st['tokens']:.3g}, "
-                     f"{t['name']} {_fmt(st['value'], st['interval'])} (cost {st['cost']:+.3g}), "
-                     f"loss cost {serving['loss']['cost']:+.4f}")
+                     f"{t['name']} {_fmt(st['value'], st['interval'])} (worse by {st['cost']:.3g}), "
+                     f"loss worse by {serving['loss']['cost']:.4f}")
     for p in rec.get("predictions") or []:
         lines.append(f"  predict N {p['params']:.3g}, D {p['tokens']:.3g}: {p['target']} {_fmt(p['value'], p['interval'])}")
     return "\n".join(lines)
