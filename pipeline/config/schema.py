@@ -198,6 +198,46 @@ class LawFitConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Metrics recorded beside the validation loss at every evaluation point (pipeline/train/evaluate.py).
+
+    Not part of a run's identity: they measure the run, they do not change what it trains.
+    """
+
+    val_sets: list[str] = field(default_factory=list)  # "name=source": more validation domains -> <name>_loss
+    val_set_tokens: int = 16_384         # tokens kept of each named validation set
+    tasks: list[str] = field(default_factory=list)     # JSONL files {question, choices, answer} or corpus_next_line
+    max_questions: int = 256             # questions kept per task (the first ones of a file)
+    seed: int = 0                        # corpus_next_line: which held-out lines are asked
+
+
+@dataclass
+class ColumnsConfig:
+    """fit only: which column of a runs file holds each quantity (`columns.params=N`); unset: its own name."""
+
+    run_id: str | None = None
+    params: str | None = None
+    tokens: str | None = None
+    loss: str | None = None
+    flops: str | None = None
+    status: str | None = None
+    step: str | None = None
+
+
+@dataclass
+class PredictConfig:
+    """fit only: predict the target at these (N, D) pairs (`predict.params=[7e9] predict.tokens=[4e12]`)."""
+
+    params: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ServingConfig:
+    max_params: float | None = None      # fit only: the largest model the product can serve (same convention as N)
+
+
+@dataclass
 class Study:
     """One schema for every entry point (train, sweep, fit), so one preset drives all three."""
 
@@ -209,6 +249,10 @@ class Study:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     experiment: str | None = None        # name of the preset that composed this config
     results_dir: str = "results"
     sweep_name: str = "adhoc"               # runs live in <results_dir>/<sweep_name>/runs/<run_id>
@@ -222,6 +266,8 @@ class Study:
     law_fit: LawFitConfig = field(default_factory=LawFitConfig)
     convention: str = "total"               # which parameter count the law is fitted in
     out_dir: str | None = None           # unset: <results_dir>/<sweep_name>/fit
+    steps: str | None = None             # per-step CSVs (a directory or glob), one per run named <run_id>.csv
+    target: str = "loss"                    # the metric to fit and optimise: loss, <column>, <task>:bpb, <task>:acc
     seed: int = 0
     all_runs: bool = False               # fit every record under the sweep, not only the current plan.json's runs
     full_run_preset: str = "gpt2-2048"   # without pilots (law=..., runs=file): the full run's tokenizer/vocab/seq_len

@@ -95,6 +95,8 @@ def validate_study(job: Study) -> None:
     validate_budget(job)
     validate_fit(job)
     validate_fit_keys(job)
+    validate_eval(job)
+    validate_target_keys(job)
 
 
 def validate_model(job: Study) -> None:
@@ -260,3 +262,37 @@ def validate_fit_keys(job: Study) -> None:
         raise UserError(f"law_fit.fixed_E={lf.fixed_E} must be a positive loss in nats")
     if lf.candidate == "fixed_E" and lf.fixed_E is None:
         raise UserError("law_fit.candidate=fixed_E needs law_fit.fixed_E=<irreducible loss in nats>")
+
+
+def validate_eval(job: Study) -> None:
+    e = job.eval
+    if e.val_set_tokens < job.model.seq_len + 1:
+        raise UserError(f"eval.val_set_tokens={e.val_set_tokens} must be at least model.seq_len + 1 = "
+                        f"{job.model.seq_len + 1}")
+    if e.max_questions < 1:
+        raise UserError(f"eval.max_questions={e.max_questions} must be >= 1")
+    names = []
+    for spec in e.val_sets:
+        name, sep, source = str(spec).partition("=")
+        if not sep or not source.strip() or not re.match(r"^[a-z][a-z0-9_]*$", name.strip()) or name.strip() == "val":
+            raise UserError(f"eval.val_sets entry {spec!r} must be name=source with a lower-case name other than "
+                            "'val', e.g. eval.val_sets=['docs=stdlib:idlelib/*.txt']")
+        names.append(name.strip())
+    if len(set(names)) < len(names):
+        raise UserError(f"eval.val_sets names repeat ({', '.join(names)}): give each set its own name")
+
+
+def validate_target_keys(job: Study) -> None:
+    if not str(job.target).strip():
+        raise UserError("target is empty: use loss, a metric column, <task>:bpb or <task>:acc")
+    p = job.predict
+    if len(p.params) != len(p.tokens):
+        raise UserError(f"predict.params has {len(p.params)} values and predict.tokens {len(p.tokens)}: "
+                        "give them in pairs, e.g. predict.params=[7e9] predict.tokens=[4e12]")
+    for key, values in (("predict.params", p.params), ("predict.tokens", p.tokens)):
+        bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise UserError(f"{key} holds {bad[0]!r}: every value must be a positive number")
+    cap = job.serving.max_params
+    if cap is not None and not (math.isfinite(cap) and cap > 0):
+        raise UserError(f"serving.max_params={cap!r} must be a positive parameter count, e.g. serving.max_params=7e9")

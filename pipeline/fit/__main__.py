@@ -9,7 +9,10 @@ Writes <out_dir>/recommendation.json, report.md, the plots and experiment/full_r
 a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=auto|default|none,
 law_fit.candidate=chinchilla|overtrain|fixed_E, law_fit.fixed_E=1.7, convention=non_embedding,
 inference.tokens=T, data.unique_tokens=U, all_runs=true (every record in the folder, not only plan.json's),
-full_run_preset=study (without pilots: size the full run for this config's tokenizer instead of gpt2-2048).
+full_run_preset=study (without pilots: size the full run for this config's tokenizer instead of gpt2-2048),
+target=<metric> | <task>:acc (docs/downstream.md), predict.params=[...] predict.tokens=[...],
+serving.max_params=N, columns.params=<column> (also tokens, loss, flops, run_id, status, step),
+steps=<dir of per-step CSVs>.
 
 One FLOP count runs through the decision (pipeline/decide/allocation.py): with pilots from a sweep, the exact
 count of their family at their vocabulary and sequence length (what their IsoFLOP budgets used); for a
@@ -26,12 +29,16 @@ from pipeline.config.schema import Study
 from pipeline.decide.allocation import exact_count, six_nd_count
 from pipeline.decide.budget import resolve_budget
 from pipeline.decide.full_run import target_from_pilots, target_from_preset, write_full_run_config
+from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
+from pipeline.decide.target_report import plot_targets, target_summary
+from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
-from pipeline.fit.laws import published_law
+from pipeline.fit.laws import ParametricLaw, published_law
 from pipeline.fit.plots import FIT_FIGURES, plot_fit
-from pipeline.fit.sources import load_runs
+from pipeline.fit.sources import columns_from_config, load_runs
+from pipeline.fit.targets import Target, fit_metric, fit_targets, parse_target
 from pipeline.records import atomic_write_json, check_writable_dir, writable_dir_error
 
 USAGE = __doc__
@@ -75,6 +82,22 @@ def remove_previous_figures(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
+def predict_without_budget(study: Study, table, out_dir: Path) -> int:
+    """`predict.params/tokens` without a budget: fit the target, predict, stop."""
+    runs = table.with_convention(study.convention)
+    chosen = fit_metric(runs, parse_target(study.target, runs), bootstrap=study.bootstrap, seed=study.seed,
+                        outliers=study.outliers)          # the target alone: no decision needs the others
+    rec = predictions_only(chosen, list(zip(study.predict.params, study.predict.tokens, strict=True)))
+    rec["source"] = {"runs": runs_source(study), "bootstrap": study.bootstrap, "convention": study.convention}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "recommendation.json", rec)
+    for p in rec["predictions"]:
+        band = f" [{p['interval'][0]:.4g}, {p['interval'][1]:.4g}] (5-95%)" if p["interval"] else ""
+        print(f"{p['target']} at N {p['params']:.4g}, D {p['tokens']:.4g}: {p['value']:.4g}{band}")
+    print(f"{rec['note']}\npredictions: {out_dir / 'recommendation.json'}")
+    return 0
+
+
 def main(overrides: list[str], flags: dict) -> int:
     study = load_study(overrides, flags)
     if study is None:  # --cfg printed it
@@ -82,8 +105,15 @@ def main(overrides: list[str], flags: dict) -> int:
     out_dir = output_dir(study)
     fit_result, law_samples, table, pilot = None, None, None, None
     if study.law is None:
-        table = load_runs(runs_source(study), convention=study.convention, all_runs=study.all_runs)
+        table = load_runs(runs_source(study), convention=study.convention, all_runs=study.all_runs,
+                          columns=columns_from_config(study.columns), steps=study.steps)
         pilot = table.pilot_summary()
+        parse_target(study.target, table)          # an unknown target stops here, before any fit
+    elif study.target != "loss":
+        raise UserError(f"target={study.target} needs runs to fit: a published law (law={study.law}) has only the loss")
+    if table is not None and study.predict.params and study.budget.flops is None and study.budget.days is None:
+        check_writable_dir(out_dir, "out_dir (or results_dir)")
+        return predict_without_budget(study, table, out_dir)
     target, count, unique_tokens, unique_source = decision_inputs(study, table)
     budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
                             pilot_flops=pilot.get("total_flops") if pilot else None)
@@ -127,6 +157,21 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
         # decision's, each bootstrap sample allocated under the same count as the headline.
         rec["intervals"] = {**fit_result.get("intervals", {}), **(rec.get("intervals") or {})}
         rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
+    if isinstance(law, ParametricLaw):  # target metrics (pipeline/fit/targets.py), their decision (decide/predict.py)
+        plots += target_metric_sections(study, rec, table, law, law_samples, budget, count, out_dir)
+    if isinstance(law, ParametricLaw):  # target metrics (pipeline/fit/targets.py), their decision (decide/predict.py)
+        target, models, failed = (fit_targets(table.with_convention(study.convention), study.target,
+                                              bootstrap=study.bootstrap, seed=study.seed, outliers=study.outliers)
+                                  if table is not None else (Target("loss", "loss", "loss"), {}, {}))
+        runs = table.with_convention(study.convention) if table is not None else None
+        loss = loss_model(law, law_samples, None if runs is None else {"n": runs.n, "d": runs.tokens, "value": runs.loss})
+        rec.update(target_sections(
+            loss=loss, target=loss if target.kind == "loss" else models[target.name], models=models,
+            budget_flops=budget["flops"], recommended=(rec["model"]["params"][rec["convention"]], rec["model"]["tokens"]),
+            loss_optimum=(rec["n_opt"], rec["d_opt"]), max_params=study.serving.max_params,
+            predict_pairs=list(zip(study.predict.params, study.predict.tokens, strict=True))), metric_fit_failures=failed)
+        plots += plot_targets({"loss": loss, **models} if target.kind == "loss" else models, target.name,
+                              budget["flops"], rec["n_opt"], out_dir)
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
                      "experiment": study.experiment, "bootstrap": study.bootstrap}
@@ -136,9 +181,29 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     atomic_write_json(out_dir / "recommendation.json", rec)
     report = render_report(out_dir, fit_result, rec, plots)
     print(terminal_summary(rec))
+    if rec.get("target_metric"):
+        print(target_summary(rec))
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
           f"python -m pipeline.train --config-dir {out_dir} experiment=full_run")
     return 0
+
+
+def target_metric_sections(study: Study, rec: dict, table, law, law_samples, budget: dict, count, out_dir: Path) -> list:
+    """Every recorded metric at the recommended run, the chosen target's optimum on the budget line (under
+    the decision's FLOP count), the serving cap and the predictions; returns the per-metric plots."""
+    target, models, failed = (fit_targets(table.with_convention(study.convention), study.target,
+                                          bootstrap=study.bootstrap, seed=study.seed, outliers=study.outliers)
+                              if table is not None else (Target("loss", "loss", "loss"), {}, {}))
+    runs = table.with_convention(study.convention) if table is not None else None
+    loss = loss_model(law, law_samples, None if runs is None else {"n": runs.n, "d": runs.tokens, "value": runs.loss})
+    rec.update(target_sections(
+        loss=loss, target=loss if target.kind == "loss" else models[target.name], models=models,
+        budget_flops=budget["flops"], recommended=(rec["model"]["params"][rec["convention"]], rec["model"]["tokens"]),
+        loss_optimum=(rec["n_opt"], rec["d_opt"]), max_params=study.serving.max_params,
+        predict_pairs=list(zip(study.predict.params, study.predict.tokens, strict=True)), count=count),
+        metric_fit_failures=failed)
+    return plot_targets({"loss": loss, **models} if target.kind == "loss" else models, target.name,
+                        budget["flops"], rec["n_opt"], out_dir)
 
 
 if __name__ == "__main__":

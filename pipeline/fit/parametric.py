@@ -246,6 +246,12 @@ def derived_quantities(params: np.ndarray, budget_flops: float) -> dict[str, np.
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def resample_counts(n_runs: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n_runs) multiplicities of each run in each seeded bootstrap resample (with replacement)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=n_resamples).astype(float)
+
+
 def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flops: float,
                          n_resamples: int = 1000, seed: int = 0) -> dict:
     """Refit the law on `n_resamples` resamples of the runs (with replacement), seeded.
@@ -261,8 +267,7 @@ def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flop
     n, d, loss = _check_points(n_params, tokens, loss)
     if n_resamples < 2:
         raise UserError(f"bootstrap={n_resamples}: use 0 to skip it or at least 2 resamples")
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(n), np.full(len(n), 1.0 / len(n)), size=n_resamples).astype(float)
+    counts = resample_counts(len(n), n_resamples, seed)
     starts = np.array([fit.theta, *fit.basin_starts])
     n_starts = len(starts)
     objective = HuberLogObjective(n, d, loss, weights=np.repeat(counts, n_starts, axis=0))
@@ -273,14 +278,17 @@ def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flop
     with np.errstate(over="ignore"):  # a resample that ran off to A or B = inf is dropped below
         params = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
                                   theta[:, 3], theta[:, 4]])
-    ok = res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
+    # A or B underflowing to 0 (a resample that switched a term off) is no law either (ParametricLaw refuses it).
+    ok = (res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
+          & (params[:, 1] > 0) & (params[:, 2] > 0))
     params = params[ok]
     samples = derived_quantities(params, budget_flops)
     intervals, errors = _summaries(samples)
     return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_dropped": int((~ok).sum()),
             "seed": int(seed), "interval": "percentile 5-95% (90% bootstrap interval)",
             "intervals": intervals, "standard_errors": errors,
-            "sample_columns": list(SAMPLE_COLUMNS), "samples": params}
+            "sample_columns": list(SAMPLE_COLUMNS), "samples": params,
+            "kept_resamples": np.flatnonzero(ok)}  # which of the seeded resamples the samples are (targets.py)
 
 
 def bootstrap_parametric_noise(n_params, tokens, loss, fit: ParametricFit, budget_flops: float, sd_log: float,

@@ -14,10 +14,13 @@ W&B: `table_from_wandb_runs` converts run-like objects (attributes `name`/`id`, 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
+import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from pipeline.fit.table import RunsTable, load_results_dir, table_from_records
 from pipeline.records import FINISHED_STATUS
 
 OPTIONAL_COLUMNS = ("run_id", "status", "flops", "budget_flops")
+KNOWN_COLUMNS = ("params", "tokens", "loss", *OPTIONAL_COLUMNS)
 
 
 # A table of runs holds one row per finished run: a pilot study has tens to hundreds (Chinchilla's
@@ -104,6 +108,35 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict]]:
         raise UserError(f"runs table {path} is not a readable CSV ({err}): export it again as CSV") from err
 
 
+def _is_number(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _metric_columns(path: Path, rows: list[tuple[int, dict]], columns: list[str]) -> dict[str, np.ndarray]:
+    """Every other column whose filled cells are all numbers is a metric (pipeline/fit/targets.py).
+
+    Empty cells are NaN (a run without that metric: the fit of that metric names it); columns with text
+    (labels such as a size name) are not metrics.
+    """
+    out = {}
+    for name in columns:
+        if name in KNOWN_COLUMNS or name.startswith("params_"):
+            continue
+        cells = [row.get(name) for _, row in rows]
+        filled = [c for c in cells if c is not None and str(c).strip() != ""]
+        if filled and all(_is_number(c) for c in filled):
+            out[name] = np.array([float(c) if c is not None and str(c).strip() != "" else np.nan for c in cells])
+    return out
+
+
 def _number(path: Path, line_no: int, name: str, value) -> float:
     where = f"{path} line {line_no}"
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -126,11 +159,21 @@ def load_table_file(path: str | Path, convention: str = "total", flop_method: st
     FLOP methods: "6n" (6 N D) always, "given" (the file's `flops` column) when present; the default
     is "given" when the file has FLOPs, else "6n".
     """
-    path = Path(path)
+    return table_from_rows(Path(path), list(_read_rows(Path(path))), convention, flop_method, columns)
+
+
+def table_from_rows(path: Path, raw: list[tuple[int, dict]], convention: str = "total", flop_method: str | None = None,
+                    columns: dict[str, str] | None = None) -> RunsTable:
+    """load_table_file's work on rows already read: (line number, row) pairs from `path`."""
     rename = columns or {}
-    rows = [(n, {rename.get(k, k): v for k, v in row.items()}) for n, row in _read_rows(path)]
-    if not rows:
+    if not raw:
         raise UserError(f"{path} has no rows: add one line per run with columns params, tokens, loss")
+    absent = [(theirs, ours) for theirs, ours in rename.items() if theirs not in raw[0][1]]
+    if absent:
+        theirs, ours = absent[0]
+        raise UserError(f"columns.{ours}={theirs}: {path} has no column {theirs} (found: {', '.join(raw[0][1])})")
+    rows = [(n, {rename.get(k, k): v for k, v in row.items() if not (k in rename.values() and k not in rename)})
+            for n, row in raw]
     found = list(rows[0][1])
     needed = ["params", "loss"] + ([] if "flops" in found else ["tokens"])
     missing = [c for c in needed if c not in found]
@@ -159,6 +202,8 @@ def load_table_file(path: str | Path, convention: str = "total", flop_method: st
             **{f"params_{c}": _number(path, line_no, f"params_{c}", row[f"params_{c}"]) for c in extra_conventions}})
     if not kept:
         raise UserError(f"{path}: no row has status ok ({len(excluded)} excluded): nothing to fit")
+    ok_rows = [(n, row) for n, row in rows if str(row.get("status") or FINISHED_STATUS).strip() == FINISHED_STATUS]
+    metrics = _metric_columns(path, ok_rows, found)
     n = np.array([r["params"] for r in kept])
     tokens = np.array([r["tokens"] for r in kept])
     flops = {"6n": TRAIN_FLOPS_PER_PARAM_TOKEN * n * tokens}
@@ -169,7 +214,7 @@ def load_table_file(path: str | Path, convention: str = "total", flop_method: st
                      loss=np.array([r["loss"] for r in kept]), flops=flops,
                      budget_flops=np.array([r["budget"] for r in kept]), curves=(),
                      convention=convention, flop_method=flop_method or ("given" if has_flops else "6n"),
-                     excluded=tuple(excluded), source=str(path))
+                     excluded=tuple(excluded), source=str(path), metrics=metrics)
 
 
 # --- W&B -----------------------------------------------------------------------------------------
@@ -230,13 +275,136 @@ def load_wandb(project_path: str, convention: str = "total", flop_method: str = 
     return table_from_wandb_runs(runs, convention, flop_method, source=f"wandb:{project_path}")
 
 
+# --- per-step files (one CSV per run, a row per evaluated checkpoint) ------------------------------------
+# The OLMo ladder's column names (Bhagia et al. 2024; allenai/OLMo scripts/scaling/data): task metrics
+# become <task>_bpb / <task>_acc (the test split where a task has one, as the paper; accuracy is len_norm,
+# else acc), validation losses <set>_loss, so a per-step file and a one-row-per-run table agree.
+_OLMO_STEP = {"_step": "step", "throughput/total_tokens": "tokens"}
+_OLMO_LOSS = re.compile(r"^eval/(.+)-validation/CrossEntropyLoss$")
+_OLMO_BPB = re.compile(r"^eval/downstream_bpb/(.+)_(val|test)_rc_5shot_bpb$")
+_OLMO_ACC = re.compile(r"^eval/downstream/(.+)_(val|test)_rc_5shot_(len_norm|acc)$")
+
+
+def olmo_columns(names: list[str]) -> dict[str, str]:
+    """{OLMo column: our name} for the columns of an OLMo ladder per-step CSV that we read."""
+    out = {k: v for k, v in _OLMO_STEP.items() if k in names}
+    best: dict[str, tuple[tuple, str]] = {}
+    for name in names:
+        if m := _OLMO_LOSS.match(name):
+            out[name] = f"{m.group(1).replace('-', '_')}_loss"
+        for pattern, suffix in ((_OLMO_BPB, "bpb"), (_OLMO_ACC, "acc")):
+            if m := pattern.match(name):
+                rank = (m.group(2) == "test", len(m.groups()) > 2 and m.group(3) == "len_norm")
+                key = f"{m.group(1)}_{suffix}"
+                if key not in best or rank > best[key][0]:
+                    best[key] = (rank, name)
+    out.update({name: key for key, (_, name) in best.items()})
+    return out
+
+
+def read_step_file(path: Path, columns: dict[str, str] | None = None) -> list[tuple[int, dict]]:
+    """(line, row) pairs of a per-step CSV, renamed (OLMo names, then `columns`), in step order."""
+    rows = list(_read_rows(path))
+    if not rows:
+        raise UserError(f"per-step file {path} has no rows")
+    olmo, mine = olmo_columns(list(rows[0][1])), columns or {}
+    # `columns` may name a column by its own name or by the name the OLMo rule gave it (c4_en_loss).
+    renamed = [(n, {mine.get(olmo.get(k, k), mine.get(k, olmo.get(k, k))): v for k, v in row.items()})
+               for n, row in rows]
+    if "step" not in renamed[0][1]:
+        raise UserError(f"per-step file {path} has no step column: name it with columns.step=<your column>")
+    try:
+        return sorted(renamed, key=lambda item: float(item[1]["step"]))
+    except (TypeError, ValueError):
+        raise UserError(f"per-step file {path}: the step column holds a non-number: fix that line") from None
+
+
+def step_points(rows: list[tuple[int, dict]], path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (tokens, values) over a run's checkpoints, for every numeric metric column."""
+    if "tokens" not in rows[0][1]:
+        raise UserError(f"per-step file {path} has no tokens column: name it with columns.tokens=<your column>")
+    skip = {"step", "tokens", "params", "flops", "run_id", "status", "budget_flops"}
+    points = {}
+    for name in rows[0][1]:
+        if name in skip:
+            continue
+        pairs = [(row.get("tokens"), row.get(name)) for _, row in rows]
+        pairs = [(float(t), float(v)) for t, v in pairs
+                 if _is_number(t) and _is_number(v) and str(v).strip() and math.isfinite(float(v))]
+        if pairs:
+            t, v = zip(*pairs, strict=True)
+            points[name] = (np.array(t), np.array(v))
+    return points
+
+
+def _step_files(pattern: str) -> list[Path]:
+    path = Path(pattern)
+    files = sorted(path.glob("*.csv")) if path.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
+    if not files:
+        raise UserError(f"steps={pattern}: no per-step CSV files there: give a directory or glob of them")
+    return files
+
+
+def attach_step_files(table: RunsTable, pattern: str, columns: dict[str, str] | None = None) -> RunsTable:
+    """Intermediate points from per-step files named <run_id>.csv (e.g. the OLMo ladder's) for the table's runs.
+
+    A run without its file keeps only its final point; files of runs not in the table are ignored.
+    """
+    by_stem = {p.stem: p for p in _step_files(pattern)}
+    matched = [rid for rid in table.run_id if rid in by_stem]
+    if not matched:
+        raise UserError(f"steps={pattern}: no file is named after a run id of {table.source} (e.g. "
+                        f"{table.run_id[0]}.csv): name the run id column with columns.run_id=<column>")
+    points = tuple(step_points(read_step_file(by_stem[rid], columns), by_stem[rid]) if rid in by_stem else None
+                   for rid in table.run_id)
+    return replace(table, metric_points=points)
+
+
+def load_step_dir(path: Path, convention: str = "total", flop_method: str | None = None,
+                  columns: dict[str, str] | None = None) -> RunsTable:
+    """A directory of per-step CSVs, one run each (run id = file stem): its last row is the run's final point.
+
+    Each file needs a params column (constant over its rows), as N is not something a checkpoint log
+    says; for files without one (the OLMo ladder's), give a one-row-per-run table with runs= and the
+    files with steps=.
+    """
+    files = _step_files(str(path))
+    finals, points = [], []
+    for file in files:
+        rows = read_step_file(file, columns)
+        line, last = rows[-1]
+        if "params" not in last:
+            raise UserError(f"per-step file {file} has no params column: add one, or pass a one-row-per-run table "
+                            f"as runs= with the per-step files as steps={path}")
+        finals.append((line, {**last, "run_id": last.get("run_id") or file.stem}))
+        points.append(step_points(rows, file))
+    table = table_from_rows(path, finals, convention, flop_method, None)
+    by_id = dict(zip((r["run_id"] for _, r in finals), points, strict=True))
+    return replace(table, metric_points=tuple(by_id.get(rid) for rid in table.run_id))
+
+
+def _has_records(path: Path) -> bool:
+    return any(path.glob("run.json")) or any(path.glob("runs/*/run.json")) or any(path.glob("*/run.json"))
+
+
 def load_runs(source: str | Path, convention: str = "total", flop_method: str | None = None,
-              columns: dict[str, str] | None = None, all_runs: bool = False) -> RunsTable:
-    """Dispatch on the source: `wandb:entity/project`, a results directory, or a .csv/.jsonl file."""
+              columns: dict[str, str] | None = None, steps: str | None = None,
+              all_runs: bool = False) -> RunsTable:
+    """Dispatch on the source: `wandb:entity/project`, a results directory, a directory of per-step CSVs,
+    or a .csv/.jsonl file; `steps` adds per-step files' intermediate points (attach_step_files)."""
     text = str(source)
     if text.startswith("wandb:"):
-        return load_wandb(text[len("wandb:"):], convention, flop_method or "exact")
-    path = Path(text)
-    if path.is_dir():
-        return load_results_dir(path, convention, flop_method or "exact", all_runs=all_runs)
-    return load_table_file(path, convention, flop_method, columns)
+        table = load_wandb(text[len("wandb:"):], convention, flop_method or "exact")
+    elif Path(text).is_dir() and not _has_records(Path(text)) and any(Path(text).glob("*.csv")):
+        table = load_step_dir(Path(text), convention, flop_method, columns)
+    elif Path(text).is_dir():
+        table = load_results_dir(Path(text), convention, flop_method or "exact", all_runs=all_runs)
+    else:
+        table = load_table_file(Path(text), convention, flop_method, columns)
+    return attach_step_files(table, steps, columns) if steps else table
+
+
+def columns_from_config(columns) -> dict[str, str]:
+    """The `columns` config section ({our name: your column}) as load_table_file's {your column: our name}."""
+    items = columns.items() if isinstance(columns, Mapping) else vars(columns).items()
+    return {theirs: ours for ours, theirs in items if theirs}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,11 @@ class RunsTable:
     seq_len: int | None = None
     schedule: dict | None = None      # the pilots' shared LR schedule (records only), see pilot_schedule
     setup: dict | None = None         # the pilots' shared tokenizer, unique train tokens, precision, device (records)
+    # Other metrics (pipeline/fit/targets.py): name -> final value per run (nan where a run lacks it);
+    # per run, name -> (tokens, values) at its intermediate evaluations (or None); task -> {"chance": ...}.
+    metrics: dict = field(default_factory=dict)
+    metric_points: tuple = ()
+    tasks: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.convention not in self.params:
@@ -98,7 +103,10 @@ class RunsTable:
             params={k: v[keep] for k, v in self.params.items()}, tokens=self.tokens[keep], loss=self.loss[keep],
             flops={k: v[keep] for k, v in self.flops.items()}, budget_flops=self.budget_flops[keep],
             curves=tuple(c for c, k in zip(self.curves, keep, strict=True) if k) if self.curves else (),
-            mfu=None if self.mfu is None else self.mfu[keep], excluded=(*self.excluded, *dropped))
+            mfu=None if self.mfu is None else self.mfu[keep], excluded=(*self.excluded, *dropped),
+            metrics={k: v[keep] for k, v in self.metrics.items()},
+            metric_points=tuple(p for p, k in zip(self.metric_points, keep, strict=True) if k)
+            if self.metric_points else ())
 
     def budget_groups(self) -> np.ndarray:
         """The IsoFLOP budget each run belongs to: its planned budget, else its cluster of FLOPs.
@@ -167,6 +175,37 @@ def _read_curve(run_dir: str | None) -> dict | None:
     if not rows:
         return None
     return {k: np.array([float(r[k]) for r in rows]) for k in CURVE_FIELDS}
+
+
+def _read_metric_points(run_dir: str | None) -> dict | None:
+    """name -> (tokens, values) of every metric beyond val_loss in the run's eval.jsonl (evaluate.py)."""
+    if not run_dir:
+        return None
+    points: dict[str, tuple[list, list]] = {}
+    for row in read_jsonl(Path(run_dir) / "eval.jsonl"):
+        tokens = row.get("tokens")
+        if not _positive_finite(tokens):
+            continue
+        for key, value in row.items():
+            if key in ("step", "tokens", "flops_exact", "flops_6n") or not isinstance(value, (int, float)):
+                continue
+            if isinstance(value, bool) or not math.isfinite(value):
+                continue
+            points.setdefault(key, ([], []))
+            points[key][0].append(float(tokens))
+            points[key][1].append(float(value))
+    return {k: (np.array(t), np.array(v)) for k, (t, v) in points.items()} or None
+
+
+def _record_metrics(kept: list[dict]) -> tuple[dict, dict]:
+    """Final metrics of each run (nan where missing) and the tasks' chance levels, from the records."""
+    names = sorted({k for r in kept for k, v in (r.get("metrics") or {}).items() if isinstance(v, (int, float))})
+    metrics = {name: np.array([float((r.get("metrics") or {}).get(name, np.nan)) for r in kept]) for name in names}
+    tasks: dict = {}
+    for rec in kept:
+        for name, info in ((rec.get("evaluation") or {}).get("tasks") or {}).items():
+            tasks.setdefault(name, info)
+    return metrics, tasks
 
 
 def _schedule_of(rec: dict) -> dict | None:
@@ -293,6 +332,7 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
     vocab_size, seq_len = shapes.pop() if len(shapes) == 1 else (None, None)
     schedule = pilot_schedule(kept, source)
     check_comparable(kept, source)
+    metrics, tasks = _record_metrics(kept)
     return RunsTable(
         run_id=tuple(str(r["run_id"]) for r in kept),
         params={k: np.array([float(r["params"][k]) for r in kept]) for k in conventions},
@@ -303,7 +343,9 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
         curves=tuple(curves) if read_curves else (),
         convention=convention, flop_method=flop_method, excluded=tuple(excluded), source=source,
         mfu=np.array([float(r["mfu"]) if _positive_finite(r.get("mfu")) else np.nan for r in kept]),
-        vocab_size=vocab_size, seq_len=seq_len, schedule=schedule, setup=pilot_setup(kept))
+        vocab_size=vocab_size, seq_len=seq_len, schedule=schedule, setup=pilot_setup(kept), metrics=metrics, tasks=tasks,
+        metric_points=(tuple(_read_metric_points(r.get("_dir") or r.get("run_dir")) for r in kept)
+                       if read_curves and metrics else ()))
 
 
 def plan_run_ids(results_dir: Path) -> list[str] | None:

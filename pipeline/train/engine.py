@@ -51,6 +51,7 @@ class Outcome:
     diverged_reason: str | None = None
     stop_signal: str | None = None   # SIGTERM / SIGUSR1 when preempted
     eval_curve: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)  # the eval suite's metrics at the last evaluation (evaluate.py)
 
 
 class _StopFlag:
@@ -109,7 +110,7 @@ def evaluate(model, val_batches, device, autocast) -> float:
 
 
 def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, run_dir: Path,
-              data_fingerprint: str, tracker, progress) -> Outcome:
+              data_fingerprint: str, tracker, progress, eval_suite=None) -> Outcome:
     t = job.train
     device = accelerator.device
     ckpt_dir = run_dir / "checkpoints"
@@ -172,6 +173,7 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
     t0 = time.perf_counter()
     window_t, window_tokens = time.perf_counter(), 0
     status, reason, val_loss, done = "ok", None, None, start_step
+    metrics: dict = {}
     try:
         for step in range(start_step, spec.steps):
             lr = peak_lr * lr_multiplier(step, schedule=t.schedule.value, total_steps=spec.steps,
@@ -220,12 +222,15 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
 
             if done in evals:
                 val_loss = evaluate(model, val_batches, device, autocast)
+                metrics = eval_suite.evaluate(model, device, autocast) if eval_suite else {}
                 row = {"step": done, "tokens": done * spec.batch_tokens,
                        "flops_exact": done * spec.batch_tokens * spec.flops_per_token["exact"],
-                       "flops_6n": done * spec.batch_tokens * spec.flops_per_token["6n"], "val_loss": val_loss}
+                       "flops_6n": done * spec.batch_tokens * spec.flops_per_token["6n"], "val_loss": val_loss,
+                       **metrics}
                 if accelerator.is_main_process:
                     append_jsonl(run_dir / "eval.jsonl", row)
-                tracker.log({"val/loss": val_loss, "tokens": row["tokens"]}, step=done)
+                tracker.log({"val/loss": val_loss, "tokens": row["tokens"], **{f"val/{k}": v for k, v in metrics.items()}},
+                            step=done)
                 if not math.isfinite(val_loss):
                     status, reason = "diverged", f"validation loss is {val_loss} at step {done}"
                     checkpoint(done)
@@ -241,6 +246,7 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
                 last_ckpt_time = time.monotonic()
         if status == "ok" and val_loss is None:  # resumed after the last step (e.g. killed writing the record)
             val_loss = evaluate(model, val_batches, device, autocast)
+            metrics = eval_suite.evaluate(model, device, autocast) if eval_suite else {}
     finally:
         stop.restore()
     wall = time.perf_counter() - t0
@@ -250,4 +256,4 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
                    steps_done=steps_done, tokens_done=steps_done * spec.batch_tokens, train_wall_s=wall,
                    tokens_per_s=trained_here / wall if wall > 0 else 0.0,
                    resumed_from_step=resumed_from, branched_from=branched_from, diverged_reason=reason,
-                   stop_signal=stop.signal_name)
+                   stop_signal=stop.signal_name, metrics=metrics if status == "ok" else {})

@@ -24,6 +24,7 @@ from pipeline.plan.hardware import peak_flops_for_device_name
 from pipeline.plan.runspec import RunSpec, resolve_run
 from pipeline.records import RecordError, load_record, write_record
 from pipeline.train.engine import REQUEUE_EXIT_CODE, train_run
+from pipeline.train.evaluate import build_suite
 from pipeline.train.lock import claim, lock_holder, release
 from pipeline.train.progress import Progress
 from pipeline.train.provenance import provenance
@@ -100,6 +101,7 @@ def execute(job: Study) -> dict:
 
     sampler = TrainSampler(open_tokens(manifest, "train"), spec.shape.seq_len, t.seed)
     val_batches = validation_batches(manifest, spec.shape.seq_len, batch_size=32)
+    eval_suite = build_suite(job.eval, manifest, spec.shape.seq_len)  # named sets and tasks, before any step
     attempt = len(list((run_dir / "checkpoints").glob("ckpt-*.pt"))) if (run_dir / "checkpoints").exists() else 0
     config_for_tracking = {**as_dict(job), "run_id": spec.run_id, "params": spec.params,
                            "tokens": spec.tokens, "flops": spec.flops, "shape": spec.shape.to_dict(),
@@ -107,7 +109,8 @@ def execute(job: Study) -> dict:
     tracker = Tracker(job.tracking, run_id=spec.run_id, attempt=attempt, group=job.sweep_name,
                       config=config_for_tracking, wandb_dir=job.tracking.dir or str(Path(job.results_dir) / "wandb"))
     base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir),
-            "precision": precision}  # as resolved (auto -> bf16 on GPU, fp32 on CPU): the full run lists the difference
+            "precision": precision,  # as resolved (auto -> bf16 on GPU, fp32 on CPU): the full run lists the difference
+            **({"evaluation": eval_suite.describe()} if eval_suite else {})}
     refuse_foreign_record(run_dir, spec.run_id)
     if not claim(run_dir):
         raise UserError(f"run {spec.run_id} is being trained by another process ({lock_holder(run_dir)}): "
@@ -123,7 +126,7 @@ def execute(job: Study) -> dict:
         try:
             outcome = train_run(job, spec, accelerator=accelerator, sampler=sampler, val_batches=val_batches,
                                 run_dir=run_dir, data_fingerprint=manifest.fingerprint, tracker=tracker,
-                                progress=progress)
+                                progress=progress, eval_suite=eval_suite)
         except Exception as err:
             error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             raise
@@ -156,6 +159,7 @@ def finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, erro
     extra = {
         **base,
         "final_val_loss": outcome.final_val_loss if outcome else None,
+        "metrics": outcome.metrics if outcome else {},   # <set>_loss, <task>_bpb/_acc/_acc_norm at the end
         "tokens_trained": outcome.tokens_done if outcome else None,
         "steps_done": outcome.steps_done if outcome else None,
         "resumed_from_step": outcome.resumed_from_step if outcome else None,
