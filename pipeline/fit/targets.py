@@ -291,8 +291,13 @@ def fit_metric(table: RunsTable, target: Target, *, bootstrap: int = 1000, seed:
 
 
 def _step1(table: RunsTable, metric: str, bootstrap: int, seed: int, outliers: str):
-    """(runs fitted, law, bootstrap samples or None, indices of the seeded resamples they are)."""
-    clean, _ = apply_outlier_rule(metric_table(table, metric), outliers)
+    """(runs fitted, law, bootstrap samples or None, indices of the seeded resamples they are).
+
+    `outliers=auto` lets the loss fit's backtest choose the rule (pipeline/fit/selection.py); a metric's law
+    is fitted with the rule on under auto, the rule that predicted better on every public set tried
+    (docs/calibration.md)."""
+    rule = "default" if outliers == "auto" else outliers
+    clean, _ = apply_outlier_rule(metric_table(table, metric), rule)
     fit = fit_parametric(clean.n, clean.tokens, clean.loss)
     law = replace(fit.law(clean.convention), name=metric, source=f"Approach 3 fit of {metric} to {len(clean)} runs")
     if bootstrap < 2:
