@@ -68,14 +68,17 @@ def minimum_resolution(profiles: list[dict], sd_log: float | None) -> list[dict]
     """Per IsoFLOP budget: does the lowest mean loss beat both neighbours beyond the noise?
 
     The difference of two points' mean log losses has sd sd_log * sqrt(1/n_best + 1/n_neighbour)
-    (n = seeds at each point); resolved when the smaller gap exceeds RESOLVE_Z times it.
+    (n = seeds at each point); resolved when the smaller gap exceeds RESOLVE_Z times it. Budgets with
+    fewer than 3 sizes are no profile (a grid design's budgets) and are not judged.
     """
     out = []
     for prof in profiles:
         loss, counts = np.asarray(prof["loss"]), np.asarray(prof.get("counts") or [1] * len(prof["loss"]))
+        if loss.size < 3:
+            continue
         entry = {"budget_flops": prof["budget_flops"], "resolved": False}
         best = int(np.argmin(loss)) if loss.size else 0
-        if sd_log is None or loss.size < 3 or best in (0, loss.size - 1):
+        if sd_log is None or best in (0, loss.size - 1):
             entry["reason"] = "no noise estimate" if sd_log is None else "the minimum is not interior"
             out.append(entry)
             continue
