@@ -85,3 +85,9 @@ def validate_study(job: Study) -> None:
         raise UserError(f"train.evals_per_run={t.evals_per_run} must be >= 1")
     if t.diverge_ratio <= 1:
         raise UserError(f"train.diverge_ratio={t.diverge_ratio} must be > 1")
+    if t.keep_checkpoints < 1:  # the newest readable checkpoint is what a relaunch resumes from (issue 18, #7)
+        raise UserError(f"train.keep_checkpoints={t.keep_checkpoints} must be >= 1 (the newest checkpoint is what a "
+                        "relaunch resumes from; 2, the default, also survives a torn newest file); to keep more, "
+                        "give a larger count")
+    if t.parallelism not in ("ddp", "fsdp"):
+        raise UserError(f"train.parallelism={t.parallelism!r}: use ddp (replicated) or fsdp (sharded with FSDP2)")

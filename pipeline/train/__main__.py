@@ -4,6 +4,10 @@
     python -m pipeline.train experiment=cpu_tiny model.size=2e5 train.flops=3e12
     accelerate launch -m pipeline.train experiment=h100_pilot ...      # several GPUs, one run
 
+Several processes (one run): every rank runs this module; the main process holds the run's lock and
+writes its files (docs/multiprocess.md). On a CPU-only machine `accelerate launch --multi_gpu
+--num_processes 2` starts two gloo processes (accelerate's `--cpu --num_processes 2` starts one).
+
 Relaunching the same command resumes from the newest checkpoint in the run directory (derived
 from the run id, never from a timestamp). Exit status: 0 ok or diverged (both are recorded
 outcomes), 75 preempted (checkpoint saved; relaunch to resume), 2 bad input, 1 failure.
@@ -11,10 +15,16 @@ outcomes), 75 preempted (checkpoint saved; relaunch to resume), 2 bad input, 1 f
 
 from __future__ import annotations
 
-from pathlib import Path
+# Before anything slow is imported (torch takes seconds): from here on SIGTERM/SIGUSR1 are remembered
+# and acted on at the first step boundary (checkpoint if anything was trained, record, exit 75).
+from pipeline.train.stop import STOP  # isort: skip
 
-from pipeline.cli import load_study, run_main
-from pipeline.train.run import execute
+STOP.install()
+
+from pathlib import Path  # noqa: E402
+
+from pipeline.cli import load_study, run_main  # noqa: E402
+from pipeline.train.run import execute  # noqa: E402
 
 USAGE = __doc__
 
