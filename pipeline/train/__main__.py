@@ -24,7 +24,9 @@ STOP.install()
 from pathlib import Path  # noqa: E402
 
 from pipeline.cli import load_study, run_main  # noqa: E402
+from pipeline.train.engine import REQUEUE_EXIT_CODE  # noqa: E402
 from pipeline.train.run import execute  # noqa: E402
+from pipeline.train.stop import Preempted  # noqa: E402
 
 USAGE = __doc__
 
@@ -33,7 +35,11 @@ def main(overrides: list[str], flags: dict) -> int:
     job = load_study(overrides, flags)
     if job is None:  # --cfg printed it
         return 0
-    record = execute(job)
+    try:
+        record = execute(job)
+    except Preempted as stop:  # before the run had a record: nothing trained, nothing to save
+        print(f"{stop}: nothing trained yet; relaunch to start", flush=True)
+        return REQUEUE_EXIT_CODE
     line = (f"{record['run_id']}: {record['status']}, val loss {record['final_val_loss']:.4f}"
             if record["final_val_loss"] is not None else f"{record['run_id']}: {record['status']}")
     print(f"{line} -> {Path(record['run_dir']) / 'run.json'}")

@@ -29,7 +29,7 @@ from pipeline.train.engine import REQUEUE_EXIT_CODE, train_run
 from pipeline.train.lock import claim, lock_holder, release
 from pipeline.train.progress import Progress
 from pipeline.train.provenance import provenance
-from pipeline.train.stop import STOP
+from pipeline.train.stop import STOP, Preempted
 from pipeline.train.tracking import Tracker
 
 
@@ -105,7 +105,8 @@ def _execute(job: Study) -> dict:
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if precision == "bf16" else "no")
     main = accelerator.is_main_process
 
-    manifest = prepare_corpus(job.data)
+    with STOP.interruptible():  # minutes on a large corpus: a stop signal ends it (exit 75, nothing trained)
+        manifest = prepare_corpus(job.data)
     spec = resolve_run(job, manifest.vocab_size, world_size=accelerator.num_processes)
     epochs = check_repeat(manifest, spec.tokens, job.data.allow_repeat, seq_len=spec.shape.seq_len)
     run_dir = run_directory(job, spec)
@@ -130,7 +131,6 @@ def _execute(job: Study) -> dict:
     attempt = len(list((run_dir / "checkpoints").glob("ckpt-*.pt"))) if (run_dir / "checkpoints").exists() else 0
     base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir),
             "world_size": accelerator.num_processes, "parallelism": t.parallelism}
-    tracker = None
     try:
         if main:  # the record exists before anything slow (W&B) can be interrupted
             write_record(run_dir, build_record(job, spec, status="running", manifest=manifest,
@@ -138,9 +138,13 @@ def _execute(job: Study) -> dict:
         config_for_tracking = {**as_dict(job), "run_id": spec.run_id, "params": spec.params,
                                "tokens": spec.tokens, "flops": spec.flops, "shape": spec.shape.to_dict(),
                                "hparams": spec.hparams.to_dict()}
-        tracker = Tracker(job.tracking, run_id=spec.run_id, attempt=attempt, group=job.sweep_name,
-                          config=config_for_tracking, main_process=main,
-                          wandb_dir=job.tracking.dir or str(Path(job.results_dir) / "wandb"))
+        tracking = {"run_id": spec.run_id, "attempt": attempt, "group": job.sweep_name, "config": config_for_tracking,
+                    "wandb_dir": job.tracking.dir or str(Path(job.results_dir) / "wandb")}
+        try:
+            with STOP.interruptible():  # W&B may take a minute to give up: a stop signal must not wait for it
+                tracker = Tracker(job.tracking, main_process=main, **tracking)
+        except Preempted:  # the loop records the run preempted at its start
+            tracker = Tracker(job.tracking, main_process=False, **tracking)
         progress = Progress(label=spec.run_id, total_steps=spec.steps, start_step=0,
                             batch_tokens=spec.batch_tokens, enabled=t.progress and main)
         started = time.time()
