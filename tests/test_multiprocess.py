@@ -236,3 +236,60 @@ def test_node_launcher_runs_a_sweep_of_two_runs_with_two_processes_each(corpus_o
     attempts = json.loads((tmp_path / "node" / "attempts.json").read_text())
     assert attempts == {r["run_id"]: 1 for r in records}
     assert not list((tmp_path / "node" / "runs").glob("*/.lock"))
+
+
+# --- slurm/full_run.sbatch: one srun over "nodes", one task per rank ---------------------------------------
+FAKE_SRUN = """#!/bin/bash
+# Stands in for srun on one machine: SLURM_NTASKS copies of the command with SLURM_PROCID/SLURM_LOCALID,
+# USR1/TERM forwarded to every task (what srun does), exit status the highest of the tasks'.
+while [[ "$1" == --* ]]; do shift; done
+PIDS=()
+forward() { for p in "${PIDS[@]}"; do kill -"$1" "$p" 2>/dev/null; done; }
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$i "$@" &
+    PIDS+=($!)
+done
+CODE=0
+for p in "${PIDS[@]}"; do
+    while kill -0 "$p" 2>/dev/null; do wait "$p"; done
+    wait "$p"; c=$?
+    [ "$c" -gt "$CODE" ] && CODE=$c
+done
+exit $CODE
+"""
+FAKE_SCONTROL = """#!/bin/bash
+if [ "$1" = show ]; then echo localhost; else echo "$@" >> "$FAKE_DIR/scontrol.log"; fi
+"""
+
+
+def test_full_run_sbatch_trains_on_every_task_and_requeues_after_usr1(corpus_overrides, tmp_path, reference):
+    bin_dir, fit_dir, run_dir = tmp_path / "bin", tmp_path / "fit", tmp_path / "run"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (fit_dir / "experiment").mkdir(parents=True)
+    (fit_dir / "experiment" / "full_run.yaml").write_text("# @package _global_\nsweep_name: full_run\n")
+    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
+           "FIT_DIR": str(fit_dir), "PYTHON": sys.executable, "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "n[1-2]",
+           "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "MASTER_PORT": str(free_port()),
+           "TRAIN_OVERRIDES": " ".join(run_args(corpus_overrides, run_dir, "train.checkpoint_interval_s=0"))}
+    sbatch = [str(REPO / "slurm" / "full_run.sbatch")]
+    log = tmp_path / "job1.log"
+    job = subprocess.Popen(["bash", *sbatch], cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    wait_for_checkpoint(run_dir, 5, [job])
+    job.send_signal(signal.SIGUSR1)  # --signal=B:USR1@300: to the batch shell, which forwards it
+    assert wait_all([job], [log]) == [0], log.read_text()[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    first = load_record(run_dir)
+    assert first["status"] == "preempted" and "SIGUSR1" in first["error"] and first["world_size"] == 2
+
+    requeued = subprocess.Popen(["bash", *sbatch], cwd=REPO, env={**env, "MASTER_PORT": str(free_port())},
+                                stdout=(tmp_path / "job2.log").open("w"), stderr=subprocess.STDOUT)
+    assert wait_all([requeued], [tmp_path / "job2.log"]) == [0], (tmp_path / "job2.log").read_text()[-3000:]
+    record = load_record(run_dir)
+    assert record["status"] == "ok" and record["resumed_from_step"] == first["steps_done"]
+    assert record["final_val_loss"] == reference["final_val_loss"]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # not requeued again

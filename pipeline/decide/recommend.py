@@ -23,6 +23,7 @@ from models.accounting import count_params, training_flops_per_token
 from models.shape import ModelShape
 from models.sizing import SizingError, shape_for_params
 from pipeline.decide import tradeoffs
+from pipeline.decide.launch_config import launch_train_keys, write_launch_files
 from pipeline.decide.memory import memory_check
 from pipeline.errors import UserError
 from pipeline.fit.checks import EXTRAPOLATION_WARN_FACTOR
@@ -294,6 +295,7 @@ def write_full_run_config(recommendation: dict, out_dir, base_overrides: dict | 
         *([("cooldown_fraction", _yaml_float(sched["cooldown_fraction"]), "as the pilots' cooldowns")]
           if sched["name"] == "wsd" else []),
         ("precision", "bf16", "bf16 autocast; fp32 master weights and AdamW moments"),
+        *launch_train_keys(recommendation),
     ]
     lines = header + _section_lines("model", model_keys, base.pop("model", None))
     lines += _section_lines("train", train_keys, base.pop("train", None))
@@ -305,4 +307,5 @@ def write_full_run_config(recommendation: dict, out_dir, base_overrides: dict | 
     path = Path(out_dir) / "experiment" / "full_run.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+    write_launch_files(recommendation, out_dir)
     return path
