@@ -21,6 +21,8 @@ from pipeline.train.stop import STOP  # isort: skip
 
 STOP.install()
 
+import os  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from pipeline.cli import load_study, run_main  # noqa: E402
@@ -46,5 +48,24 @@ def main(overrides: list[str], flags: dict) -> int:
     return record["exit_code"]
 
 
+def exit_now(code) -> None:
+    """Leave without the interpreter's teardown when this process was one rank of several.
+
+    With torch 2.13 and gloo a rank can abort at exit ("terminate called without an active
+    exception", status 134) after its run ended -- seen with FSDP2 even after
+    destroy_process_group -- which turns a recorded ok (0) or preempted (75) into a failure for srun,
+    torchrun and the sweep. Everything the run owes is written by now (record, logs, checkpoint,
+    W&B finished), so flush and exit with the real status.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 if __name__ == "__main__":
-    run_main(main, USAGE)
+    try:
+        run_main(main, USAGE)
+    except SystemExit as done:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            exit_now(done.code)
+        raise

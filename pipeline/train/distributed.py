@@ -47,6 +47,24 @@ def agree(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def close(wait_for_all: bool) -> None:
+    """End the process group before the interpreter exits.
+
+    Without it gloo's background threads are torn down at exit and a rank can abort ("terminate
+    called without an active exception", status 134) after a run that succeeded or was preempted,
+    which turns exit 0/75 into a failure for srun and the sweep. `wait_for_all`: a barrier first (only
+    when every rank is known to reach it, i.e. not while an exception is leaving this rank).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait_for_all and dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001, S110 - best effort on the way out; the record is already written
+        pass
+
+
 def from_main(value, is_main: bool):
     """The main process's `value` on every rank (a small picklable object)."""
     if not distributed():

@@ -84,18 +84,30 @@ def eval_steps(total_steps: int, evals_per_run: int) -> set[int]:
 
 
 @torch.no_grad()
-def evaluate(model, val_batches, device, autocast) -> float:
-    """Mean per-token loss over the fixed validation set (identical for every run)."""
+def evaluate(model, val_batches, device, autocast, rank: int = 0, world: int = 1) -> float:
+    """Mean per-token loss over the fixed validation set (identical for every run).
+
+    With `world` > 1 each rank evaluates every world-th batch and one all-reduce collects the
+    per-batch sums, which are then added in batch order on every rank: the same float64 additions in
+    the same order as one process, so the result is bit for bit the single-process one. The model
+    must then be the unwrapped module (no collective may run per batch); FSDP evaluates on every rank.
+    """
     model.eval()
-    total, count = 0.0, 0
-    for x, y in val_batches:
+    sums, count = [0.0] * len(val_batches), 0
+    for i, (x, y) in enumerate(val_batches):
+        count += y.numel()
+        if i % world != rank:
+            continue
         x, y = x.to(device), y.to(device)
         with autocast():
             logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum")
-        total += loss.item()
-        count += y.numel()
+        sums[i] = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
     model.train()
+    if world > 1:
+        sums = agree(sums, device)
+    total = 0.0
+    for value in sums:
+        total += value
     return total / count
 
 
@@ -150,6 +162,13 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
     if not fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
     raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+
+    def validation_loss() -> float:
+        if fsdp:  # every rank takes part in every sharded forward pass
+            return evaluate(model, val_batches, device, accelerator.autocast)
+        # DDP: the ranks split the batches, on the unwrapped module (DDP's forward may run collectives)
+        return evaluate(getattr(model, "module", model), val_batches, device, accelerator.autocast,
+                        rank=accelerator.process_index, world=world)
 
     state, start = _choose_start(job, spec, run_dir, data_fingerprint) if main else (None, None)
     start = from_main(start, main)
@@ -268,7 +287,7 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
             break
 
         if done in evals:
-            val_loss = evaluate(model, val_batches, device, autocast)  # the same on every rank
+            val_loss = validation_loss()  # the same number on every rank
             row = {"step": done, "tokens": done * spec.batch_tokens,
                    "flops_exact": done * spec.batch_tokens * spec.flops_per_token["exact"],
                    "flops_6n": done * spec.batch_tokens * spec.flops_per_token["6n"], "val_loss": val_loss}
@@ -288,7 +307,7 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
             checkpoint(done)
             last_ckpt_time = time.monotonic()
     if status == "ok" and val_loss is None:  # resumed after the last step (e.g. killed writing the record)
-        val_loss = evaluate(model, val_batches, device, autocast)
+        val_loss = validation_loss()
     wall = time.perf_counter() - t0
     steps_done = done
     trained_here = (steps_done - start_step) * spec.batch_tokens

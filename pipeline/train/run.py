@@ -24,6 +24,7 @@ from pipeline.plan.hardware import peak_flops_for_device_name
 from pipeline.plan.runspec import RunSpec, resolve_run
 from pipeline.records import RecordError, load_record, write_record
 from pipeline.train.checkpoint import newest_readable
+from pipeline.train.distributed import close as close_process_group
 from pipeline.train.distributed import from_main
 from pipeline.train.engine import REQUEUE_EXIT_CODE, train_run
 from pipeline.train.lock import claim, lock_holder, release
@@ -85,9 +86,13 @@ def execute(job: Study) -> dict:
     record, the others wait for its decisions (pipeline/train/distributed.py).
     """
     owns_signals = STOP.install()  # first: a stop signal during start-up is remembered, not fatal
+    finished = False
     try:
-        return _execute(job)
+        record = _execute(job)
+        finished = True
+        return record
     finally:
+        close_process_group(wait_for_all=finished)
         if owns_signals:
             STOP.uninstall()
 
