@@ -116,10 +116,38 @@ def relaunch_and_check(corpus_overrides, run_dir: Path, reference: dict, tmp_pat
     return record
 
 
-def test_two_processes_end_with_the_loss_of_one_process(corpus_overrides, tmp_path, reference):
+RECORDING_WANDB = """
+import os
+class _Summary(dict):
+    pass
+class _Run:
+    summary = _Summary()
+    def log(self, metrics, step):
+        pass
+    def finish(self, exit_code=0):
+        pass
+def init(**kwargs):
+    with open(os.path.join(os.environ["FAKE_DIR"], "wandb_inits"), "a") as f:
+        f.write(f"{os.environ.get('RANK')} {kwargs['id']}\\n")
+    return _Run()
+class Settings:
+    def __init__(self, **kwargs):
+        pass
+"""
+
+
+def test_two_processes_end_with_the_loss_of_one_process(corpus_overrides, tmp_path, reference, monkeypatch):
+    fake = tmp_path / "fake" / "wandb"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(RECORDING_WANDB)
+    monkeypatch.setitem(ENV, "PYTHONPATH", os.pathsep.join([str(fake.parent), str(REPO)]))
+    monkeypatch.setitem(ENV, "FAKE_DIR", str(tmp_path))
+    monkeypatch.setitem(ENV, "WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
-    proc = accelerate_launch(run_args(corpus_overrides, run_dir), tmp_path / "launch.log")
+    tracked = [*run_args(corpus_overrides, run_dir), "tracking.mode=offline", f"tracking.dir={tmp_path / 'wandb'}"]
+    proc = accelerate_launch(tracked, tmp_path / "launch.log")
     assert wait_all([proc], [tmp_path / "launch.log"]) == [0], (tmp_path / "launch.log").read_text()[-3000:]
+    assert (tmp_path / "wandb_inits").read_text().split() == ["0", f"{reference['run_id']}-a0"]  # one W&B run, rank 0
     record = load_record(run_dir)
     assert record["status"] == "ok" and record["world_size"] == 2 and record["hparams"]["grad_accum"] == 1
     assert record["run_id"] == reference["run_id"]  # the process count is not part of the run's identity
