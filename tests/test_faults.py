@@ -52,7 +52,10 @@ def reference(corpus_overrides, tmp_path_factory) -> dict:
 
 
 def preempt_at(monkeypatch, at_step: int) -> None:
-    """Deliver a real SIGTERM to this process right after `at_step` is logged (a deterministic preemption)."""
+    """Deliver a real SIGTERM to this process right after `at_step` is logged (a deterministic preemption).
+
+    The ranks agree on a stop in the step's all-reduce, which precedes the log: the run stops after the next step.
+    """
     from pipeline.train.tracking import Tracker
 
     original = Tracker.log
@@ -68,7 +71,7 @@ def preempt_at(monkeypatch, at_step: int) -> None:
 # --- SIGKILL during a checkpoint write ---------------------------------------------------------------
 def test_torn_checkpoints_are_never_loaded_and_the_resume_matches(corpus_overrides, tmp_path, reference, monkeypatch):
     run_dir = tmp_path / "run"
-    preempt_at(monkeypatch, 20)
+    preempt_at(monkeypatch, 19)  # stops after step 20
     first = execute(fault_job(corpus_overrides, f"run_dir={run_dir}"))
     monkeypatch.undo()
     assert first["status"] == "preempted" and first["steps_done"] == 20

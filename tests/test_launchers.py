@@ -54,7 +54,7 @@ def test_node_launcher_gives_each_run_its_own_gpus_and_frees_them(tmp_path, monk
     assert [r.gpus for r in runs] == [1, 2, 2]
     script = ("import os, sys, time, json; t0 = time.time(); time.sleep(0.5); "
               "print(json.dumps([sys.argv[1], os.environ['CUDA_VISIBLE_DEVICES'], t0, time.time()]))")
-    monkeypatch.setattr(launchers, "train_command", lambda _o, run: [sys.executable, "-c", script, run.run_id])
+    monkeypatch.setattr(launchers, "train_command", lambda _o, run, **_port: [sys.executable, "-c", script, run.run_id])
     monkeypatch.setattr(launchers, "POLL_S", 0.05)
     launch_node(study, runs, [])
     seen = {}

@@ -89,7 +89,8 @@ class TrainConfig:
     evals_per_run: int = 12                 # evaluation points along the run (Approach 1 uses the curve)
     log_interval_steps: int = 10
     checkpoint_interval_s: float = 300.0
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2               # newest readable ones kept (>= 1), plus keep_steps
+    parallelism: str = "ddp"                # several processes: ddp (replicated) | fsdp (FSDP2, sharded)
     precision: Precision = Precision.auto
     compile: bool | None = None          # unset: on for CUDA, off on CPU (9-22 s compile per shape)
     device: str = "auto"                    # auto | cpu | cuda

@@ -165,6 +165,8 @@ def validate_train(job: Study) -> None:
                                         "(0 checkpoints at every step), e.g. train.checkpoint_interval_s=300")
     bad_step = next((s for s in t.keep_steps if s < 1), None)
     _need(bad_step is None, f"train.keep_steps holds {bad_step}: steps start at 1")
+    _need(t.parallelism in ("ddp", "fsdp"), f"train.parallelism={t.parallelism!r}: use ddp (replicated) or fsdp "
+                                             "(sharded with FSDP2)")
     for key in ("init_timeout_s", "finish_timeout_s"):
         value = getattr(job.tracking, key)
         _need(math.isfinite(value) and value > 0, f"tracking.{key}={value} must be > 0 seconds, e.g. tracking.{key}=30")

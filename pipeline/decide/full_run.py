@@ -22,6 +22,7 @@ from models.accounting import count_params, training_flops_per_token
 from models.shape import ModelShape
 from pipeline.config.presets import FULL_RUN_PRESETS, KNOWN_VOCAB_SIZES, STUDY_PRESET
 from pipeline.decide.allocation import FlopCount
+from pipeline.decide.launch_config import launch_train_keys, write_launch_files
 from pipeline.errors import UserError
 from pipeline.plan.hparams import resolve_hyperparameters
 
@@ -207,6 +208,7 @@ def write_full_run_config(recommendation: dict, out_dir, base_overrides: dict | 
         *([("cooldown_fraction", _yaml_float(sched["cooldown_fraction"]), "as the pilots' cooldowns")]
           if sched["name"] == "wsd" else []),
         ("precision", model.get("precision", FULL_RUN_PRECISION), "bf16 autocast; fp32 master weights and AdamW moments"),
+        *launch_train_keys(recommendation),
     ]
     data = dict(base.pop("data", None) or {})
     if target.get("data"):
@@ -226,6 +228,7 @@ def write_full_run_config(recommendation: dict, out_dir, base_overrides: dict | 
     path = Path(out_dir) / "experiment" / "full_run.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+    write_launch_files(recommendation, out_dir)  # the accelerate config and commands (FSDP when memory says so)
     return path
 
 

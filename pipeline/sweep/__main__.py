@@ -23,6 +23,7 @@ from pipeline.errors import UserError
 from pipeline.plan.design import check_design, plan_sweep, plan_table
 from pipeline.sweep.dispatch import TERMINAL, launch, pending_runs, status_counts, sweep_dir, write_plan
 from pipeline.sweep.slurm_array import check_launcher
+from pipeline.train.engine import REQUEUE_EXIT_CODE
 
 USAGE = __doc__
 
@@ -72,7 +73,8 @@ def main(overrides: list[str], flags: dict) -> int:
         return 0
     if todo:
         print(f"launching {len(todo)} of {len(runs)} runs ({study.launcher.mode.value})", flush=True)
-        launch(study, todo, overrides)
+        if launch(study, todo, overrides) == "stopped":  # a stop signal: checkpoints saved, relaunch to resume
+            return REQUEUE_EXIT_CODE
     _, states = pending_runs(study, runs)
     print(f"sweep {study.sweep_name}: {status_counts(states)} -> {sweep_dir(study)}")
     unfinished = [k for k, v in states.items() if v not in TERMINAL and v != "done"]

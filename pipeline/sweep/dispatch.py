@@ -131,7 +131,7 @@ def _write_plan(study: Study, runs: list[PlannedRun], overrides: list[str], path
     })
 
 
-def launch(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
+def launch(study: Study, runs: list[PlannedRun], overrides: list[str]) -> str | None:
     """Launch in waves: cooldown reuse's trunks first, then the branches whose trunk is done.
 
     A branch starts from its trunk's checkpoints, so it cannot share a wave with it on a node or a
@@ -146,21 +146,27 @@ def launch(study: Study, runs: list[PlannedRun], overrides: list[str]) -> None:
         if waiting:
             print(f"{waiting} cooldown branches wait for their trunk to finish; relaunch after it has", flush=True)
         if ready and _launch_wave(study, ready, overrides) == "stopped":
-            return
+            return "stopped"
+    return None
 
 
-def _launch_wave(study: Study, runs: list[PlannedRun], overrides: list[str]) -> str | None:
-    mode = study.launcher.mode.value
+def count_attempts(study: Study, run_ids: list[str]) -> None:
+    """One more attempt for each run (a corrupt attempts.json is moved aside first, and counting restarts)."""
     attempts = load_attempts(study)
-    for run in runs:
-        attempts[run.run_id] = attempts.get(run.run_id, 0) + 1
+    for run_id in run_ids:
+        attempts[run_id] = attempts.get(run_id, 0) + 1
     try:
         quarantine_attempts(study)
         atomic_write_json(attempts_path(study), attempts)
     except OSError as err:
         raise writable_dir_error(attempts_path(study), err, "results_dir") from err
-    if mode == "local":
-        return launch_local(study, runs)
+
+
+def _launch_wave(study: Study, runs: list[PlannedRun], overrides: list[str]) -> str | None:
+    mode = study.launcher.mode.value
+    if mode == "local":  # counted as each run starts: a sweep stopped early charges no attempt to the rest
+        return launch_local(study, runs, count_attempt=lambda run_id: count_attempts(study, [run_id]))
+    count_attempts(study, [run.run_id for run in runs])
     if mode == "node":
         return launch_node(study, runs, overrides)
     return launch_slurm(study, runs, overrides)

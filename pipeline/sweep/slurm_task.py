@@ -34,6 +34,7 @@ from pipeline.plan.runspec import resolve_run
 from pipeline.train.engine import REQUEUE_EXIT_CODE
 from pipeline.train.lock import claim_unfinished, release
 from pipeline.train.run import execute, run_directory
+from pipeline.train.stop import Preempted
 
 
 @dataclass
@@ -109,6 +110,9 @@ def run_task(run_id: str, submission_path: str | Path) -> dict:
         return {"run_id": run_id, "status": "running", "skipped": True}
     try:
         record = execute(job)
+    except Preempted as stop:  # during the run's start-up: nothing trained, requeue all the same
+        record = {"run_id": run_id, "status": "preempted", "stop_signal": stop.signal_name, "steps_done": 0,
+                  "exit_code": REQUEUE_EXIT_CODE}
     finally:
         release(run_dir)
     if record["exit_code"] == REQUEUE_EXIT_CODE:

@@ -1,7 +1,9 @@
 """The training loop of one run: accelerate, exact resume, evaluation, divergence, preemption.
 
-Read top to bottom: `train_run` builds the model and optimizer, resumes from the newest valid
-checkpoint if one exists, then steps. Everything that decides step k -- the batch (sampler is a
+Read top to bottom: `train_run` builds the model and optimizer (DDP through accelerate, or FSDP2
+with `train.parallelism=fsdp`), resumes from the newest valid checkpoint if one exists, then steps.
+The loop is the same on every rank; the ranks agree on each step's decisions with one all-reduce
+and only the main process writes (pipeline/train/distributed.py). Everything that decides step k -- the batch (sampler is a
 pure function of seed and step), the LR (pure function of step), the weights, optimizer moments,
 RNG states -- is either in the checkpoint or recomputed from the step, so a relaunch after SIGKILL
 continues bit-for-bit on CPU (tests/test_train.py and tests/test_faults.py prove it).
@@ -10,7 +12,6 @@ continues bit-for-bit on CPU (tests/test_train.py and tests/test_faults.py prove
 from __future__ import annotations
 
 import math
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,11 +28,23 @@ from pipeline.plan.schedule import lr_multiplier
 from pipeline.records import append_jsonl, truncate_jsonl_after_step
 from pipeline.train.checkpoint import (
     clean_stale_temporaries,
+    list_checkpoints,
     load_branch_point,
     load_latest_checkpoint,
+    newest_readable,
+    read_checkpoint,
     save_checkpoint,
 )
+from pipeline.train.distributed import (
+    CHECKPOINT_FORMAT,
+    agree,
+    from_main,
+    full_state,
+    load_full_state,
+    shard_model,
+)
 from pipeline.train.lock import heartbeat
+from pipeline.train.stop import STOP, StopFlag
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving a checkpoint: EX_TEMPFAIL
 # (sysexits.h) -- "try again later". The sweep relaunches it; slurm/pilot.sbatch requeues on it.
@@ -51,30 +64,8 @@ class Outcome:
     diverged_reason: str | None = None
     stop_signal: str | None = None   # SIGTERM / SIGUSR1 when preempted
     eval_curve: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # progress discarded at start-up (unreadable checkpoints)
     metrics: dict = field(default_factory=dict)  # the eval suite's metrics at the last evaluation (evaluate.py)
-
-
-class _StopFlag:
-    """Set by SIGTERM / SIGUSR1 (SLURM preemption, timeouts); checked at step boundaries."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous = {}
-
-    def install(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside some launchers): leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, _frame):
-        self.signal_name = signal.Signals(signum).name
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _optimizer(model: torch.nn.Module, spec: RunSpec, job: Study, device: torch.device):
@@ -94,79 +85,152 @@ def eval_steps(total_steps: int, evals_per_run: int) -> set[int]:
 
 
 @torch.no_grad()
-def evaluate(model, val_batches, device, autocast) -> float:
-    """Mean per-token loss over the fixed validation set (identical for every run)."""
+def evaluate(model, val_batches, device, autocast, rank: int = 0, world: int = 1) -> float:
+    """Mean per-token loss over the fixed validation set (identical for every run).
+
+    With `world` > 1 each rank evaluates every world-th batch and one all-reduce collects the
+    per-batch sums, which are then added in batch order on every rank: the same float64 additions in
+    the same order as one process, so the result is bit for bit the single-process one. The model
+    must then be the unwrapped module (no collective may run per batch); FSDP evaluates on every rank.
+    """
     model.eval()
-    total, count = 0.0, 0
-    for x, y in val_batches:
+    sums, count = [0.0] * len(val_batches), 0
+    for i, (x, y) in enumerate(val_batches):
+        count += y.numel()
+        if i % world != rank:
+            continue
         x, y = x.to(device), y.to(device)
         with autocast():
             logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum")
-        total += loss.item()
-        count += y.numel()
+        sums[i] = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
     model.train()
+    if world > 1:
+        sums = agree(sums, device)
+    total = 0.0
+    for value in sums:
+        total += value
     return total / count
 
 
+def _choose_start(job: Study, spec: RunSpec, run_dir: Path, data_fingerprint: str) -> tuple[dict | None, dict]:
+    """Main process: the checkpoint to resume from (or the trunk's branch point), validated; never raises.
+
+    Returns (its state, what the other ranks need: path, branch origin, the warnings, or an error).
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    try:
+        state = load_latest_checkpoint(ckpt_dir, run_id=spec.run_id, data_fingerprint=data_fingerprint)
+        notes = []
+        if state is not None and state["skipped"]:
+            notes.append(f"unreadable checkpoints {', '.join(state['skipped'])} skipped: resumed from step "
+                         f"{state['step']}, the steps after it were trained again")
+        elif state is None and list_checkpoints(ckpt_dir):
+            notes.append(f"no readable checkpoint ({', '.join(p.name for p in list_checkpoints(ckpt_dir))}): "
+                         "restarted from step 0, earlier progress discarded")
+        branched_from = None
+        if state is None and job.train.branch_from:
+            # A cooldown branch starts from its trunk's stable phase at the step where its decay begins.
+            branch_step = spec.steps - spec.cooldown_steps
+            state = load_branch_point(run_dir.parent / job.train.branch_from, branch_step,
+                                      trunk_id=job.train.branch_from, data_fingerprint=data_fingerprint)
+            branched_from = {"run_id": job.train.branch_from, "step": branch_step}
+    except UserError as err:
+        return None, {"error": str(err)}
+    return state, {"path": state["_path"] if state else None, "branched_from": branched_from, "notes": notes,
+                   "error": None}
+
+
 def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, run_dir: Path,
-              data_fingerprint: str, tracker, progress, eval_suite=None) -> Outcome:
+              data_fingerprint: str, tracker, progress, stop: StopFlag = STOP, eval_suite=None) -> Outcome:
+    """Train on every rank; only the main process writes files (the tracker is disabled elsewhere)."""
     t = job.train
     device = accelerator.device
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
     ckpt_dir = run_dir / "checkpoints"
-    clean_stale_temporaries(ckpt_dir) if ckpt_dir.exists() else None
+    if main and ckpt_dir.exists():
+        clean_stale_temporaries(ckpt_dir)
 
     model = Transformer(spec.shape, init_std=job.model.init_std)
     model.init_weights(seed=t.seed)
     model.to(device)
+    fsdp = t.parallelism == "fsdp" and world > 1
+    if fsdp:
+        shard_model(model)  # before the optimizer, so it holds the sharded parameters
     optimizer = _optimizer(model, spec, job, device)
     if t.compile if t.compile is not None else device.type == "cuda":
         model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
+    if not fsdp:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
 
-    start_step, resumed_from, branched_from = 0, None, None
-    state = load_latest_checkpoint(ckpt_dir, run_id=spec.run_id, data_fingerprint=data_fingerprint)
-    if state is None and t.branch_from:
-        # A cooldown branch starts from its trunk's stable phase at the step where its decay begins.
-        branch_step = spec.steps - spec.cooldown_steps
-        state = load_branch_point(run_dir.parent / t.branch_from, branch_step, trunk_id=t.branch_from,
-                                  data_fingerprint=data_fingerprint)
-        branched_from = {"run_id": t.branch_from, "step": branch_step}
-    if state is not None:
-        getattr(raw_model, "_orig_mod", raw_model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    def validation_loss() -> float:
+        if fsdp:  # every rank takes part in every sharded forward pass
+            return evaluate(model, val_batches, device, accelerator.autocast)
+        # DDP: the ranks split the batches, on the unwrapped module (DDP's forward may run collectives)
+        return evaluate(getattr(model, "module", model), val_batches, device, accelerator.autocast,
+                        rank=accelerator.process_index, world=world)
+
+    def suite_metrics() -> dict:
+        """Named validation sets and tasks (pipeline/train/evaluate.py), on every rank: the same numbers
+        (replicated weights under DDP; under FSDP every rank must take part in the forward passes)."""
+        if eval_suite is None:
+            return {}
+        return eval_suite.evaluate(model if fsdp else getattr(model, "module", model), device, accelerator.autocast)
+
+    state, start = _choose_start(job, spec, run_dir, data_fingerprint) if main else (None, None)
+    start = from_main(start, main)
+    if start["error"]:
+        raise UserError(start["error"])
+    start_step, resumed_from, branched_from = 0, None, start["branched_from"]
+    if start["path"] is not None:
+        state = state if main else read_checkpoint(start["path"])
+        load_full_state(model, raw_optimizer, state)
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
         start_step = int(state["step"])
         resumed_from = None if branched_from else start_step
         best_loss = float(state["best_train_loss"])
+        del state
     else:
         best_loss = math.inf
-    # After a resume each step appears exactly once in the local logs.
-    truncate_jsonl_after_step(run_dir / "train.jsonl", start_step)
-    truncate_jsonl_after_step(run_dir / "eval.jsonl", start_step)
+    if main:  # after a resume each step appears exactly once in the local logs
+        truncate_jsonl_after_step(run_dir / "train.jsonl", start_step)
+        truncate_jsonl_after_step(run_dir / "eval.jsonl", start_step)
 
-    def checkpoint(step: int):
-        inner = getattr(raw_model, "_orig_mod", raw_model)
-        payload = {"model": inner.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                   "tokens": step * spec.batch_tokens, "rng_cpu": torch.get_rng_state(),
-                   "best_train_loss": best_loss, "run_id": spec.run_id, "data_fingerprint": data_fingerprint}
-        if device.type == "cuda":
-            payload["rng_cuda"] = torch.cuda.get_rng_state()
-        if accelerator.is_main_process:
+    def checkpoint(step: int) -> None:
+        """A collective: every rank gathers, the main process writes; a failed write stops every rank."""
+        model_state, optimizer_state = full_state(model, raw_optimizer)
+        error = None
+        if main:
+            payload = {"format": CHECKPOINT_FORMAT, "model": model_state, "optimizer": optimizer_state,
+                       "step": step, "tokens": step * spec.batch_tokens, "rng_cpu": torch.get_rng_state(),
+                       "best_train_loss": best_loss, "run_id": spec.run_id, "data_fingerprint": data_fingerprint,
+                       "world_size": world, "parallelism": "fsdp" if fsdp else "ddp"}
+            if device.type == "cuda":
+                payload["rng_cuda"] = torch.cuda.get_rng_state()
             try:
                 save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints, protect=frozenset(t.keep_steps))
+                heartbeat(run_dir)
             except OSError as err:
-                raise UserError(f"cannot write a checkpoint in {ckpt_dir} ({err.strerror}): free space or choose "
-                                "another results_dir; the run is recorded as failed") from err
-            heartbeat(run_dir)
-        accelerator.wait_for_everyone()
+                kept = newest_readable(ckpt_dir)
+                error = (f"cannot write a checkpoint of step {step} in {ckpt_dir} ({err.strerror}); its temporary "
+                         "file was removed; " + (f"the newest checkpoint is {kept.name}, a relaunch resumes from it"
+                                                 if kept else "no checkpoint exists, a relaunch starts from step 0")
+                         + ": free space or choose another results_dir")
+        error = from_main(error, main)
+        if error:
+            raise UserError(error)
+
+    def sync_context(last_micro: bool):
+        if fsdp:  # FSDP2: reduce-scatter the gradients on the last micro-batch only
+            model.set_requires_gradient_sync(last_micro)
+            return nullcontext()
+        return nullcontext() if last_micro else accelerator.no_sync(model)
 
     autocast = accelerator.autocast
     evals = eval_steps(spec.steps, t.evals_per_run)
-    stop = _StopFlag().install()
     peak_lr = spec.hparams.lr
     warm_end = spec.warmup_steps
     last_ckpt_time = time.monotonic()
@@ -174,81 +238,89 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
     window_t, window_tokens = time.perf_counter(), 0
     status, reason, val_loss, done = "ok", None, None, start_step
     metrics: dict = {}
-    try:
-        for step in range(start_step, spec.steps):
-            lr = peak_lr * lr_multiplier(step, schedule=t.schedule.value, total_steps=spec.steps,
-                                         warmup_steps=spec.warmup_steps, min_lr_ratio=t.min_lr_ratio,
-                                         cooldown_steps=spec.cooldown_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(spec.grad_accum):
-                x, y = sampler.batch(step, micro, spec.micro_batch_size, accelerator.process_index,
-                                     accelerator.num_processes, spec.grad_accum)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = micro == spec.grad_accum - 1
-                with (nullcontext() if sync else accelerator.no_sync(model)), autocast():
-                    logits = model(x)  # [micro_batch, seq_len, vocab]
-                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-                accelerator.backward(loss / spec.grad_accum)
-                loss_sum += loss.detach()
+    # A signal during start-up (data, accelerate, W&B) stops the run before it trains: nothing new to save.
+    if agree([1.0 if stop.requested else 0.0], device)[0] > 0:
+        status, reason = "preempted", f"received {stop.signal_name or 'a stop signal on another rank'} during start-up"
+    for step in range(start_step, spec.steps if status == "ok" else start_step):
+        lr = peak_lr * lr_multiplier(step, schedule=t.schedule.value, total_steps=spec.steps,
+                                     warmup_steps=spec.warmup_steps, min_lr_ratio=t.min_lr_ratio,
+                                     cooldown_steps=spec.cooldown_steps)
+        for group in raw_optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(spec.grad_accum):
+            x, y = sampler.batch(step, micro, spec.micro_batch_size, accelerator.process_index, world,
+                                 spec.grad_accum)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with sync_context(micro == spec.grad_accum - 1), autocast():
+                logits = model(x)  # [micro_batch, seq_len, vocab]
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+            accelerator.backward(loss / spec.grad_accum) if not fsdp else (loss / spec.grad_accum).backward()
+            loss_sum += loss.detach()
+        if fsdp:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        else:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            window_tokens += spec.batch_tokens
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        window_tokens += spec.batch_tokens  # the global batch: every rank's share
 
-            if done % t.log_interval_steps == 0 or done in evals or done == spec.steps:
-                train_loss = (loss_sum / spec.grad_accum).item()
-                now = time.perf_counter()
-                tok_s = window_tokens * accelerator.num_processes / max(now - window_t, 1e-9)
-                window_t, window_tokens = now, 0
-                row = {"step": done, "tokens": done * spec.batch_tokens, "train_loss": train_loss, "lr": lr,
-                       "grad_norm": float(grad_norm), "tokens_per_s": tok_s}
-                if accelerator.is_main_process:
-                    append_jsonl(run_dir / "train.jsonl", row)
-                tracker.log({"train/loss": train_loss, "lr": lr, "tokens": row["tokens"],
-                             "perf/tokens_per_s": tok_s, "train/grad_norm": row["grad_norm"]}, step=done)
-                progress.update(done, train_loss, tok_s)
-                if not math.isfinite(train_loss):
-                    status, reason = "diverged", f"train loss is {train_loss} at step {done}"
-                elif done > warm_end and train_loss > t.diverge_ratio * best_loss:
-                    status, reason = "diverged", (f"train loss {train_loss:.3f} > {t.diverge_ratio} x best "
-                                                  f"{best_loss:.3f} at step {done}")
-                best_loss = min(best_loss, train_loss)
-                if status == "diverged":
-                    checkpoint(done)
-                    break
+        # The one all-reduce of the step: every rank acts on the same loss, stop and checkpoint decisions.
+        due = main and time.monotonic() - last_ckpt_time > t.checkpoint_interval_s
+        loss_total, stops, due_votes = agree([(loss_sum / spec.grad_accum).item(), float(stop.requested),
+                                              float(due)], device)
+        train_loss = loss_total / world
+        logged = done % t.log_interval_steps == 0 or done in evals or done == spec.steps
+        if logged:
+            now = time.perf_counter()
+            tok_s = window_tokens / max(now - window_t, 1e-9)
+            window_t, window_tokens = now, 0
+            row = {"step": done, "tokens": done * spec.batch_tokens, "train_loss": train_loss, "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": tok_s}
+            if main:
+                append_jsonl(run_dir / "train.jsonl", row)
+            tracker.log({"train/loss": train_loss, "lr": lr, "tokens": row["tokens"],
+                         "perf/tokens_per_s": tok_s, "train/grad_norm": row["grad_norm"]}, step=done)
+            progress.update(done, train_loss, tok_s)
+        if not math.isfinite(train_loss):  # checked every step: a NaN on any rank is in the sum
+            status, reason = "diverged", f"train loss is {train_loss} at step {done}"
+        elif logged and done > warm_end and train_loss > t.diverge_ratio * best_loss:
+            status, reason = "diverged", (f"train loss {train_loss:.3f} > {t.diverge_ratio} x best "
+                                          f"{best_loss:.3f} at step {done}")
+        if logged:
+            best_loss = min(best_loss, train_loss)
+        if status == "diverged":
+            checkpoint(done)
+            break
 
-            if done in evals:
-                val_loss = evaluate(model, val_batches, device, autocast)
-                metrics = eval_suite.evaluate(model, device, autocast) if eval_suite else {}
-                row = {"step": done, "tokens": done * spec.batch_tokens,
-                       "flops_exact": done * spec.batch_tokens * spec.flops_per_token["exact"],
-                       "flops_6n": done * spec.batch_tokens * spec.flops_per_token["6n"], "val_loss": val_loss,
-                       **metrics}
-                if accelerator.is_main_process:
-                    append_jsonl(run_dir / "eval.jsonl", row)
-                tracker.log({"val/loss": val_loss, "tokens": row["tokens"], **{f"val/{k}": v for k, v in metrics.items()}},
-                            step=done)
-                if not math.isfinite(val_loss):
-                    status, reason = "diverged", f"validation loss is {val_loss} at step {done}"
-                    checkpoint(done)
-                    break
-
-            if stop.signal_name is not None:
+        if done in evals:
+            val_loss = validation_loss()  # the same number on every rank
+            metrics = suite_metrics()
+            row = {"step": done, "tokens": done * spec.batch_tokens,
+                   "flops_exact": done * spec.batch_tokens * spec.flops_per_token["exact"],
+                   "flops_6n": done * spec.batch_tokens * spec.flops_per_token["6n"], "val_loss": val_loss,
+                   **metrics}
+            if main:
+                append_jsonl(run_dir / "eval.jsonl", row)
+            tracker.log({"val/loss": val_loss, "tokens": row["tokens"], **{f"val/{k}": v for k, v in metrics.items()}},
+                        step=done)
+            if not math.isfinite(val_loss):
+                status, reason = "diverged", f"validation loss is {val_loss} at step {done}"
                 checkpoint(done)
-                status, reason = "preempted", f"received {stop.signal_name} at step {done}"
                 break
-            if (done == spec.steps or done in t.keep_steps
-                    or time.monotonic() - last_ckpt_time > t.checkpoint_interval_s):
-                checkpoint(done)
-                last_ckpt_time = time.monotonic()
-        if status == "ok" and val_loss is None:  # resumed after the last step (e.g. killed writing the record)
-            val_loss = evaluate(model, val_batches, device, autocast)
-            metrics = eval_suite.evaluate(model, device, autocast) if eval_suite else {}
-    finally:
-        stop.restore()
+
+        if stops > 0:
+            checkpoint(done)
+            status, reason = "preempted", f"received {stop.signal_name or 'a stop signal on another rank'} at step {done}"
+            break
+        if done == spec.steps or done in t.keep_steps or due_votes > 0:
+            checkpoint(done)
+            last_ckpt_time = time.monotonic()
+    if status == "ok" and val_loss is None:  # resumed after the last step (e.g. killed writing the record)
+        val_loss = validation_loss()
+        metrics = suite_metrics()
     wall = time.perf_counter() - t0
     steps_done = done
     trained_here = (steps_done - start_step) * spec.batch_tokens
@@ -256,4 +328,5 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
                    steps_done=steps_done, tokens_done=steps_done * spec.batch_tokens, train_wall_s=wall,
                    tokens_per_s=trained_here / wall if wall > 0 else 0.0,
                    resumed_from_step=resumed_from, branched_from=branched_from, diverged_reason=reason,
-                   stop_signal=stop.signal_name, metrics=metrics if status == "ok" else {})
+                   stop_signal=stop.signal_name if status == "preempted" else None, notes=start["notes"],
+                   metrics=metrics if status == "ok" else {})

@@ -23,11 +23,15 @@ from pipeline.errors import UserError
 from pipeline.plan.hardware import peak_flops_for_device_name
 from pipeline.plan.runspec import RunSpec, resolve_run
 from pipeline.records import RecordError, load_record, write_record
+from pipeline.train.checkpoint import newest_readable
+from pipeline.train.distributed import close as close_process_group
+from pipeline.train.distributed import from_main
 from pipeline.train.engine import REQUEUE_EXIT_CODE, train_run
 from pipeline.train.evaluate import build_suite
-from pipeline.train.lock import claim, lock_holder, release
+from pipeline.train.lock import claim_unfinished, lock_holder, release
 from pipeline.train.progress import Progress
 from pipeline.train.provenance import provenance
+from pipeline.train.stop import STOP, Preempted
 from pipeline.train.tracking import Tracker
 
 
@@ -77,7 +81,24 @@ def peak_flops_per_s(device) -> float | None:
 
 
 def execute(job: Study) -> dict:
-    """Train the run `job` describes (or resume it) and return its final record."""
+    """Train the run `job` describes (or resume it) and return its final record.
+
+    On several processes every rank calls this; the main process holds the lock and writes the
+    record, the others wait for its decisions (pipeline/train/distributed.py).
+    """
+    owns_signals = STOP.install()  # first: a stop signal during start-up is remembered, not fatal
+    finished = False
+    try:
+        record = _execute(job)
+        finished = True
+        return record
+    finally:
+        close_process_group(wait_for_all=finished)
+        if owns_signals:
+            STOP.uninstall()
+
+
+def _execute(job: Study) -> dict:
     t = job.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -88,39 +109,60 @@ def execute(job: Study) -> dict:
     if precision == "auto":
         precision = "bf16" if use_cuda else "fp32"
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if precision == "bf16" else "no")
+    main = accelerator.is_main_process
 
-    manifest = prepare_corpus(job.data)
+    with STOP.interruptible():  # minutes on a large corpus: a stop signal ends it (exit 75, nothing trained)
+        manifest = prepare_corpus(job.data)
     spec = resolve_run(job, manifest.vocab_size, world_size=accelerator.num_processes)
     epochs = check_repeat(manifest, spec.tokens, job.data.allow_repeat, seq_len=spec.shape.seq_len)
     run_dir = run_directory(job, spec)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(as_dict(job), indent=2, sort_keys=True) + "\n")
-    except OSError as err:
-        raise UserError(f"cannot write to {run_dir} ({err.strerror}): choose a writable results_dir") from err
+    problem, finished = None, None
+    if main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(as_dict(job), indent=2, sort_keys=True) + "\n")
+        except OSError as err:
+            problem = f"cannot write to {run_dir} ({err.strerror}): choose a writable results_dir"
+        else:
+            problem = foreign_record_problem(run_dir, spec.run_id)
+        if problem is None:
+            # A finished run is never re-entered (two sweeps of one study, a late array task, a repeated
+            # command): its record is read under the lock, which a worker releases only after writing it.
+            state, finished = claim_unfinished(run_dir, spec.run_id)
+            if state == "held":
+                problem = (f"run {spec.run_id} is being trained by another process ({lock_holder(run_dir)}): "
+                           "wait for it, or stop it and relaunch")
+    # one lock per run, taken by the main process; the others follow its verdict
+    problem, finished = from_main((problem, finished), main)
+    if problem:
+        raise UserError(problem)
+    if finished is not None:
+        return {**finished, "run_dir": str(run_dir), "exit_code": 0, "already_finished": True}
 
     sampler = TrainSampler(open_tokens(manifest, "train"), spec.shape.seq_len, t.seed)
     val_batches = validation_batches(manifest, spec.shape.seq_len, batch_size=32)
     eval_suite = build_suite(job.eval, manifest, spec.shape.seq_len)  # named sets and tasks, before any step
     attempt = len(list((run_dir / "checkpoints").glob("ckpt-*.pt"))) if (run_dir / "checkpoints").exists() else 0
-    config_for_tracking = {**as_dict(job), "run_id": spec.run_id, "params": spec.params,
-                           "tokens": spec.tokens, "flops": spec.flops, "shape": spec.shape.to_dict(),
-                           "hparams": spec.hparams.to_dict()}
-    tracker = Tracker(job.tracking, run_id=spec.run_id, attempt=attempt, group=job.sweep_name,
-                      config=config_for_tracking, wandb_dir=job.tracking.dir or str(Path(job.results_dir) / "wandb"))
     base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir),
+            "world_size": accelerator.num_processes, "parallelism": t.parallelism,
             "precision": precision,  # as resolved (auto -> bf16 on GPU, fp32 on CPU): the full run lists the difference
             **({"evaluation": eval_suite.describe()} if eval_suite else {})}
-    refuse_foreign_record(run_dir, spec.run_id)
-    if not claim(run_dir):
-        raise UserError(f"run {spec.run_id} is being trained by another process ({lock_holder(run_dir)}): "
-                        "wait for it, or stop it and relaunch")
     try:
-        if accelerator.is_main_process:
+        if main:  # the record exists before anything slow (W&B) can be interrupted
             write_record(run_dir, build_record(job, spec, status="running", manifest=manifest,
                                                extra={**base, "final_val_loss": None}))
+        config_for_tracking = {**as_dict(job), "run_id": spec.run_id, "params": spec.params,
+                               "tokens": spec.tokens, "flops": spec.flops, "shape": spec.shape.to_dict(),
+                               "hparams": spec.hparams.to_dict()}
+        tracking = {"run_id": spec.run_id, "attempt": attempt, "group": job.sweep_name, "config": config_for_tracking,
+                    "wandb_dir": job.tracking.dir or str(Path(job.results_dir) / "wandb")}
+        try:
+            with STOP.interruptible():  # W&B may take a minute to give up: a stop signal must not wait for it
+                tracker = Tracker(job.tracking, main_process=main, **tracking)
+        except Preempted:  # the loop records the run preempted at its start
+            tracker = Tracker(job.tracking, main_process=False, **tracking)
         progress = Progress(label=spec.run_id, total_steps=spec.steps, start_step=0,
-                            batch_tokens=spec.batch_tokens, enabled=t.progress and accelerator.is_main_process)
+                            batch_tokens=spec.batch_tokens, enabled=t.progress and main)
         started = time.time()
         outcome, error = None, None
         try:
@@ -135,20 +177,24 @@ def execute(job: Study) -> dict:
             record = finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, error,
                                 {**base, "wall_s": time.time() - started})
     finally:
-        release(run_dir)
+        if main:
+            release(run_dir)
+    if record["status"] == "preempted":
+        STOP.clear()  # the run acted on the signal: checkpoint saved, record written
     record["exit_code"] = REQUEUE_EXIT_CODE if record["status"] == "preempted" else 0
     return record
 
 
-def refuse_foreign_record(run_dir: Path, run_id: str) -> None:
+def foreign_record_problem(run_dir: Path, run_id: str) -> str | None:
     """A run directory holds one run: never overwrite another run's record (e.g. after a config change)."""
     try:
         existing = load_record(run_dir)
     except RecordError:
-        return  # none yet, or torn: this run rewrites it
+        return None  # none yet, or torn: this run rewrites it
     if existing["run_id"] != run_id:
-        raise UserError(f"{run_dir} holds run {existing['run_id']} ({existing['status']}), not {run_id}: the config "
-                        "changed; use another run_dir (or leave run_dir unset to derive it from the run id)")
+        return (f"{run_dir} holds run {existing['run_id']} ({existing['status']}), not {run_id}: the config "
+                "changed; use another run_dir (or leave run_dir unset to derive it from the run id)")
+    return None
 
 
 def finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, error, base) -> dict:
@@ -170,6 +216,7 @@ def finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, erro
                 if peak and tok_s else None),
         "error": error or (outcome.diverged_reason if outcome else None),
         "stop_signal": outcome.stop_signal if outcome else None,
+        "warnings": outcome.notes if outcome else [],
         "tracking": tracker.report(),
     }
     record = build_record(job, spec, status=status, manifest=manifest, extra=extra)
@@ -178,8 +225,11 @@ def finish_run(job, spec, manifest, accelerator, tracker, run_dir, outcome, erro
         try:
             write_record(run_dir, record)
         except OSError as err:
-            write_error = UserError(f"cannot write the record in {run_dir} ({err.strerror}): the run is marked "
-                                    "failed in W&B only (its checkpoint is kept); choose a writable results_dir")
+            kept = newest_readable(run_dir / "checkpoints")
+            write_error = UserError(
+                f"cannot write the record in {run_dir} ({err.strerror}): the run is marked failed in W&B only; "
+                + (f"its newest checkpoint {kept.name} is kept, a relaunch resumes from it" if kept
+                   else "it has no checkpoint") + "; free space or choose a writable results_dir")
             status = "failed"
     tracker.summary({"final_val_loss": extra["final_val_loss"], "status": status, "mfu": extra["mfu"],
                      "record_write_error": str(write_error) if write_error else None})

@@ -107,8 +107,9 @@ class Tracker:
     """A thin, failure-proof W&B run: `log` and `finish` never raise."""
 
     def __init__(self, cfg: TrackingConfig, *, run_id: str, attempt: int, group: str, config: dict,
-                 wandb_dir: str, jitter_s: float = 0.0):
-        self.mode = resolve_mode(cfg)
+                 wandb_dir: str, jitter_s: float = 0.0, main_process: bool = True):
+        # One W&B run per training run: on the main process only; the other ranks of a run log nothing.
+        self.mode = resolve_mode(cfg) if main_process else "disabled"
         self.errors: list[str] = []
         self.dropped_logs = 0
         self._run = None

@@ -1,0 +1,89 @@
+"""How the recommended full run is launched: processes, nodes, DDP or FSDP, and the files that say so.
+
+The memory check (pipeline/decide/memory.py) decides the parallelism; this module turns it into
+what a user runs:
+
+- `train.parallelism` for full_run.yaml: `fsdp` when the model states do not fit one GPU
+  unsharded (the engine then shards each block with FSDP2's `fully_shard`, the path tested on CPU
+  in tests/test_multiprocess.py), `ddp` otherwise;
+- `launch/accelerate.yaml`: accelerate's launch topology for one node (processes, bf16, rendezvous
+  port). It says MULTI_GPU, not FSDP, on purpose: the sharding is the engine's, so accelerate must
+  not wrap the model a second time;
+- `launch/launch.json`: the processes and nodes, the one-node command and the multi-node SLURM
+  command (slurm/full_run.sbatch: one `srun` task per GPU over all nodes, rendezvous at the first
+  node), and what the memory check asks for that this trainer does not do (activation
+  checkpointing, tensor parallelism).
+
+Text only: the decision stage never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+GPUS_PER_NODE = 8          # H100/H200/A100/B200 HGX nodes
+RENDEZVOUS_PORT = 29500
+
+
+def launch_plan(memory: dict, gpus: int | None, gpus_per_node: int = GPUS_PER_NODE) -> dict:
+    """Processes, nodes and parallelism for the full run.
+
+    `gpus`: the budget's GPU count (None: no hardware given, so the fewest GPUs the memory check
+    allows: its shard count under FSDP, one otherwise).
+    """
+    kind = memory.get("parallelism", "single_gpu")
+    sharded = kind.startswith("fsdp")
+    processes = int(gpus) if gpus else (int(memory.get("shards", 1)) if sharded else 1)
+    if sharded and processes < memory.get("shards", 1):
+        processes = int(memory["shards"])  # the check's shard count is the fewest GPUs that hold the states
+    per_node = min(processes, gpus_per_node)
+    nodes = math.ceil(processes / per_node)
+    unsupported = []
+    if memory.get("activation_checkpointing"):
+        unsupported.append("the memory check needs activation checkpointing, which models/transformer.py does not "
+                           "implement: lower train.micro_batch_size (gradient accumulation keeps the batch) until "
+                           "it fits")
+    if memory.get("tensor_parallel", 1) > 1:
+        unsupported.append(f"the memory check needs tensor parallelism of {memory['tensor_parallel']}, which this "
+                           "trainer does not do: use a framework with tensor parallelism (e.g. torchtitan, Megatron)")
+    return {"parallelism": "fsdp" if sharded else "ddp", "processes": processes, "nodes": nodes,
+            "gpus_per_node": per_node, "memory_verdict": memory.get("summary", "not checked"),
+            "unsupported": unsupported}
+
+
+def accelerate_config(plan: dict) -> dict:
+    """accelerate's config file for one node (`accelerate launch --config_file`)."""
+    return {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU" if plan["processes"] > 1 else "NO",
+            "num_machines": 1, "machine_rank": 0, "num_processes": plan["gpus_per_node"],
+            "main_process_port": RENDEZVOUS_PORT, "mixed_precision": "bf16", "dynamo_backend": "NO",
+            "same_network": True, "rdzv_backend": "static", "use_cpu": False}
+
+
+def commands(plan: dict, fit_dir: str) -> dict:
+    train = f"-m pipeline.train --config-dir {fit_dir} experiment=full_run"
+    one_node = (f"accelerate launch --config_file {fit_dir}/launch/accelerate.yaml {train}" if plan["processes"] > 1
+                else f"python {train}")
+    slurm = (f"sbatch --nodes={plan['nodes']} --ntasks-per-node={plan['gpus_per_node']} "
+             f"--gpus-per-node={plan['gpus_per_node']} --export=ALL,FIT_DIR={fit_dir} slurm/full_run.sbatch")
+    return {"one_node": one_node if plan["nodes"] == 1 else None, "slurm": slurm}
+
+
+def launch_train_keys(recommendation: dict) -> list[tuple[str, str, str]]:
+    """The full_run.yaml `train:` entries this module decides (one: the parallelism, with its reason)."""
+    plan = launch_plan(recommendation["model"].get("memory") or {}, recommendation["budget"].get("gpus"))
+    return [("parallelism", plan["parallelism"], f"{plan['memory_verdict']}; launch: see launch/launch.json")]
+
+
+def write_launch_files(recommendation: dict, out_dir) -> Path:
+    """Write <out_dir>/launch/{launch.json, accelerate.yaml}; returns the launch.json path."""
+    plan = launch_plan(recommendation["model"].get("memory") or {}, recommendation["budget"].get("gpus"))
+    folder = Path(out_dir) / "launch"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(plan), sort_keys=False))
+    path = folder / "launch.json"
+    path.write_text(json.dumps({**plan, "commands": commands(plan, str(Path(out_dir)))}, indent=2) + "\n")
+    return path
