@@ -243,6 +243,13 @@ def test_keep_checkpoints_one_keeps_the_final_checkpoint_and_a_relaunch_needs_no
     run_dir = tmp_path / "run"
     record = execute(fault_job(corpus_overrides, f"run_dir={run_dir}", "train.keep_checkpoints=1"))
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [f"ckpt-{STEPS:09d}.pt"]
-    again = execute(fault_job(corpus_overrides, f"run_dir={run_dir}", "train.keep_checkpoints=1"))
-    assert again["resumed_from_step"] == STEPS and again["final_val_loss"] == record["final_val_loss"]
     assert record["final_val_loss"] == reference["final_val_loss"]
+    # A relaunch of the finished run never re-enters it: the record and the checkpoint stay as they are.
+    before = (run_dir / "run.json").stat().st_mtime_ns
+    again = execute(fault_job(corpus_overrides, f"run_dir={run_dir}", "train.keep_checkpoints=1"))
+    assert again["already_finished"] and again["final_val_loss"] == record["final_val_loss"]
+    assert (run_dir / "run.json").stat().st_mtime_ns == before
+    # Without its record (lost), the relaunch resumes from the one kept checkpoint and trains nothing.
+    (run_dir / "run.json").unlink()
+    resumed = execute(fault_job(corpus_overrides, f"run_dir={run_dir}", "train.keep_checkpoints=1"))
+    assert resumed["resumed_from_step"] == STEPS and resumed["final_val_loss"] == record["final_val_loss"]
