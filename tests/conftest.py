@@ -25,3 +25,17 @@ def corpus_overrides(tmp_path_factory) -> list[str]:
     overrides = [*SMALL_CORPUS, f"data.cache_dir={cache}"]
     prepare_corpus(load_config("study", Study, overrides).data)
     return overrides
+
+
+@pytest.fixture(scope="session")
+def reference(corpus_overrides, tmp_path_factory) -> dict:
+    """The uninterrupted fault run (tests/fault_runs.py) every recovered run must match bit for bit
+    (CPU, one thread); trained once per session."""
+    from fault_runs import STEPS, fault_job
+
+    from pipeline.train.run import execute
+
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    record = execute(fault_job(corpus_overrides, f"run_dir={run_dir}"))
+    assert record["status"] == "ok" and record["steps_done"] == STEPS
+    return record

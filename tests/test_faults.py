@@ -23,8 +23,8 @@ import types
 from pathlib import Path
 
 import pytest
+from fault_runs import FAULT_RUN, STEPS, fault_job  # tests/fault_runs.py: the shared fault run
 
-from pipeline.config.load import load_config
 from pipeline.config.schema import Study
 from pipeline.errors import UserError
 from pipeline.records import load_record, load_records, read_jsonl, write_record
@@ -32,25 +32,6 @@ from pipeline.train.checkpoint import list_checkpoints, load_latest_checkpoint
 from pipeline.train.run import execute
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 40
-FAULT_RUN = ["model.size=23k", f"train.tokens={STEPS * 1024}", "train.batch_tokens=1024", "train.threads=1",
-             "train.log_interval_steps=1", "train.evals_per_run=2", "train.checkpoint_interval_s=0",
-             "train.progress=false"]
-
-
-def fault_job(corpus_overrides, *extra) -> Study:
-    return load_config("study", Study, [*corpus_overrides, *FAULT_RUN, *extra])
-
-
-@pytest.fixture(scope="module")
-def reference(corpus_overrides, tmp_path_factory) -> dict:
-    """The uninterrupted run every recovered run must match bit for bit (CPU, one thread)."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    record = execute(fault_job(corpus_overrides, f"run_dir={run_dir}"))
-    assert record["status"] == "ok" and record["steps_done"] == STEPS
-    return record
-
-
 def preempt_at(monkeypatch, at_step: int) -> None:
     """Deliver a real SIGTERM to this process right after `at_step` is logged (a deterministic preemption).
 

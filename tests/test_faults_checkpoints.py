@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_runs import FAULT_RUN, STEPS, fault_job  # tests/fault_runs.py: the shared fault run
 
 from pipeline.config.load import load_config
 from pipeline.config.schema import Study
@@ -27,24 +28,6 @@ from pipeline.train.checkpoint import list_checkpoints
 from pipeline.train.run import execute
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 40
-FAULT_RUN = ["model.size=23k", f"train.tokens={STEPS * 1024}", "train.batch_tokens=1024", "train.threads=1",
-             "train.log_interval_steps=1", "train.evals_per_run=2", "train.checkpoint_interval_s=0",
-             "train.progress=false"]
-
-
-def fault_job(corpus_overrides, *extra) -> Study:
-    return load_config("study", Study, [*corpus_overrides, *FAULT_RUN, *extra])
-
-
-@pytest.fixture(scope="module")
-def reference(corpus_overrides, tmp_path_factory) -> dict:
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    record = execute(fault_job(corpus_overrides, f"run_dir={run_dir}"))
-    assert record["status"] == "ok"
-    return record
-
-
 @pytest.fixture(scope="module")
 def halfway(corpus_overrides, tmp_path_factory) -> Path:
     """A run stopped after step 20 (its newest checkpoints 19 and 20), built once and copied by each test."""

@@ -159,19 +159,6 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
         rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
     if isinstance(law, ParametricLaw):  # target metrics (pipeline/fit/targets.py), their decision (decide/predict.py)
         plots += target_metric_sections(study, rec, table, law, law_samples, budget, count, out_dir)
-    if isinstance(law, ParametricLaw):  # target metrics (pipeline/fit/targets.py), their decision (decide/predict.py)
-        target, models, failed = (fit_targets(table.with_convention(study.convention), study.target,
-                                              bootstrap=study.bootstrap, seed=study.seed, outliers=study.outliers)
-                                  if table is not None else (Target("loss", "loss", "loss"), {}, {}))
-        runs = table.with_convention(study.convention) if table is not None else None
-        loss = loss_model(law, law_samples, None if runs is None else {"n": runs.n, "d": runs.tokens, "value": runs.loss})
-        rec.update(target_sections(
-            loss=loss, target=loss if target.kind == "loss" else models[target.name], models=models,
-            budget_flops=budget["flops"], recommended=(rec["model"]["params"][rec["convention"]], rec["model"]["tokens"]),
-            loss_optimum=(rec["n_opt"], rec["d_opt"]), max_params=study.serving.max_params,
-            predict_pairs=list(zip(study.predict.params, study.predict.tokens, strict=True))), metric_fit_failures=failed)
-        plots += plot_targets({"loss": loss, **models} if target.kind == "loss" else models, target.name,
-                              budget["flops"], rec["n_opt"], out_dir)
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
                      "experiment": study.experiment, "bootstrap": study.bootstrap}
