@@ -195,3 +195,17 @@ def test_tiny_sweep_headline_json_and_full_run_agree_and_stale_runs_are_not_mixe
     with pytest.raises(UserError) as err:
         load_runs(tmp_path / "onecount", all_runs=True)
     assert "differ in data.val_tokens" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_data_constrained_plan_at_pilot_scale_under_the_exact_count():
+    """The demo's own law (1e15 FLOPs, 15M unique tokens, V=512, T=128): U_N is found although small budgets
+    put the optimum below the family's smallest model (the bisection once stopped there with an error)."""
+    from pipeline.decide.tradeoffs import data_constrained, params_for_unique_tokens
+
+    law = ParametricLaw(2.5229, 12532.76, 8242.33, 0.96120, 0.68428, name="demo")
+    count = exact_count(512, 128)
+    u_n = params_for_unique_tokens(law, 1.5e7, count)
+    assert optimal_allocation(law, 1e15, count).d > 1.5e7 and count.n_min <= u_n < optimal_allocation(law, 1e15, count).n
+    plan = data_constrained(law, 1e15, 1.5e7, count=count)
+    assert plan["epochs"] == pytest.approx(optimal_allocation(law, 1e15, count).d / 1.5e7, rel=1e-6)
+    assert plan["adjusted_loss"] <= plan["loss_with_repetition"] + 1e-12

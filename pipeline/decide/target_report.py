@@ -111,6 +111,9 @@ def target_lines(rec: dict) -> list[str]:
              f"| {opt['loss']:.4f} |",
              f"| loss-optimal | {at_loss['params']:.4g} | {at_loss['tokens']:.4g} | "
              f"{_fmt(at_loss['value'], at_loss['interval'])} | {at_loss['loss']:.4f} |", ""]
+    if t.get("kind") == "loss":  # the target is the loss itself: the two rows are one optimum, found twice
+        lines = [f"## Target: {t['name']}", "", "The target is the validation loss: the recommendation above is its "
+                 "optimum. Every other recorded metric at the recommended run:", ""]
     fit = t.get("fit") or {}
     if fit.get("step2"):
         s = fit["step2"]

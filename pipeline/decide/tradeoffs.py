@@ -162,18 +162,30 @@ def params_for_unique_tokens(law: ParametricLaw, unique_tokens: float, count: Fl
     if count is None or count.name == "6nd":
         c_over_k = (unique_tokens * law.G) ** (1.0 / law.b)
         return law.G * c_over_k**law.a
-    lo, hi = math.log(unique_tokens * 6.0), math.log(unique_tokens * 6.0) + 2.0
-    while optimal_allocation(law, math.exp(hi), count).d < unique_tokens:
+    def d_opt(log_c: float) -> float:
+        """D_opt at budget e^log_c; 0 where the optimum lies below the family's smallest model (small budgets)."""
+        try:
+            return optimal_allocation(law, math.exp(log_c), count).d
+        except UserError:
+            return 0.0
+
+    lo = hi = math.log(unique_tokens * 6.0)
+    for _ in range(100):  # up to e^200 x: D_opt grows with C, so this brackets U_D from above
+        if d_opt(hi) >= unique_tokens:
+            break
         hi += 2.0
-    while optimal_allocation(law, math.exp(lo), count).d > unique_tokens:
+    else:
+        raise UserError(f"no budget makes {unique_tokens:.3g} tokens compute-optimal under law {law.name}")
+    lo = hi - 2.0
+    while lo > 0 and d_opt(lo) > unique_tokens:
         lo -= 2.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if optimal_allocation(law, math.exp(mid), count).d < unique_tokens:
+        if d_opt(mid) < unique_tokens:
             lo = mid
         else:
             hi = mid
-    return optimal_allocation(law, math.exp(0.5 * (lo + hi)), count).n
+    return optimal_allocation(law, math.exp(hi), count).n
 
 
 def constrained_loss(law: ParametricLaw, n_params: float, tokens: float, unique_tokens: float,

@@ -186,7 +186,8 @@ def target_metric_sections(study: Study, rec: dict, table, law, law_samples, bud
     rec.update(target_sections(
         loss=loss, target=loss if target.kind == "loss" else models[target.name], models=models,
         budget_flops=budget["flops"], recommended=(rec["model"]["params"][rec["convention"]], rec["model"]["tokens"]),
-        loss_optimum=(rec["n_opt"], rec["d_opt"]), max_params=study.serving.max_params,
+        loss_optimum=(rec["law_optimum"]["n"], rec["law_optimum"]["d"]),  # the law's own (N, D) pair
+        max_params=study.serving.max_params,
         predict_pairs=list(zip(study.predict.params, study.predict.tokens, strict=True)), count=count),
         metric_fit_failures=failed)
     return plot_targets({"loss": loss, **models} if target.kind == "loss" else models, target.name,
