@@ -153,8 +153,9 @@ def target_summary(rec: dict) -> str:
     if not t:
         return ""
     opt, at_loss = t["optimum"], t["at_loss_optimum"]
-    lines = [f"  target {t['name']}: {_fmt(opt['value'], opt['interval'])} at N {opt['params']:.3g}, D {opt['tokens']:.3g} "
-             f"(at the loss-optimal N {at_loss['params']:.3g}: {_fmt(at_loss['value'], at_loss['interval'])})"]
+    lines = [] if t.get("kind") == "loss" else [  # a loss target is the recommendation above
+        f"  target {t['name']}: {_fmt(opt['value'], opt['interval'])} at N {opt['params']:.3g}, D {opt['tokens']:.3g} "
+        f"(at the loss-optimal N {at_loss['params']:.3g}: {_fmt(at_loss['value'], at_loss['interval'])})"]
     serving = rec.get("serving")
     if serving:
         st = serving["target"]

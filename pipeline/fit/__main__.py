@@ -168,7 +168,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     atomic_write_json(out_dir / "recommendation.json", rec)
     report = render_report(out_dir, fit_result, rec, plots)
     print(terminal_summary(rec))
-    if rec.get("target_metric"):
+    if target_summary(rec):
         print(target_summary(rec))
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
           f"python -m pipeline.train --config-dir {out_dir} experiment=full_run")
