@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.fit.intervals import percentile_band  # noqa: E402
 from pipeline.fit.sources import load_runs  # noqa: E402
 from pipeline.fit.targets import Target, fit_metric  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> int:
             acc_pred = model.value(test.n, test.tokens)
             acc_true, bpb_true = test.metrics[f"{task}_acc"], test.metrics[f"{task}_bpb"]
             samples = model.samples(test.n, test.tokens)
-            lo, hi = np.percentile(samples, 5, axis=0), np.percentile(samples, 95, axis=0)
+            lo, hi = percentile_band(samples, axis=0)  # the tool's one interval definition
             row[label] = {"acc_err": 100 * np.abs(acc_pred - acc_true), "bpb_rel": np.abs(bpb_pred / bpb_true - 1),
                           "covered": int(np.sum((acc_true >= lo) & (acc_true <= hi))), "n_points": len(model.points["bpb"]),
                           "acc_pred": acc_pred, "acc_true": acc_true}

@@ -284,3 +284,28 @@ def test_full_stdlib_corpus_has_enough_tokens(tmp_path):
     manifest = prepare_corpus(DataConfig(cache_dir=str(tmp_path)))  # the default: ~20 s on 2 cores
     assert manifest.train_tokens >= 5_000_000 and manifest.val_tokens == 262_144
     assert manifest.shard_path("train").stat().st_size == 2 * manifest.train_tokens
+
+
+def test_no_worker_processes_are_forked_from_a_threaded_process(tmp_path, monkeypatch):
+    """datasets forks its pool; with another Python thread alive (W&B, a watchdog) a forked child can hang
+    on a lock that thread held (seen: a suite hung in corpus preparation), so one process reads then."""
+    import threading
+
+    import datasets
+
+    seen, real = [], datasets.load_dataset
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("num_proc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        prepare_corpus(DataConfig(source="stdlib", max_documents=300, val_tokens=16384, num_proc=2,
+                                  cache_dir=str(tmp_path)))
+    finally:
+        release.set()
+    assert seen == [None]

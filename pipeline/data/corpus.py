@@ -26,6 +26,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,7 +146,11 @@ def _permuted_local(cfg: DataConfig, source: Source, hf_cache_dir: Path) -> Iter
 
     options = {"sample_by": cfg.txt_sample_by, "encoding_errors": "replace"} if source.builder == "text" else {}
     # Several processes only pay off for many files; the stdlib's 1.8k small files load in ~1.5 s on one.
-    num_proc = cfg.num_proc if cfg.num_proc > 1 and len(source.files) >= 64 * cfg.num_proc else None
+    # datasets forks its worker pool, and a fork copies only the calling thread: a lock another Python
+    # thread held at that moment (a W&B or watchdog thread of a sweep that runs many runs in one process)
+    # stays locked in the child, which then hangs forever. So workers only from a single-threaded process.
+    many_files = cfg.num_proc > 1 and len(source.files) >= 64 * cfg.num_proc
+    num_proc = cfg.num_proc if many_files and threading.active_count() == 1 else None
     try:
         table = datasets.load_dataset(source.builder, data_files=source.files, split="train",
                                       cache_dir=str(hf_cache_dir), num_proc=num_proc, **options)
