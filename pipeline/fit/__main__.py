@@ -53,17 +53,18 @@ def runs_source(study: Study) -> str:
 
 
 def decision_inputs(study: Study, table) -> tuple[dict, object, float | None, str | None]:
-    """(full-run target, FLOP count, unique tokens and where that number comes from), before any file is written."""
+    """Before any file is written: what the full run is sized for (tokenizer, vocabulary, sequence length,
+    precision), the FLOP count, and the unique tokens with where that number comes from."""
     convention = study.convention if study.law is None else None
     pilots = table is not None and table.vocab_size and table.seq_len and table.flop_method == "exact"
     if pilots:
-        target = target_from_pilots({"tokenizer": (table.setup or {}).get("tokenizer"),
+        run_target = target_from_pilots({"tokenizer": (table.setup or {}).get("tokenizer"),
                                      "vocab_size": table.vocab_size, "seq_len": table.seq_len})
         count = exact_count(table.vocab_size, table.seq_len, convention or "total", study.model.tie_embeddings)
     else:
         why = (f"law {study.law} is published and was fitted with C = 6 N D" if study.law is not None
                else f"the runs from {runs_source(study)} carry no shape, so no exact count: C = 6 N D as their table")
-        target = target_from_preset(study.full_run_preset, as_dict(study.data), study.model.seq_len,
+        run_target = target_from_preset(study.full_run_preset, as_dict(study.data), study.model.seq_len,
                                     why_no_pilots="no pilot records" if study.law is None else f"published law {study.law}")
         count = six_nd_count(why, convention or ("non_embedding" if study.law == "kaplan" else "total"))
     unique, source = study.data.unique_tokens, "declared by data.unique_tokens"
@@ -73,7 +74,7 @@ def decision_inputs(study: Study, table) -> tuple[dict, object, float | None, st
     elif unique is None and study.data.max_train_tokens:
         unique = float(study.data.max_train_tokens)
         source = "at most data.max_train_tokens (the corpus is capped there; the prepared count may be lower)"
-    return target, count, unique, (source if unique is not None else None)
+    return run_target, count, unique, (source if unique is not None else None)
 
 
 def remove_previous_figures(out_dir: Path) -> None:
@@ -114,7 +115,7 @@ def main(overrides: list[str], flags: dict) -> int:
     if table is not None and study.predict.params and study.budget.flops is None and study.budget.days is None:
         check_writable_dir(out_dir, "out_dir (or results_dir)")
         return predict_without_budget(study, table, out_dir)
-    target, count, unique_tokens, unique_source = decision_inputs(study, table)
+    run_target, count, unique_tokens, unique_source = decision_inputs(study, table)
     budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
                             pilot_flops=pilot.get("total_flops") if pilot else None)
     check_writable_dir(out_dir, "out_dir (or results_dir)")  # before the fit: its results must be savable
@@ -127,20 +128,20 @@ def main(overrides: list[str], flags: dict) -> int:
         law, law_samples = law_from_fit(fit_result)
     try:
         return write_outputs(study, out_dir, fit_result, law, law_samples, table, pilot, budget,
-                             (target, count, unique_tokens, unique_source))
+                             (run_target, count, unique_tokens, unique_source))
     except OSError as err:  # a read-only or full results folder: one line with the path
         raise writable_dir_error(out_dir, err, "out_dir (or results_dir)") from err
 
 
 def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, table, pilot, budget,
                   inputs: tuple) -> int:
-    target, count, unique_tokens, unique_source = inputs
+    run_target, count, unique_tokens, unique_source = inputs
     plots = []
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_previous_figures(out_dir)
     if fit_result is not None:
         plots = plot_fit(fit_result, table, out_dir)
-    rec = recommend(law, budget, law_samples=law_samples, target=target, count=count, pilot=pilot,
+    rec = recommend(law, budget, law_samples=law_samples, target=run_target, count=count, pilot=pilot,
                     pilot_setup=table.setup if table is not None else None,
                     inference_tokens=study.inference.tokens, unique_tokens=unique_tokens,
                     unique_tokens_source=unique_source,
