@@ -16,6 +16,7 @@ This module imports nothing heavy on purpose.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ class StopFlag:
         self.signal_name: str | None = None
         self._previous: dict | None = None
         self._raise = False
+        self._owner_pid: int | None = None
 
     @property
     def installed(self) -> bool:
@@ -49,6 +51,7 @@ class StopFlag:
         if self.installed or threading.current_thread() is not threading.main_thread():
             return False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        self._owner_pid = os.getpid()
         return True
 
     def uninstall(self) -> None:
@@ -62,6 +65,13 @@ class StopFlag:
         self.signal_name = None
 
     def _handle(self, signum, _frame) -> None:
+        if os.getpid() != self._owner_pid:
+            # A child forked from this process (datasets' reader pool) inherits the handler, but the flag is
+            # the parent's: the child must die on SIGTERM as usual. Pool.terminate() stops its workers with
+            # SIGTERM and then waits for them, so a worker that only set a flag hung the parent for good.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if self.signal_name is not None:  # the first signal names the stop; repeats (SLURM sends several) change nothing
             return
         self.signal_name = signal.Signals(signum).name
