@@ -16,13 +16,12 @@ tables), so the target's optimum lies on the same line as the loss-optimal recom
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
+from pipeline.decide.tradeoffs import minimise_log
 from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw
 from pipeline.fit.targets import MetricModel, Target
 
 SEARCH_DECADES = 4.0     # the optimum is searched within 10^4 x either side of the loss-optimal N
-GRID_POINTS = 801
 
 
 def tokens_on_budget(n_params, budget_flops: float, count=None):
@@ -41,34 +40,22 @@ def loss_model(law: ParametricLaw, samples, points: dict | None = None) -> Metri
 
 def optimum_on_budget(model: MetricModel, budget_flops: float, n_center: float,
                       n_max: float | None = None, count=None) -> dict:
-    """The best (N, D) on the budget line for `model` (max for accuracies, min otherwise), N <= n_max.
-
-    A log-spaced grid of GRID_POINTS over n_center x 10^(+-SEARCH_DECADES), then a bounded Brent refine
-    around the best grid point (the laws are smooth and unimodal along the line; the grid guards the rest).
-    """
+    """The best (N, D) on the budget line for `model` (max for accuracies, min otherwise), N <= n_max,
+    searched over n_center x 10^(+-SEARCH_DECADES) with the decision's one 1-D minimiser
+    (pipeline/decide/tradeoffs.py: minimise_log; the laws are smooth and unimodal along the line)."""
     sign = -1.0 if model.higher_is_better else 1.0
-    lo, hi = np.log(n_center) - SEARCH_DECADES * np.log(10), np.log(n_center) + SEARCH_DECADES * np.log(10)
+    lo, hi = n_center * 10.0 ** -SEARCH_DECADES, n_center * 10.0 ** SEARCH_DECADES
     if n_max is not None:
-        hi = min(hi, np.log(n_max))
-        lo = min(lo, hi - 1e-9)
-    grid = np.linspace(lo, hi, GRID_POINTS)
+        hi = min(hi, n_max)
+        lo = min(lo, hi * (1 - 1e-9))
 
-    def cost(log_n):
-        n = np.exp(log_n)
-        return sign * model.value(n, tokens_on_budget(n, budget_flops, count))
+    def cost(n: float) -> float:
+        return sign * float(model.value(n, tokens_on_budget(n, budget_flops, count)))
 
-    values = cost(grid)
-    i = int(np.nanargmin(values))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    best = grid[i]
-    if b > a:
-        res = minimize_scalar(cost, bounds=(a, b), method="bounded", options={"xatol": 1e-7})
-        if res.fun <= values[i]:
-            best = float(res.x)
-    n = float(np.exp(best))
+    n = minimise_log(cost, lo, hi)
     d = float(tokens_on_budget(n, budget_flops, count))
     return {"params": n, "tokens": d, "value": float(model.value(n, d)), "interval": model.interval(n, d),
-            "capped": bool(n_max is not None and best >= np.log(n_max) - 1e-6)}
+            "capped": bool(n_max is not None and n >= n_max * (1 - 1e-6))}
 
 
 def metric_predictions(models: dict[str, MetricModel], n: float, d: float) -> dict:
