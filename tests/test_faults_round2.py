@@ -376,8 +376,11 @@ def test_a_second_fit_into_the_same_folder_removes_the_previous_fits_figures(tmp
     assert _fit([*args, "inference.tokens=1e14"], monkeypatch, capsys)[0] == 0
     assert (out / "inference_aware.png").exists()
     mine.write_bytes(b"mine")
+    stale_metric = out / "metric_old_task_acc.png"  # a per-metric plot of a metric this fit no longer has
+    stale_metric.write_bytes(b"old")
     assert _fit(args, monkeypatch, capsys)[0] == 0
     assert not (out / "inference_aware.png").exists() and mine.read_bytes() == b"mine"
+    assert not stale_metric.exists()
     assert "inference_aware.png" not in (out / "report.md").read_text()
 
 

@@ -21,6 +21,8 @@ from pipeline.fit.targets import MetricModel
 
 MAX_PLOTS = 8          # the target, then other metrics in name order up to this many
 
+METRIC_FIGURES = "metric_*.png"  # the per-metric plots, as the fit command cleans them before a refit
+
 
 def _frontier(model: MetricModel, c_grid: np.ndarray, n_center: float):
     best = [optimum_on_budget(model, c, n_center=n_center * np.sqrt(c / c_grid[-1])) for c in c_grid]

@@ -32,7 +32,7 @@ from pipeline.decide.full_run import target_from_pilots, target_from_preset, wri
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
-from pipeline.decide.target_report import plot_targets, target_summary
+from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
 from pipeline.fit.laws import ParametricLaw, published_law
@@ -81,6 +81,8 @@ def remove_previous_figures(out_dir: Path) -> None:
     """A fit into a folder replaces the previous fit's figures: only the files the fit itself writes."""
     for name in (*FIT_FIGURES, *REPORT_FIGURES):
         (out_dir / name).unlink(missing_ok=True)
+    for path in out_dir.glob(METRIC_FIGURES):  # one per recorded metric (decide/target_report.py)
+        path.unlink(missing_ok=True)
 
 
 def predict_without_budget(study: Study, table, out_dir: Path) -> int:
