@@ -17,7 +17,14 @@ Target: `--factor` x the largest pilot run's FLOPs. For each approach that repor
 coverage of the nominal 90% interval of N_opt and of the predicted loss at the target, median width
 (high/low ratio for N_opt, high-low in nats for the loss), and how many studies gave an interval.
 
+`--product` also runs the fit stage end to end (pipeline.fit.fit_all: outlier rule, law candidates
+chosen by backtest, the chosen law's noise bootstrap) and scores the headline's intervals -- the
+numbers a user reads -- with the share of studies per chosen candidate and the median error of the
+point N_opt, chosen law vs the Chinchilla form pinned. `--truth overtrain` draws alpha = beta truths
+(Gadre et al. 2024's over-training form), where the alpha = beta candidate is the right constraint.
+
     python scripts/calibrate_intervals.py --studies 100 --bootstrap 200
+    python scripts/calibrate_intervals.py --studies 100 --bootstrap 150 --product --truth overtrain
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.envelope import fit_envelope  # noqa: E402
+from pipeline.fit.fit_all import fit_all  # noqa: E402
 from pipeline.fit.isoflop import fit_isoflop  # noqa: E402
 from pipeline.fit.laws import ParametricLaw  # noqa: E402
 from pipeline.fit.noise import noise_model  # noqa: E402
@@ -43,9 +51,10 @@ SEED_SD_LOG = 0.0435 / 3.3        # docs/cooldown_reuse.md: 0.0435 nats between 
 EVAL_SD_LOG = 0.003
 
 
-def true_law(rng) -> ParametricLaw:
-    return ParametricLaw(rng.uniform(1.6, 2.0), 482.0 * rng.uniform(0.6, 1.6), 2085.0 * rng.uniform(0.6, 1.6),
-                         rng.uniform(0.28, 0.40), rng.uniform(0.26, 0.38), name="truth")
+def true_law(rng, form: str = "chinchilla") -> ParametricLaw:
+    E, A, B = rng.uniform(1.6, 2.0), 482.0 * rng.uniform(0.6, 1.6), 2085.0 * rng.uniform(0.6, 1.6)
+    alpha, beta = rng.uniform(0.28, 0.40), rng.uniform(0.26, 0.38)
+    return ParametricLaw(E, A, B, alpha, alpha if form == "overtrain" else beta, name="truth")
 
 
 def design(kind: str, n_budgets: int, n_sizes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,7 +91,7 @@ def simulate(law: ParametricLaw, n, d, planned, rng) -> RunsTable:
 
 
 def one_study(kind: str, args, rng) -> dict:
-    law = true_law(rng)
+    law = true_law(rng, args.truth)
     n, d, planned = design(kind, args.budgets, args.sizes)
     table = simulate(law, n, d, planned, rng)
     target = args.factor * float(table.c.max())
@@ -96,6 +105,7 @@ def one_study(kind: str, args, rng) -> dict:
         boot = bootstrap_parametric(table.n, table.tokens, table.loss, fit, target, args.bootstrap, int(rng.integers(1 << 30)))
         out["parametric"] = {k: boot["intervals"].get(k) for k in truth}
         out["parametric"]["failed"] = boot["n_dropped"]
+        out["parametric"]["point_n_opt"] = float(fitted.optimal_allocation(target)[0])
     except UserError:
         out["parametric"] = {}
     noise = noise_model(table, fitted)
@@ -112,17 +122,25 @@ def one_study(kind: str, args, rng) -> dict:
     env = fit_envelope(table, target, bootstrap=args.bootstrap, seed=int(rng.integers(1 << 30)), noise_sd_log=sd)
     boot = env.get("bootstrap") or {}
     out["envelope"] = {"n_opt": (boot.get("intervals") or {}).get("n_opt"), "failed": boot.get("n_failed", 0)}
+    if args.product:
+        try:
+            result = fit_all(table, target, bootstrap=args.bootstrap, seed=int(rng.integers(1 << 30)))
+            out["product"] = {k: result["intervals"].get(k) for k in truth}
+            out["product"].update(failed=(result.get("bootstrap") or {}).get("n_failed", 0), point_n_opt=result["n_opt"],
+                                  chosen="{candidate} (outlier rule {outliers})".format(**result["selection"]["chosen"]))
+        except UserError:
+            out["product"] = {}
     return {"truth": truth, "approaches": out}
 
 
 def summarise(results: list[dict]) -> list[list]:
     rows = []
-    for approach in ("parametric", "parametric_noise", "isoflop", "envelope"):
+    for approach in ("product", "parametric", "parametric_noise", "isoflop", "envelope"):
         for key in ("n_opt", "predicted_loss"):
             pairs = [(r["approaches"][approach].get(key), r["truth"][key]) for r in results
                      if approach in r["approaches"]]
             given = [(iv, t) for iv, t in pairs if iv]
-            if not pairs or (key == "predicted_loss" and not approach.startswith("parametric")):
+            if not pairs or (key == "predicted_loss" and approach not in ("product", "parametric", "parametric_noise")):
                 continue
             covered = [iv[0] <= t <= iv[1] for iv, t in given]
             widths = [iv[1] / iv[0] if key == "n_opt" else iv[1] - iv[0] for iv, _ in given]
@@ -132,6 +150,22 @@ def summarise(results: list[dict]) -> list[list]:
                          (f"{np.median(widths):.2f}x" if key == "n_opt" else f"{np.median(widths):.3f} nats") if given else "-",
                          f"{np.mean(failed) / max(1, args_bootstrap):.1%}"])
     return rows
+
+
+def selection_summary(results: list[dict]) -> list[str]:
+    """Which candidate the product chose, and its point N_opt's error against the Chinchilla form pinned."""
+    done = [r for r in results if r["approaches"].get("product", {}).get("chosen")
+            and r["approaches"]["parametric"].get("point_n_opt")]
+    if not done:
+        return []
+    lines = []
+    for chosen in sorted({r["approaches"]["product"]["chosen"] for r in done}):
+        group = [r for r in done if r["approaches"]["product"]["chosen"] == chosen]
+        err_chosen = [abs(np.log(r["approaches"]["product"]["point_n_opt"] / r["truth"]["n_opt"])) for r in group]
+        err_pinned = [abs(np.log(r["approaches"]["parametric"]["point_n_opt"] / r["truth"]["n_opt"])) for r in group]
+        lines.append(f"| {chosen} | {len(group)} of {len(done)} | {np.exp(np.median(err_chosen)):.2f}x "
+                     f"| {np.exp(np.median(err_pinned)):.2f}x |")
+    return lines
 
 
 args_bootstrap = 1
@@ -147,11 +181,15 @@ def main() -> int:
     p.add_argument("--factor", type=float, default=300.0, help="target budget / largest pilot run")
     p.add_argument("--designs", default="isoflop,grid")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truth", choices=("chinchilla", "overtrain"), default="chinchilla",
+                   help="form of the true laws: alpha and beta drawn apart, or alpha = beta")
+    p.add_argument("--product", action="store_true", help="also score the fit stage end to end (fit_all)")
     args = p.parse_args()
     args_bootstrap = args.bootstrap
     rng = np.random.default_rng(args.seed)
     print(f"# {args.studies} studies per design, {args.budgets} budgets x {args.sizes} sizes, bootstrap "
-          f"{args.bootstrap}, target {args.factor:g}x the largest pilot, seed noise sd(log loss) {SEED_SD_LOG:.4f}")
+          f"{args.bootstrap}, target {args.factor:g}x the largest pilot, seed noise sd(log loss) {SEED_SD_LOG:.4f}, "
+          f"true laws of the {args.truth} form")
     for kind in args.designs.split(","):
         start = time.time()
         results = [one_study(kind, args, rng) for _ in range(args.studies)]
@@ -160,6 +198,11 @@ def main() -> int:
         print("|---|---|---:|---:|---:|---:|---:|")
         for row in summarise(results):
             print("| " + " | ".join(str(c) for c in row) + " |")
+        choice = selection_summary(results)
+        if choice:
+            print("\n| chosen law | studies | median error of point N_opt, chosen | same, Chinchilla form pinned |")
+            print("|---|---:|---:|---:|")
+            print("\n".join(choice))
     return 0
 
 

@@ -232,11 +232,14 @@ def test_the_report_escapes_run_ids_statuses_and_warnings_from_input():
 
     hostile = '<img src=x onerror=alert(1)><script>alert(2)</script>[click](javascript:alert(3)) ![p](http://evil/p.png) |cell'
     fit = {"excluded": [{"run_id": hostile, "reason": f"status {hostile}"}],
-           "approaches": {"isoflop": {"note": hostile}}, "warnings": [f"run {hostile}\nsecond line"]}
+           "approaches": {"isoflop": {"note": hostile}}, "warnings": [f"run {hostile}\nsecond line"],
+           "outliers": {"dropped": [{"run_id": hostile, "loss": 3.0, "z": -9.0}],
+                        "below_fit": [{"run_id": hostile, "loss": 2.0, "z": 6.0}]}}
     text = "\n".join(_fit_section(fit) + _warnings_section({"warnings": []}, fit))
     for raw in ("<img", "<script", "[click](javascript:", "![p](http://", " |cell"):  # tags, link, image, cell
         assert raw not in text, raw
     assert "&lt;script>" in text and "\\[click\\]" in text and "\\|cell" in text
+    assert "dropped" in text and "Far below the law, kept" in text    # the outlier lines name the runs, escaped
     assert "second line" in text and "\nsecond line" not in text  # a warning stays one list item
 
 

@@ -9,6 +9,7 @@ import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
 
 from pipeline.errors import UserError
+from pipeline.fit.fit_all import fit_all
 from pipeline.fit.checks import (
     BACKTEST_WARN_REL_ERROR,
     apply_outlier_rule,
@@ -34,9 +35,25 @@ def test_outlier_rule_drops_a_planted_bad_run_and_none_keeps_all(table):
     assert len(kept) == len(table) and report_none["dropped"] == [] and "none" in report_none["rule"]
 
 
+def test_outlier_rule_keeps_and_lists_a_run_far_below_the_law(table):
+    good = table.loss.copy()
+    good[9] *= 0.8                                      # better than the law allows: a leak or a misfit, not a failure
+    clean, report = apply_outlier_rule(replace(table, loss=good), "default")
+    assert len(clean) == len(table) and report["dropped"] == []
+    assert [d["run_id"] for d in report["below_fit"]] == [table.run_id[9]] and report["below_fit"][0]["z"] > 5
+
+
+def test_a_run_far_below_the_law_is_fitted_and_warned_about(table):
+    good = table.loss.copy()
+    good[9] *= 0.8
+    result = fit_all(replace(table, loss=good), 1e21, bootstrap=0, outliers="default")
+    assert result["n_runs"] == len(table) and result["outliers"]["below_fit"][0]["run_id"] == table.run_id[9]
+    assert any("1 runs lie more than 5 robust sd below the law" in w for w in result["warnings"])
+
+
 def test_outlier_rule_leaves_clean_runs_alone_and_rejects_unknown_rules(table):
     _, report = apply_outlier_rule(table, "default")
-    assert report["dropped"] == [] and "MAD" in report["rule"]
+    assert report["dropped"] == [] and report["below_fit"] == [] and "MAD" in report["rule"]
     with pytest.raises(UserError, match="outliers='iqr' is not a rule: use one of default, none"):
         apply_outlier_rule(table, "iqr")
     few = table.subset(np.arange(len(table)) < 6)

@@ -64,13 +64,13 @@ def test_data_from_the_over_training_form_wins_its_backtest():
     assert sel["chosen"]["candidate"] in ("overtrain", "chinchilla")   # a tie keeps the general form (module doc)
 
 
-def test_a_wrong_fixed_E_shows_a_larger_backtest_error():
+def test_the_true_fixed_E_wins_the_backtest_and_a_wrong_one_shows_a_larger_error():
     law = ParametricLaw(1.7, 400.0, 1200.0, 0.34, 0.30)
     table = table_from_design(isoflop_design(noise=0.003, seed=2, law=law))
     rows = rows_by(select_law(table, 1e21, fixed_E=1.2, outliers="none"), "none")
     assert rows["fixed_E=1.2"]["score"] > 2 * rows["chinchilla"]["score"]
-    rows = rows_by(select_law(table, 1e21, fixed_E=1.7, candidate="fixed_E", outliers="none"), "none")
-    assert rows["fixed_E=1.7"]["score"] < 1.5 * rows["chinchilla"]["score"]
+    rows = rows_by(select_law(table, 1e21, fixed_E=1.7, outliers="none"), "none")
+    assert rows["fixed_E=1.7"]["score"] <= min(r["score"] for r in rows.values())   # the true E wins the backtest
 
 
 def test_isoflop_bootstrap_counts_failed_resamples_and_never_drops_them_silently():
@@ -129,11 +129,13 @@ def test_with_the_five_high_losses_kept_the_rule_and_choice_are_reported(chinchi
     sel = select_law(table, 5.76e23)
     rows = rows_by(sel)
     assert rows["chinchilla"]["score"] < rows_by(sel, "none")["chinchilla"]["score"]   # the rule helps here
-    clean, report = apply_outlier_rule(table, sel["chosen"]["outliers"])
-    assert len(report["dropped"]) == 5
-    form = next(f for f in candidate_forms() if f.name == sel["chosen"]["candidate"])
-    n_opt = fit_candidate(form, clean.n, clean.tokens, clean.loss).law().optimal_allocation(5.76e23)[0]
-    # Measured: the backtest prefers alpha = beta here (beyond 2 paired SE), N_opt 6.29e10, 14% below 7.3e10
-    # (outside the 10%); the chinchilla form with the rule gives 7.44e10. docs/calibration.md.
-    assert 0.8 * EPOCH_N_OPT < n_opt < 1.1 * EPOCH_N_OPT
+    assert sel["chosen"] == {"candidate": "chinchilla", "outliers": "default"}
+    clean, report = apply_outlier_rule(table, "default")
+    highest = set(np.array(table.run_id)[np.argsort(-table.loss)[:5]])
+    assert {d["run_id"] for d in report["dropped"]} < highest and len(report["dropped"]) == 4
+    assert [round(d["loss"], 2) for d in report["below_fit"]] == [2.08]       # listed, kept
+    n_opt = fit_candidate(candidate_forms()[0], clean.n, clean.tokens, clean.loss).law().optimal_allocation(5.76e23)[0]
+    # Measured: 7.50e10, +2.7% (the two-sided rule also dropped the run below the fit; alpha = beta then won
+    # the backtest and N_opt fell to 6.29e10, 14% low: docs/calibration.md, section 2).
+    assert n_opt == pytest.approx(EPOCH_N_OPT, rel=0.10)
     assert table.loss.size == 245

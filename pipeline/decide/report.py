@@ -326,10 +326,14 @@ def _selection_lines(fit: dict) -> list[str]:
     would = out.get("would_drop")
     if dropped:
         lines.append(f"Outlier rule ({out.get('setting', '')}): dropped " + ", ".join(
-            f"{d['run_id']} (loss {d['loss']:.4g})" for d in dropped) + ".")
+            f"{md_escape(d['run_id'])} (loss {d['loss']:.4g})" for d in dropped) + ".")
     elif would is not None:
         lines.append("Outlier rule off; it would have dropped: " + (", ".join(
-            f"{d['run_id']} (loss {d['loss']:.4g})" for d in would) or "nothing") + ".")
+            f"{md_escape(d['run_id'])} (loss {d['loss']:.4g})" for d in would) or "nothing") + ".")
+    below = out.get("below_fit") or []
+    if below:
+        lines.append("Far below the law, kept (a failure cannot lower a loss; check their evaluation): " + ", ".join(
+            f"{md_escape(d['run_id'])} (loss {d['loss']:.4g}, {d['z']:.1f} robust sd)" for d in below) + ".")
     noise = fit.get("noise")
     if noise:
         lines.append(f"Noise model: sd of log loss {noise['sd_log']:.3g} ({noise['source']}).")

@@ -26,6 +26,7 @@ from pipeline.errors import UserError
 from pipeline.fit.candidates import bootstrap_candidate, candidate_forms, fit_candidate
 from pipeline.fit.checks import (
     BACKTEST_WARN_REL_ERROR,
+    OUTLIER_MAD_K,
     OUTLIER_RULES,
     apply_outlier_rule,
     approach_agreement,
@@ -158,7 +159,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
             candidate: str | None = None) -> dict:
     """Fit all three approaches and the checks; see the module docstring for the result's layout.
 
-    `outliers`: "auto" (the backtest chooses the rule on or off), "default" (the Hampel rule on) or
+    `outliers`: "auto" (the backtest chooses the rule on or off), "default" (the one-sided Hampel rule on) or
     "none"; `candidate` pins a law form, `fixed_E` adds the fixed-E candidate (pipeline/fit/candidates.py).
     """
     if not (isinstance(budget_flops, (int, float)) and math.isfinite(budget_flops) and budget_flops > 0):
@@ -183,6 +184,11 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         warnings.append(f"{len(table.excluded)} runs excluded before fitting (see excluded)")
     if outlier_report["dropped"]:
         warnings.append(f"outlier rule dropped {len(outlier_report['dropped'])} runs (see outliers)")
+    below = outlier_report.get("below_fit") or []
+    if below:
+        warnings.append(f"{len(below)} runs lie more than {OUTLIER_MAD_K:g} robust sd below the law (lower loss than "
+                        "their size and tokens predict): kept; check their evaluation data for overlap with the "
+                        "training data, or the law's form there (outliers.below_fit)")
 
     parametric, law, boot = _parametric(clean, budget_flops, 0, seed, warnings)
     law3 = ParametricLaw(*(law[k] for k in ("E", "A", "B", "alpha", "beta"))) if law else None
