@@ -9,7 +9,6 @@ import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
 
 from pipeline.errors import UserError
-from pipeline.fit.fit_all import fit_all
 from pipeline.fit.checks import (
     BACKTEST_WARN_REL_ERROR,
     apply_outlier_rule,
@@ -17,6 +16,7 @@ from pipeline.fit.checks import (
     backtest,
     convention_sensitivity,
 )
+from pipeline.fit.fit_all import fit_all
 
 
 @pytest.fixture(scope="module")
