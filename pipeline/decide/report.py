@@ -327,6 +327,9 @@ def _selection_lines(fit: dict) -> list[str]:
     if dropped:
         lines.append(f"Outlier rule ({out.get('setting', '')}): dropped " + ", ".join(
             f"{md_escape(d['run_id'])} (loss {d['loss']:.4g})" for d in dropped) + ".")
+    elif would is None and out.get("rule", "").startswith("drop"):
+        lines.append(f"Outlier rule ({out.get('setting', '')}): dropped nothing"
+                     + (f" ({md_escape(out['note'])})" if out.get("note") else "") + ".")
     elif would is not None:
         lines.append("Outlier rule off; it would have dropped: " + (", ".join(
             f"{md_escape(d['run_id'])} (loss {d['loss']:.4g})" for d in would) or "nothing") + ".")

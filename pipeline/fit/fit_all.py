@@ -177,8 +177,9 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     rule = (selection.get("chosen") or {}).get("outliers") or ("default" if outliers == "auto" else outliers)
     clean, outlier_report = apply_outlier_rule(table, rule)
     outlier_report["setting"] = outliers
-    if rule == "none":   # say which runs the rule would have dropped
-        outlier_report["would_drop"] = apply_outlier_rule(table, "default")[1]["dropped"]
+    if rule == "none":   # say which runs the rule would have dropped, and which lie far below the law
+        would = apply_outlier_rule(table, "default")[1]
+        outlier_report.update(would_drop=would["dropped"], below_fit=would["below_fit"])
     warnings: list[str] = []
     if table.excluded:
         warnings.append(f"{len(table.excluded)} runs excluded before fitting (see excluded)")
