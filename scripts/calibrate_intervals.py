@@ -127,7 +127,8 @@ def one_study(kind: str, args, rng) -> dict:
             result = fit_all(table, target, bootstrap=args.bootstrap, seed=int(rng.integers(1 << 30)))
             out["product"] = {k: result["intervals"].get(k) for k in truth}
             out["product"].update(failed=(result.get("bootstrap") or {}).get("n_failed", 0), point_n_opt=result["n_opt"],
-                                  chosen="{candidate} (outlier rule {outliers})".format(**result["selection"]["chosen"]))
+                                  chosen="{candidate} (outlier rule {outliers})".format(**result["selection"]["chosen"])
+                                  if result["selection"].get("chosen") else "none scored: chinchilla used")
         except UserError:
             out["product"] = {}
     return {"truth": truth, "approaches": out}
