@@ -1,9 +1,10 @@
 """Which law form predicts public runs best, and what the outlier rule does there (docs/calibration.md, sec. 2).
 
-For each table given: every law candidate backtested with the outlier rule on and off
-(pipeline.fit.selection.select_law: rolling folds of held-out largest-compute runs), the row the
-tool chooses, the runs the rule drops and the runs it lists far below the law, and each candidate's
-N_opt at `--budget` refitted on the kept runs. Tables:
+For each table given, the fit stage as the tool runs it (pipeline.fit.fit_all, no bootstrap): every
+law candidate backtested with the outlier rule on and off (rolling folds of held-out
+largest-compute runs), the row it chooses, the runs the rule drops (or would drop) and the runs it
+lists far below the law, and each candidate's N_opt at `--budget` refitted under the chosen rule.
+Tables:
 
 * `--chinchilla CSV` -- Epoch's extraction of Chinchilla's Figure 4 (Besiroglu et al. 2024; columns
   "Model Size" and "Training FLOP"), fitted twice: all 245 points, and without the 5 highest losses
@@ -24,9 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.fit.candidates import candidate_forms, fit_candidate  # noqa: E402
-from pipeline.fit.checks import apply_outlier_rule  # noqa: E402
-from pipeline.fit.selection import select_law  # noqa: E402
+from pipeline.fit.fit_all import fit_all  # noqa: E402
 from pipeline.fit.sources import load_table_file  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
 
@@ -37,20 +36,23 @@ def pct(x: float | None) -> str:
 
 def report(name: str, table: RunsTable, budget: float) -> None:
     start = time.time()
-    sel = select_law(table, budget)
+    result = fit_all(table, budget, bootstrap=0)           # selection, outlier rule, every candidate refitted
+    sel = result["selection"]
+    chosen_rule = sel["chosen"]["outliers"]
     print(f"\n### {name}: {len(table)} runs, budget {budget:.3g} FLOPs ({time.time() - start:.0f} s)\n")
-    print("| candidate | rule on: mean (top fold) | rule off: mean (top fold) | N_opt, rule on |")
+    print(f"| candidate | rule on: mean (top fold) | rule off: mean (top fold) | N_opt, rule {chosen_rule} |")
     print("|---|---:|---:|---:|")
-    clean, rule_report = apply_outlier_rule(table, "default")
-    for form in candidate_forms():
-        rows = {r["outliers"]: r for r in sel["rows"] if r["candidate"] == form.name}
-        n_opt = fit_candidate(form, clean.n, clean.tokens, clean.loss, clean.convention).law().optimal_allocation(budget)[0]
-        print(f"| {form.name} | " + " | ".join(f"{pct(rows[rule]['score'])} ({pct(rows[rule]['top_budget_error'])})"
-                                               for rule in ("default", "none")) + f" | {n_opt:.3g} |")
+    for cand in sel["candidates"]:
+        rows = {r["outliers"]: r for r in sel["rows"] if r["candidate"] == cand["candidate"]}
+        print(f"| {cand['candidate']} | " + " | ".join(f"{pct(rows[rule]['score'])} ({pct(rows[rule]['top_budget_error'])})"
+                                                    for rule in ("default", "none"))
+              + f" | {cand.get('n_opt', float('nan')):.3g} |")
     print(f"\nchosen: {sel['chosen']}; rule: {sel['rule']}")
-    for key in ("dropped", "below_fit"):
-        print(f"{key}: " + (", ".join(f"loss {d['loss']:.3f} ({d['z']:+.1f} robust sd)" for d in rule_report[key])
-                            or "none"))
+    outliers = result["outliers"]
+    for key in ("dropped", "would_drop", "below_fit"):
+        if key in outliers:
+            print(f"{key}: " + (", ".join(f"loss {d['loss']:.3f} ({d['z']:+.1f} robust sd)" for d in outliers[key])
+                                or "none"))
 
 
 def main() -> int:

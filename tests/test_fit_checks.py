@@ -35,18 +35,21 @@ def test_outlier_rule_drops_a_planted_bad_run_and_none_keeps_all(table):
     assert len(kept) == len(table) and report_none["dropped"] == [] and "none" in report_none["rule"]
 
 
-def test_outlier_rule_keeps_and_lists_a_run_far_below_the_law(table):
+@pytest.fixture(scope="module")
+def run_below_the_law(table):
     good = table.loss.copy()
     good[9] *= 0.8                                      # better than the law allows: a leak or a misfit, not a failure
-    clean, report = apply_outlier_rule(replace(table, loss=good), "default")
+    return replace(table, loss=good)
+
+
+def test_outlier_rule_keeps_and_lists_a_run_far_below_the_law(table, run_below_the_law):
+    clean, report = apply_outlier_rule(run_below_the_law, "default")
     assert len(clean) == len(table) and report["dropped"] == []
     assert [d["run_id"] for d in report["below_fit"]] == [table.run_id[9]] and report["below_fit"][0]["z"] > 5
 
 
-def test_a_run_far_below_the_law_is_fitted_and_warned_about(table):
-    good = table.loss.copy()
-    good[9] *= 0.8
-    result = fit_all(replace(table, loss=good), 1e21, bootstrap=0, outliers="default")
+def test_a_run_far_below_the_law_is_fitted_and_warned_about(table, run_below_the_law):
+    result = fit_all(run_below_the_law, 1e21, bootstrap=0, outliers="default")
     assert result["n_runs"] == len(table) and result["outliers"]["below_fit"][0]["run_id"] == table.run_id[9]
     assert any("1 runs lie more than 5 robust sd below the law" in w for w in result["warnings"])
 

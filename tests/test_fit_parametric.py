@@ -16,6 +16,7 @@ from pipeline.fit.parametric import (
     FitError,
     HuberLogObjective,
     bootstrap_parametric,
+    check_constants,
     chinchilla_grid,
     fit_parametric,
 )
@@ -139,3 +140,10 @@ def test_too_few_or_bad_points_are_user_errors():
         fit_parametric([1e6, 2e6], [1e8, 1e8], [3.0, 2.9])
     with pytest.raises(UserError, match="positive finite"):
         fit_parametric([1e6] * 5, [1e8] * 5, [3.0, 2.9, np.nan, 2.8, 2.7])
+
+
+def test_constants_out_of_float_range_are_a_failed_fit_not_a_law():
+    check_constants("fit", np.log(1.7), np.log(400.0), np.log(1200.0))        # a real law passes
+    for logs in ((0.5, 800.0, 7.0), (-800.0, 6.0, 7.0), (0.5, float("nan"), 7.0)):
+        with pytest.raises(FitError, match="out of floating-point range"):
+            check_constants("fit", *logs)

@@ -327,7 +327,7 @@ def _selection_lines(fit: dict) -> list[str]:
     if dropped:
         lines.append(f"Outlier rule ({out.get('setting', '')}): dropped " + ", ".join(
             f"{md_escape(d['run_id'])} (loss {d['loss']:.4g})" for d in dropped) + ".")
-    elif would is None and out.get("rule", "").startswith("drop"):
+    elif out and would is None:          # fit_all sets would_drop only when the rule was off
         lines.append(f"Outlier rule ({out.get('setting', '')}): dropped nothing"
                      + (f" ({md_escape(out['note'])})" if out.get("note") else "") + ".")
     elif would is not None:

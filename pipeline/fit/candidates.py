@@ -51,6 +51,7 @@ from pipeline.fit.parametric import (
     _distinct_best,
     _screen,
     _summaries,
+    check_constants,
     chinchilla_grid,
     derived_quantities,
 )
@@ -185,9 +186,7 @@ def fit_candidate(form: Form, n_params, tokens, loss, convention: str = "total")
     if not converged:
         raise FitError(f"candidate {form.name} did not converge ({res.message})")
     full = form.full(res.x)
-    if not np.all(np.abs(full[:3]) < 700):   # E, A, B = exp(...) would overflow: a degenerate optimum
-        raise FitError(f"candidate {form.name}: the optimum sends E, A or B out of floating-point range "
-                       f"(log values {np.round(full[[2, 0, 1]], 1).tolist()}): the runs do not pin this form; add runs")
+    check_constants(f"candidate {form.name}", full[2], full[0], full[1])
     if not (full[3] > 0 and full[4] > 0):
         raise FitError(f"candidate {form.name}: alpha={full[3]:.3g}, beta={full[4]:.3g}: loss does not fall with N and D")
     return CandidateFit(form, np.asarray(res.x, dtype=float), f, int(n.size), starts[index[picks]], converged,

@@ -38,6 +38,7 @@ SCREEN_KEEP = (1 / 8, 1 / 4)
 SCREEN_MIN_KEEP = 64
 POLISH_STARTS = 8           # distinct best candidates finished with scipy at tight tolerances
 MOVED_TOL = 1e-6            # a best solution closer than this to its start "did not move"
+LOG_CONSTANT_LIMIT = 700.0  # exp(+-709.8) bounds float64: log E, log A, log B beyond this are no law
 EXP_FLOOR = -300.0          # see HuberLogObjective._chunk
 
 
@@ -145,6 +146,16 @@ def _polish(objective: HuberLogObjective, theta0: np.ndarray, row: int = 0):
                     options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000, "maxcor": 20})
 
 
+def check_constants(what: str, log_e: float, log_a: float, log_b: float) -> None:
+    """Raise FitError when E, A or B = exp(log) would leave float64's range (|log| > LOG_CONSTANT_LIMIT).
+
+    The objective works on the logs, so a degenerate optimum (A and alpha running off together) can
+    have a finite objective while exp(a) is inf or exp(e) is 0; that is a failed fit, not a law."""
+    if not np.all(np.abs([log_e, log_a, log_b]) < LOG_CONSTANT_LIMIT):   # NaN fails too
+        raise FitError(f"{what}: the optimum sends E, A or B out of floating-point range (log E, log A, log B = "
+                       f"{log_e:.3g}, {log_a:.3g}, {log_b:.3g}): the runs do not pin the law; add runs")
+
+
 def _check_points(n_params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     arrays = [np.asarray(v, dtype=float) for v in (n_params, tokens, loss)]
     if not (arrays[0].shape == arrays[1].shape == arrays[2].shape) or arrays[0].ndim != 1:
@@ -205,6 +216,7 @@ def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None) -> 
     grad_scale = HUBER_DELTA * len(n) * max(np.max(np.log(n)), np.max(np.log(d)))
     converged = bool(res.success or grad_max <= 1e-7 * grad_scale)
     moved = bool(np.max(np.abs(res.x - start)) > MOVED_TOL)
+    check_constants("parametric fit", res.x[2], res.x[0], res.x[1])
     E, A, B = np.exp(res.x[2]), np.exp(res.x[0]), np.exp(res.x[1])
     fit = ParametricFit(E=float(E), A=float(A), B=float(B), alpha=float(res.x[3]), beta=float(res.x[4]),
                         objective=f, n_points=int(len(n)), converged=converged, moved=moved,
