@@ -1,4 +1,4 @@
-"""Budget conversion (pipeline.decide.budget) and the per-GPU memory check (pipeline.decide.memory)."""
+"""Budget conversion (pipeline.decide.budget) and the per-GPU memory check (pipeline.plan.memory)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 
 from models.sizing import shape_for_params
 from pipeline.decide.budget import resolve_budget
-from pipeline.decide.memory import memory_check
 from pipeline.errors import UserError
 from pipeline.plan.hardware import GPUS, reference_gpu_days
+from pipeline.plan.memory import memory_check
 
 
 def test_32_h100_for_two_weeks_is_1p53e22_flops():
@@ -20,12 +20,12 @@ def test_32_h100_for_two_weeks_is_1p53e22_flops():
     assert budget["conversion"] == "32 x 989e12 FLOP/s x 0.40 MFU x 14 d x 86400 s/d = 1.53e+22 FLOPs"
 
 
-def test_pilot_mfu_is_used_unless_given_and_explicit_peak_works():
-    measured = resolve_budget({"gpu": "a100_80gb", "gpus": 8, "days": 1}, pilot_mfu=0.5)
-    assert measured["mfu"] == 0.5 and "pilots" in measured["mfu_source"]
-    assert measured["flops"] == pytest.approx(8 * 312e12 * 0.5 * 86400)
-    given = resolve_budget({"gpu": "a100_80gb", "gpus": 8, "days": 1, "mfu": 0.3}, pilot_mfu=0.5)
-    assert given["mfu"] == 0.3
+def test_mfu_is_given_or_the_stated_default_never_the_pilots_and_explicit_peak_works():
+    assumed = resolve_budget({"gpu": "a100_80gb", "gpus": 8, "days": 1})
+    assert assumed["mfu"] == 0.40 and "assumed 0.40" in assumed["mfu_source"] and "budget.mfu" in assumed["mfu_source"]
+    assert assumed["flops"] == pytest.approx(8 * 312e12 * 0.40 * 86400)
+    given = resolve_budget({"gpu": "a100_80gb", "gpus": 8, "days": 1, "mfu": 0.3})
+    assert given["mfu"] == 0.3 and given["mfu_source"] == "given (budget.mfu)"
     custom = resolve_budget({"gpu": "my_asic", "peak_flops": 1e15, "gpus": 2, "days": 0.5, "mfu": 0.5})
     assert custom["flops"] == pytest.approx(2 * 1e15 * 0.5 * 43200)
 

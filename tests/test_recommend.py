@@ -70,7 +70,13 @@ def test_concrete_model_is_exactly_counted_and_spends_the_budget(h100_two_weeks)
     assert model["tokens"] % model["batch_tokens"] == 0 and model["steps"] == model["tokens"] // model["batch_tokens"]
     # pipeline.plan.hparams at C = 1.53e22: lr 0.3118 C^-0.125, batch 0.292 C^0.3271 tokens, beta2 0.95 above 2^20
     assert model["lr"] == pytest.approx(0.3118 * 1.5313e22 ** -0.125, rel=1e-3)
-    assert model["batch_tokens"] == pytest.approx(0.2920 * 1.5313e22 ** 0.3271, rel=1e-3)
+    assert model["rule_batch_tokens"] == pytest.approx(0.2920 * 1.5313e22 ** 0.3271, rel=1e-3)
+    # ... rounded to the nearest multiple of micro-batch x 32 GPUs (pipeline/plan/launch.py), and said so
+    launch = model["launch"]
+    unit = launch["micro_batch_size"] * launch["world_size"] * SEQ
+    assert launch["world_size"] == 32 and model["batch_tokens"] % unit == 0
+    assert abs(model["batch_tokens"] - model["rule_batch_tokens"]) <= unit * launch["grad_accum_steps"] / 2
+    assert "rounded to" in model["hparam_sources"]["batch_source"]
     assert model["beta2"] == 0.95 and model["warmup_tokens"] == model["params"]["total"]
     assert model["memory"]["parallelism"] == "fsdp" and model["memory"]["shards"] == 4
 

@@ -21,9 +21,16 @@ KNOWN_VOCAB_SIZES: dict[str, int] = {
 
 FULL_RUN_PRESETS: dict[str, dict] = {
     # The h100_pilot preset's data and model: GPT-2's tokenizer, 2,048-token sequences, bf16 on GPUs.
+    # Its corpus is the h100_pilot preset's (conf/data/fineweb_edu.yaml), at the largest sample that names its
+    # size: FineWeb-Edu's sample-350BT, ~350B GPT-2 tokens (dataset card), so a larger D is flagged (epochs).
     "gpt2-2048": {"tokenizer": "gpt2", "vocab_size": 50257, "seq_len": 2048, "precision": "bf16",
-                  "data": {"tokenizer": "gpt2"},   # merged into the study's data section (its corpus)
-                  "why": "GPT-2 tokenizer (50,257) at 2,048 tokens in bf16, as conf/experiment/h100_pilot.yaml"},
+                  "data": {"source": "hf:HuggingFaceFW/fineweb-edu", "hf_config": "sample-350BT", "hf_split": "train",
+                           "text_field": "text", "tokenizer": "gpt2", "val_tokens": 2097152,
+                           "max_train_tokens": 350_000_000_000, "allow_repeat": True, "seed": 0},
+                  "unique_tokens": 3.5e11,
+                  "unique_tokens_source": "FineWeb-Edu sample-350BT, ~350B GPT-2 tokens (its dataset card)",
+                  "why": "GPT-2 tokenizer (50,257) at 2,048 tokens in bf16 on FineWeb-Edu, as "
+                         "conf/experiment/h100_pilot.yaml"},
 }
 STUDY_PRESET = "study"
 DEFAULT_FULL_RUN_PRESET = "gpt2-2048"

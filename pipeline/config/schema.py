@@ -79,6 +79,9 @@ class TrainConfig:
     warmup_tokens: int | None = None
     beta2: float | None = None
     micro_batch_size: int | None = None  # sequences per forward pass; unset: the whole batch
+    eval_batch_size: int | None = None   # sequences per evaluation forward pass; unset: 32
+    world_size: int | None = None        # the processes this run is for (full_run.yaml records it); unset: as launched
+    dry_run: bool = False                # resolve at world_size and print the launch, no process group, no data
     min_lr_ratio: float = 0.1               # cosine decays to 10% of peak (Chinchilla sec. 4 / App. B)
     schedule: Schedule = Schedule.cosine
     cooldown_fraction: float = 0.2          # wsd only: share of the run spent cooling down
@@ -280,7 +283,7 @@ class Study:
 # Fields that change what a run computes; everything else (logging, tracking, paths) may differ
 # between a run and its resumption without changing its identity (docs/reliability.md).
 SEMANTIC_SECTIONS = ("model", "data", "train")
-NON_SEMANTIC_TRAIN_KEYS = ("log_interval_steps", "checkpoint_interval_s", "keep_checkpoints", "progress",
+NON_SEMANTIC_TRAIN_KEYS = ("log_interval_steps", "checkpoint_interval_s", "keep_checkpoints", "progress", "dry_run",
                            "threads", "device", "compile")
 NON_SEMANTIC_DATA_KEYS = ("cache_dir", "num_proc", "unique_tokens")
 

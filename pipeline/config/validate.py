@@ -128,7 +128,8 @@ def validate_train(job: Study) -> None:
     horizons = [k for k in ("tokens", "tokens_per_param", "flops") if getattr(t, k) is not None]
     if len(horizons) > 1:
         raise UserError(f"train.{horizons[0]} and train.{horizons[1]} both set: give the horizon one way only")
-    for key in ("tokens", "tokens_per_param", "flops", "lr", "batch_tokens", "micro_batch_size"):
+    for key in ("tokens", "tokens_per_param", "flops", "lr", "batch_tokens", "micro_batch_size", "eval_batch_size",
+                "world_size"):
         value = getattr(t, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"train.{key}={value:g} must be positive")

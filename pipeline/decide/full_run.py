@@ -8,23 +8,21 @@ token count under the recommendation's FLOP count, what differs from the pilots,
               run's FLOPs under that count are the budget within half a batch
     hparams = the pilots' rules (pipeline.plan.hparams) at the full budget; the pilots' LR schedule
 
-`write_full_run_config` turns the result into a Hydra experiment for `python -m pipeline.train`.
+`pipeline.decide.full_run_yaml.write_full_run_config` turns the result into a Hydra experiment for
+`python -m pipeline.train`.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
-import yaml
 
 from models.accounting import count_params, training_flops_per_token
 from models.shape import ModelShape
 from pipeline.config.presets import FULL_RUN_PRESETS, KNOWN_VOCAB_SIZES, STUDY_PRESET
 from pipeline.decide.allocation import FlopCount
-from pipeline.decide.launch_config import launch_train_keys, write_launch_files
 from pipeline.errors import UserError
 from pipeline.plan.hparams import resolve_hyperparameters
+from pipeline.plan.launch import plan_launch
 
 MIN_LR_RATIO = 0.1                # cosine to 10% of peak (Chinchilla sec. 4 / App. B), as the pilots
 FULL_RUN_PRECISION = "bf16"       # bf16 autocast with fp32 master weights and AdamW moments, on GPUs
@@ -32,10 +30,13 @@ FULL_RUN_PRECISION = "bf16"       # bf16 autocast with fp32 master weights and A
 
 # --- what the full run trains on ---------------------------------------------------------------------
 def target_from_pilots(pilots: dict) -> dict:
-    """The pilots' tokenizer, vocabulary and sequence length (RunsTable.pilot_setup())."""
+    """The pilots' tokenizer, vocabulary, sequence length and architecture (RunsTable.pilot_setup()):
+    `architecture` holds every shape setting besides the size (tied embeddings), so the full run is the
+    pilots' family at another size."""
     return {"tokenizer": pilots.get("tokenizer"), "vocab_size": int(pilots["vocab_size"]),
             "seq_len": int(pilots["seq_len"]), "precision": FULL_RUN_PRECISION, "data": None,
-            "source": "the pilots' tokenizer, vocabulary and sequence length (their run records)"}
+            "architecture": {"tie_embeddings": bool(pilots.get("tie_embeddings") or False)},
+            "source": "the pilots' tokenizer, vocabulary, sequence length and architecture (their run records)"}
 
 
 def target_from_preset(name: str, study_data: dict, study_seq_len: int, why_no_pilots: str) -> dict:
@@ -52,9 +53,14 @@ def target_from_preset(name: str, study_data: dict, study_seq_len: int, why_no_p
                 "source": f"preset study: this config's tokenizer {tokenizer} (V={vocab}) and model.seq_len "
                           f"{study_seq_len} ({why_no_pilots})"}
     preset = FULL_RUN_PRESETS[name]
-    return {"tokenizer": preset["tokenizer"], "vocab_size": preset["vocab_size"], "seq_len": preset["seq_len"],
-            "precision": preset["precision"], "data": dict(preset["data"]),
-            "source": f"preset {name}: {preset['why']} ({why_no_pilots}; full_run_preset=study uses this config's)"}
+    out = {"tokenizer": preset["tokenizer"], "vocab_size": preset["vocab_size"], "seq_len": preset["seq_len"],
+           "precision": preset["precision"], "data": dict(preset["data"]), "unique_tokens": preset.get("unique_tokens"),
+           "unique_tokens_source": preset.get("unique_tokens_source"),
+           "source": f"preset {name}: {preset['why']} ({why_no_pilots}; full_run_preset=study uses this config's)"}
+    if study_data.get("tokenizer") == preset["tokenizer"]:
+        # This config already names a corpus for the preset's tokenizer (e.g. experiment=h100_pilot): train on it.
+        out.update(data=None, unique_tokens=None, unique_tokens_source=None)
+    return out
 
 
 # --- the launched run ------------------------------------------------------------------------------------
@@ -79,15 +85,23 @@ def schedule_text(schedule: dict) -> str:
 
 
 def launched_run(shape: ModelShape, budget_flops: float, count: FlopCount, *, convention: str,
-                 schedule: dict | None = None) -> dict:
-    """The shape's exact counts, its token count under `count` and its hyperparameters (the pilots' rules)."""
+                 schedule: dict | None = None, world_size: int = 1, gpu_memory_gb: float = 80.0) -> dict:
+    """The shape's exact counts, its token count under `count`, its hyperparameters (the pilots' rules) and
+    its launch on `world_size` GPUs (pipeline.plan.launch): the rule's batch rounded to micro x accumulation
+    x world, and the steps counted in that batch."""
     seq_len = shape.seq_len
     params = count_params(shape)
     fpt = {m: training_flops_per_token(shape, seq_len, method=m) for m in ("exact", "6n")}
     per_token = count.of_shape(shape)
     target_tokens = budget_flops / per_token
+    rule = resolve_hyperparameters(flops=budget_flops, n_params=params[convention], run_tokens=int(target_tokens),
+                                   seq_len=seq_len)
+    launch = plan_launch(shape, rule.batch_tokens // seq_len, world_size, gpu_memory_gb)
+    # The same rules at the launched batch (an LR rule may depend on it); the batch's source says how it was rounded.
     hp = resolve_hyperparameters(flops=budget_flops, n_params=params[convention], run_tokens=int(target_tokens),
-                                 seq_len=seq_len)
+                                 seq_len=seq_len, batch_tokens=launch.global_batch_sequences * seq_len)
+    sources = {k: v for k, v in hp.to_dict().items() if k.endswith("_source")}
+    sources["batch_source"] = f"{rule.batch_source}; {launch.batch_note}"
     steps = max(1, round(target_tokens / hp.batch_tokens))  # whole steps, as the pilots round
     tokens = steps * hp.batch_tokens
     return {
@@ -97,10 +111,10 @@ def launched_run(shape: ModelShape, budget_flops: float, count: FlopCount, *, co
         "tokens": tokens, "tokens_rule": f"budget / {count.name} training FLOPs per token of this shape, whole batches",
         "tokens_per_param": tokens / params[convention], "flops": tokens * per_token,
         "flops_exact": tokens * fpt["exact"], "flops_6n": tokens * fpt["6n"], "lr": hp.lr,
-        "batch_tokens": hp.batch_tokens, "warmup_tokens": hp.warmup_tokens,
+        "batch_tokens": hp.batch_tokens, "rule_batch_tokens": rule.batch_tokens, "warmup_tokens": hp.warmup_tokens,
         "warmup_steps": math.ceil(hp.warmup_tokens / hp.batch_tokens), "beta2": hp.beta2, "steps": steps,
         "schedule": full_run_schedule(schedule), "precision": FULL_RUN_PRECISION,
-        "hparam_sources": {k: v for k, v in hp.to_dict().items() if k.endswith("_source")},
+        "hparam_sources": sources, "launch": launch.to_dict(),
     }
 
 
@@ -126,111 +140,3 @@ def differences(pilots: dict | None, model: dict, target: dict) -> list[dict]:
         rows.append({"setting": "device", "pilots": pilots["device"], "full_run": "cuda",
                      "why": "the full budget is GPU-days"})
     return rows
-
-
-# --- the launchable config -------------------------------------------------------------------------------
-def _yaml_float(value: float) -> str:
-    """A float YAML 1.1 loaders (PyYAML) read as a float: they need a dot before the exponent."""
-    text = repr(float(value))
-    if "e" in text and "." not in text.split("e")[0]:
-        mantissa, exponent = text.split("e")
-        text = f"{mantissa}.0e{exponent}"
-    return text
-
-
-def _section_lines(section: str, mine: list[tuple[str, str, str]], extra: dict | None) -> list[str]:
-    """`section:` with our keys (value, comment) then any keys from the pilots' overrides we do not set."""
-    lines = [f"{section}:"]
-    width = max(len(f"  {key}: {value}") for key, value, _ in mine)
-    for key, value, comment in mine:
-        text = f"  {key}: {value}"
-        lines.append(f"{text:<{width}}  # {comment}" if comment else text)
-    ours = {key for key, _, _ in mine}
-    rest = {k: v for k, v in (extra or {}).items() if k not in ours}
-    if rest:
-        lines.append("  # from the pilots' configuration:")
-        dumped = yaml.safe_dump(rest, default_flow_style=False, sort_keys=False).rstrip().splitlines()
-        lines.extend(f"  {line}" for line in dumped)
-    return lines
-
-
-def write_full_run_config(recommendation: dict, out_dir, base_overrides: dict | None = None) -> Path:
-    """Write <out_dir>/experiment/full_run.yaml, a Hydra experiment for `python -m pipeline.train`.
-
-    Launch: python -m pipeline.train --config-dir <out_dir> experiment=full_run
-    `base_overrides` carries the pilots' sections to keep (e.g. {"data": {...}}); our model/train keys win,
-    and a preset's data keys (its tokenizer) win over the pilots' data section.
-    """
-    base = dict(base_overrides or {})
-    model, budget = recommendation["model"], recommendation["budget"]
-    shape, hp_src = model["shape"], model["hparam_sources"]
-    convention = model["convention"]
-    memory = model.get("memory") or {}
-    sched = model["schedule"]
-    target = recommendation.get("target") or {}
-    count = recommendation.get("count") or {}
-    header = [
-        "# @package _global_",
-        f"# Full run recommended by `python -m pipeline.fit` for {budget['flops']:.3g} FLOPs ({budget['conversion']}).",
-        f"# Law {recommendation['law'].get('name')}: N_opt = {recommendation['n_opt']:.4g} {convention} parameters; "
-        f"this run: {model['params'][convention]:,} parameters on {model['tokens']:,} tokens, "
-        f"predicted loss {_loss_text(recommendation.get('predicted_loss'))}.",
-        f"# FLOP count: {count.get('formula', model.get('flop_convention'))} ({count.get('why', '')}); "
-        f"this run's FLOPs under it: {model['flops']:.4g}.",
-        f"# Tokenizer {target.get('tokenizer')}, vocabulary {shape['vocab_size']:,}, sequence {shape['seq_len']:,}: "
-        f"{target.get('source', 'as given')}.",
-        f"# Memory: {memory.get('summary', 'not checked')}.",
-        *[f"# Differs from the pilots: {d['setting']}: {d['pilots']} -> {d['full_run']} ({d['why']})"
-          for d in recommendation.get("differences") or []],
-        "# Launch: python -m pipeline.train --config-dir <this fit directory> experiment=full_run",
-        "sweep_name: full_run",
-        f"budget_flops: {_yaml_float(budget['flops'])}",
-    ]
-    sizing = f"sizing rule (models/sizing.py) near N_opt {recommendation['n_opt']:.3g}"
-    model_keys = [
-        ("n_layer", str(shape["n_layer"]), sizing),
-        ("d_model", str(shape["d_model"]), f"{model['params'][convention]:,} {convention} parameters exactly "
-                                           f"(embedding {model['params']['embedding']:,}, head {model['params']['head']:,})"),
-        ("n_heads", str(shape["n_heads"]), "head_dim 64 from d_model 256 up"),
-        ("d_ff", str(shape["d_ff"]), "SwiGLU, 8/3 d_model rounded to the width grid"),
-        ("seq_len", str(shape["seq_len"]), target.get("source", "as the pilots")),
-        ("tie_embeddings", str(shape["tie_embeddings"]).lower(), ""),
-        ("convention", convention, "the parameter count the law uses"),
-    ]
-    train_keys = [
-        ("tokens", str(model["tokens"]), model["tokens_rule"]),
-        ("lr", _yaml_float(model["lr"]), hp_src["lr_source"]),
-        ("batch_tokens", str(model["batch_tokens"]), hp_src["batch_source"]),
-        ("warmup_tokens", str(model["warmup_tokens"]), hp_src["warmup_source"]),
-        ("beta2", _yaml_float(model["beta2"]), hp_src["beta2_source"]),
-        ("schedule", sched["name"], f"{schedule_text(sched)}; {sched['source']}"),
-        ("min_lr_ratio", _yaml_float(sched["min_lr_ratio"]), "as the schedule above"),
-        *([("cooldown_fraction", _yaml_float(sched["cooldown_fraction"]), "as the pilots' cooldowns")]
-          if sched["name"] == "wsd" else []),
-        ("precision", model.get("precision", FULL_RUN_PRECISION), "bf16 autocast; fp32 master weights and AdamW moments"),
-        *launch_train_keys(recommendation),
-    ]
-    data = dict(base.pop("data", None) or {})
-    if target.get("data"):
-        data.update(target["data"])
-    lines = header + _section_lines("model", model_keys, base.pop("model", None))
-    lines += _section_lines("train", train_keys, base.pop("train", None))
-    if data:
-        lines.append("# data: the pilots' corpus" + (f"; tokenizer from {target['source']}" if target.get("data") else ""))
-        lines.append("data:")
-        lines.extend(f"  {line}" for line in
-                     yaml.safe_dump(data, default_flow_style=False, sort_keys=False).rstrip().splitlines())
-    for key in ("sweep_name", "budget_flops"):
-        base.pop(key, None)
-    if base:
-        lines.append("# from the pilots' configuration:")
-        lines.extend(yaml.safe_dump(base, default_flow_style=False, sort_keys=False).rstrip().splitlines())
-    path = Path(out_dir) / "experiment" / "full_run.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    write_launch_files(recommendation, out_dir)  # the accelerate config and commands (FSDP when memory says so)
-    return path
-
-
-def _loss_text(loss) -> str:
-    return "none (the law has no L(N, D))" if loss is None else f"{loss:.4f}"

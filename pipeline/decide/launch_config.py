@@ -1,6 +1,6 @@
 """How the recommended full run is launched: processes, nodes, DDP or FSDP, and the files that say so.
 
-The memory check (pipeline/decide/memory.py) decides the parallelism; this module turns it into
+The memory check (pipeline/plan/memory.py) decides the parallelism; this module turns it into
 what a user runs:
 
 - `train.parallelism` for full_run.yaml: `fsdp` when the model states do not fit one GPU
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-GPUS_PER_NODE = 8          # H100/H200/A100/B200 HGX nodes
+from pipeline.plan.launch import GPUS_PER_NODE
+
 RENDEZVOUS_PORT = 29500
 
 
@@ -72,15 +73,28 @@ def commands(plan: dict, fit_dir: str) -> dict:
     return {"one_node": one_node if plan["nodes"] == 1 else None, "slurm": slurm}
 
 
+def _full_run_plan(recommendation: dict) -> dict:
+    """launch_plan for the recommended run, at the world size and parallelism of its launch (plan/launch.py)."""
+    model = recommendation["model"]
+    plan = launch_plan(model.get("memory") or {}, recommendation["budget"].get("gpus"))
+    launch = model.get("launch")
+    if launch:
+        plan.update(parallelism=launch["parallelism"], processes=launch["world_size"], nodes=launch["nodes"],
+                    gpus_per_node=launch["gpus_per_node"])
+    return plan
+
+
 def launch_train_keys(recommendation: dict) -> list[tuple[str, str, str]]:
     """The full_run.yaml `train:` entries this module decides (one: the parallelism, with its reason)."""
-    plan = launch_plan(recommendation["model"].get("memory") or {}, recommendation["budget"].get("gpus"))
-    return [("parallelism", plan["parallelism"], f"{plan['memory_verdict']}; launch: see launch/launch.json")]
+    plan = _full_run_plan(recommendation)
+    why = ("the model states and a micro-batch fit one GPU: replicated" if plan["parallelism"] == "ddp"
+           else f"model states sharded over all {plan['processes']} processes (FSDP2)")
+    return [("parallelism", plan["parallelism"], f"{why}; launch: see launch/launch.json")]
 
 
 def write_launch_files(recommendation: dict, out_dir) -> Path:
     """Write <out_dir>/launch/{launch.json, accelerate.yaml}; returns the launch.json path."""
-    plan = launch_plan(recommendation["model"].get("memory") or {}, recommendation["budget"].get("gpus"))
+    plan = _full_run_plan(recommendation)
     folder = Path(out_dir) / "launch"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(plan), sort_keys=False))

@@ -6,7 +6,7 @@
                  -> the launched shape near N_opt (pipeline.decide.allocation.pick_shape), counted exactly
                  -> D = C / F(shape) in whole batches; predicted loss = L(N_shape, D)
                  -> hyperparameters by the same rule the pilots used (pipeline.plan.hparams)
-                 -> wall-clock, GPU-days, memory and parallelism (pipeline.decide.budget, pipeline.decide.memory)
+                 -> wall-clock, GPU-days, memory and parallelism (pipeline.decide.budget, pipeline.plan.memory)
                  -> epochs over the unique data, trade-offs and the published laws' answers under the same count
 
 `n_opt` is the law's optimum; `d_opt` and `predicted_loss` are the launched run's tokens and its loss, so the
@@ -34,13 +34,14 @@ from pipeline.decide.full_run import (  # noqa: F401 -- re-exported: report.py a
     full_run_schedule,
     launched_run,
     schedule_text,
-    write_full_run_config,
 )
-from pipeline.decide.memory import memory_check
+from pipeline.decide.full_run_yaml import write_full_run_config  # noqa: F401 -- re-exported for callers
+from pipeline.decide.launch_config import launch_plan
 from pipeline.errors import UserError
 from pipeline.fit.checks import EXTRAPOLATION_WARN_FACTOR
 from pipeline.fit.laws import PUBLISHED_LAWS, KaplanFrontier, ParametricLaw
 from pipeline.plan.hardware import DEFAULT_MFU, REFERENCE_GPU, reference_gpu_days
+from pipeline.plan.memory import memory_check
 from pipeline.records import jsonable
 
 PUBLISHED_NAMES = (*PUBLISHED_LAWS, "kaplan")
@@ -71,7 +72,7 @@ def sample_intervals(law_samples, budget_flops: float, count: FlopCount | None =
 
 def _compute_time(budget: dict) -> dict:
     if budget.get("gpu_days") is not None:
-        return {"gpu": budget.get("gpu"), "gpus": budget["gpus"], "mfu": budget["mfu"],
+        return {"gpu": budget.get("gpu"), "gpus": budget["gpus"], "mfu": budget["mfu"], "mfu_source": budget.get("mfu_source"),
                 "wall_clock_days": budget["days"], "gpu_days": budget["gpu_days"], "cost_usd": budget.get("cost_usd"),
                 "basis": "budget FLOPs / (gpus x peak x MFU)"}
     mfu = budget.get("mfu") or DEFAULT_MFU
@@ -176,18 +177,24 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
                else "no bootstrap samples: fit with bootstrap > 0 for intervals")
         warnings.append(f"no intervals for law {law.name}: {why}")
 
-    shape = pick_shape(law, budget_flops, n_opt, count, vocab_size=target["vocab_size"], seq_len=target["seq_len"])
-    model = launched_run(shape, budget_flops, count, convention=convention, schedule=pilot_schedule)
+    tied = bool((target.get("architecture") or {}).get("tie_embeddings", False))
+    shape = pick_shape(law, budget_flops, n_opt, count, vocab_size=target["vocab_size"], seq_len=target["seq_len"],
+                       tie_embeddings=tied)
+    gpu_memory_gb = gpu_memory_gb or budget.get("gpu_memory_gb") or 80.0
+    memory = memory_check(shape, seq_len=target["seq_len"], micro_batch_sequences=micro_batch_sequences,
+                          gpu_memory_gb=gpu_memory_gb, n_gpus=budget.get("gpus"))
+    world = launch_plan(memory, budget.get("gpus"))["processes"]  # the budget's GPUs, else the fewest that fit
+    model = launched_run(shape, budget_flops, count, convention=convention, schedule=pilot_schedule,
+                         world_size=world, gpu_memory_gb=gpu_memory_gb)
     n_run, d_run = model["params"][convention], model["tokens"]
     size_error = n_run / n_opt - 1
     if abs(size_error) > 0.05:
         warnings.append(f"the nearest shape has {size_error:+.0%} parameters vs N_opt; D was recomputed for it")
     predicted = float(law.loss(n_run, d_run)) if parametric else None
     model["compute"] = _compute_time(budget)
-    model["memory"] = memory_check(
-        shape, seq_len=target["seq_len"], micro_batch_sequences=micro_batch_sequences,
-        gpu_memory_gb=gpu_memory_gb or budget.get("gpu_memory_gb") or 80.0, n_gpus=budget.get("gpus"))
-    memory = model["memory"]
+    model["memory"] = memory
+    for problem in model["launch"]["problems"]:
+        warnings.append(f"launch: {problem}")
     if memory["parallelism"] == "does_not_fit":
         warnings.append(f"memory: {memory['summary']}")
     if memory["tensor_parallel"] > 1 and model["shape"]["n_heads"] % memory["tensor_parallel"]:

@@ -23,6 +23,13 @@ REPORT_FIGURES = ("deviation.png", "inference_aware.png")  # written beside repo
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
+
+def launch_text(launch: dict) -> str:
+    """One line on how the full run launches (pipeline/plan/launch.py)."""
+    return (f"{launch['world_size']} GPUs ({launch['parallelism']}), micro-batch {launch['micro_batch_size']} x "
+            f"{launch['grad_accum_steps']} accumulation, {launch['peak_memory_gb_per_gpu']:.1f} GB per GPU; "
+            f"batch: {launch['batch_note']}")
+
 def md_escape(value) -> str:
     """Text that came from input (run ids, statuses, reasons and warnings quoting them, GPU names) as
     inert Markdown: one line, `&` and `<` HTML-escaped (no tags, scripts, autolinks or entities; a lone
@@ -65,7 +72,7 @@ def _days(value: float) -> str:
 def _compute_phrase(compute: dict) -> str:
     if compute.get("gpus"):
         return (f"{_days(compute['gpu_days'])} GPU-days ({compute['gpus']} x {compute['gpu']} for "
-                f"{compute['wall_clock_days']:.1f} days at MFU {compute['mfu']:.2f})")
+                f"{compute['wall_clock_days']:.1f} days at MFU {compute['mfu']:.2f}, {compute.get('mfu_source', 'given')})")
     return f"{_days(compute['gpu_days'])} GPU-days ({compute['basis']})"
 
 
@@ -115,7 +122,7 @@ def terminal_summary(rec: dict) -> str:
         f"  {_compute_phrase(model['compute'])}",
         f"  shape {model['describe']}; lr {model['lr']:.3g}, batch {count(model['batch_tokens'])} tokens, "
         f"{model['steps']:,} steps, {short_schedule(model['schedule'])}",
-        f"  memory: {model['memory']['summary']}",
+        f"  launch: {launch_text(model['launch'])}",
     ]
     lines[len(lead) + 1:len(lead) + 1] = _count_lines(rec, "  ")  # right under the Recommendation line
     inf = rec.get("inference_aware")
@@ -219,7 +226,7 @@ def _headline(rec: dict) -> list[str]:
         f"- shape: {model['describe']}",
         f"- law optimum: N_opt {count(rec['n_opt'])}{_interval_text(rec, 'n_opt')}, D_opt {count(rec['d_opt'])}"
         f"{_interval_text(rec, 'd_opt')} ({rec['allocation_rule']})",
-        f"- memory: {model['memory']['summary']}",
+        f"- launch: {md_escape(launch_text(model['launch']))}",
         *_count_lines(rec, "- "), "",
     ]
 
@@ -260,7 +267,8 @@ def _full_run_section(rec: dict) -> list[str]:
             ["model states per replica", f"{mem['model_states_gb']:.1f} GB ({mem['states_convention']})"],
             ["activations, micro-batch 1 (none / full checkpointing)",
              f"{mem['activations_gb']['no_checkpointing']:.2f} / {mem['activations_gb']['checkpointing']:.2f} GB"],
-            ["parallelism", mem["summary"]]]
+            ["parallelism", mem["summary"]],
+            ["launch", launch_text(m["launch"])]]
     lines = (["## The full run", "", "Launch with `python -m pipeline.train --config-dir <this directory> "
               "experiment=full_run` (written to `experiment/full_run.yaml`).", ""] + table(["", "value"], rows))
     diffs = rec.get("differences") or []

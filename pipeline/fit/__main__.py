@@ -28,7 +28,8 @@ from pipeline.config.load import as_dict
 from pipeline.config.schema import Study
 from pipeline.decide.allocation import exact_count, six_nd_count
 from pipeline.decide.budget import resolve_budget
-from pipeline.decide.full_run import target_from_pilots, target_from_preset, write_full_run_config
+from pipeline.decide.full_run import target_from_pilots, target_from_preset
+from pipeline.decide.full_run_yaml import write_full_run_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
@@ -58,16 +59,23 @@ def decision_inputs(study: Study, table) -> tuple[dict, object, float | None, st
     convention = study.convention if study.law is None else None
     pilots = table is not None and table.vocab_size and table.seq_len and table.flop_method == "exact"
     if pilots:
-        run_target = target_from_pilots({"tokenizer": (table.setup or {}).get("tokenizer"),
-                                     "vocab_size": table.vocab_size, "seq_len": table.seq_len})
-        count = exact_count(table.vocab_size, table.seq_len, convention or "total", study.model.tie_embeddings)
+        setup = table.setup or {}
+        tied = setup.get("tie_embeddings")
+        run_target = target_from_pilots({"tokenizer": setup.get("tokenizer"), "vocab_size": table.vocab_size,
+                                         "seq_len": table.seq_len,
+                                         "tie_embeddings": study.model.tie_embeddings if tied is None else tied})
+        count = exact_count(table.vocab_size, table.seq_len, convention or "total",
+                            run_target["architecture"]["tie_embeddings"])
     else:
         why = (f"law {study.law} is published and was fitted with C = 6 N D" if study.law is not None
                else f"the runs from {runs_source(study)} carry no shape, so no exact count: C = 6 N D as their table")
         run_target = target_from_preset(study.full_run_preset, as_dict(study.data), study.model.seq_len,
                                     why_no_pilots="no pilot records" if study.law is None else f"published law {study.law}")
+        run_target["architecture"] = {"tie_embeddings": study.model.tie_embeddings}
         count = six_nd_count(why, convention or ("non_embedding" if study.law == "kaplan" else "total"))
     unique, source = study.data.unique_tokens, "declared by data.unique_tokens"
+    if unique is None and run_target.get("unique_tokens"):  # the preset's corpus, when it trains on its own
+        unique, source = float(run_target["unique_tokens"]), run_target["unique_tokens_source"]
     if unique is None and table is not None and (table.setup or {}).get("unique_tokens"):
         unique = float(table.setup["unique_tokens"])
         source = f"the pilots' prepared corpus {table.setup.get('data_fingerprint')} (its manifest)"
@@ -118,8 +126,7 @@ def main(overrides: list[str], flags: dict) -> int:
         check_writable_dir(out_dir, "out_dir (or results_dir)")
         return predict_without_budget(study, table, out_dir)
     run_target, count, unique_tokens, unique_source = decision_inputs(study, table)
-    budget = resolve_budget(study.budget, pilot_mfu=pilot.get("mfu") if pilot else None,
-                            pilot_flops=pilot.get("total_flops") if pilot else None)
+    budget = resolve_budget(study.budget, pilot_flops=pilot.get("total_flops") if pilot else None)
     check_writable_dir(out_dir, "out_dir (or results_dir)")  # before the fit: its results must be savable
     if study.law is not None:
         law = published_law(study.law)
@@ -165,7 +172,8 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
                      "experiment": study.experiment, "bootstrap": study.bootstrap}
-    config_path = write_full_run_config(rec, out_dir, base_overrides={"data": as_dict(study.data)})
+    config_path = write_full_run_config(rec, out_dir, base_overrides={"data": as_dict(study.data),
+                                                                      "model": {"init_std": study.model.init_std}})
     rec["full_run_config"] = str(config_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "recommendation.json", rec)

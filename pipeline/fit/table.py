@@ -273,7 +273,8 @@ def check_comparable(records: list[dict], source: str) -> None:
 
 
 def pilot_setup(records: list[dict]) -> dict:
-    """What the pilots shared beyond the schedule: tokenizer, unique training tokens, precision, device."""
+    """What the pilots shared beyond the schedule: tokenizer, unique training tokens, precision, device, and
+    whether their head was tied to the embedding (the full run keeps their architecture)."""
     def common(values):
         values = {v for v in values if v is not None}
         return values.pop() if len(values) == 1 else None
@@ -281,7 +282,8 @@ def pilot_setup(records: list[dict]) -> dict:
             "unique_tokens": common(_field(r, ("data", "train_tokens_unique")) for r in records),
             "data_fingerprint": common(_field(r, ("data", "fingerprint")) for r in records),
             "precision": common(r.get("precision") for r in records),
-            "device": common(((r.get("provenance") or {}).get("device") or {}).get("type") for r in records)}
+            "device": common(((r.get("provenance") or {}).get("device") or {}).get("type") for r in records),
+            "tie_embeddings": common((r.get("shape") or {}).get("tie_embeddings") for r in records)}
 
 
 def table_from_records(records: list[dict], convention: str = "total", flop_method: str = "exact",

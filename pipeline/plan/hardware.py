@@ -1,13 +1,13 @@
 """Hardware: peak throughput and memory per GPU type, and wall-clock time at a given MFU.
 
 Used by the plan (time estimates), by each run (its MFU) and by the decision (the budget in FLOPs,
-pipeline/decide/budget.py; the memory check, pipeline/decide/memory.py). MFU (model FLOPs utilisation, Chowdhery et al. 2022, PaLM App. B) is the share of the peak that the
-model's FLOPs actually use. Unset, it is the mean MFU the pilots measured on that GPU type (the caller
-passes it); with no measurement it is 0.40, a stated assumption: large dense bf16 runs report 40-55%
+pipeline/decide/budget.py; the memory check, pipeline/plan/memory.py). MFU (model FLOPs utilisation, Chowdhery et al. 2022, PaLM App. B) is the share of the peak that the
+model's FLOPs actually use. Unset, it is 0.40, a stated assumption (the pilots' measured MFU is not
+borrowed: pipeline/decide/budget.py says why): large dense bf16 runs report 40-55%
 (PaLM 46%, Llama 3 38-43%), and a first run on a new stack rarely does better.
 
 Peaks are dense (no 2:4 sparsity) bf16 tensor-core FLOP/s from the vendors' data sheets. The memory
-column feeds the per-GPU memory check (pipeline/decide/memory.py).
+column feeds the per-GPU memory check (pipeline/plan/memory.py).
 """
 
 from __future__ import annotations

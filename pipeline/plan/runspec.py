@@ -2,7 +2,9 @@
 
 The horizon (train.tokens | train.tokens_per_param | train.flops), the model shape from the sizing
 rule, the parameter counts under every convention, the FLOPs per token (exact, Chinchilla App. F;
-6N; PaLM's MFU count), the hyperparameters from pipeline.plan.hparams, steps and micro-batching.
+6N; PaLM's MFU count), the hyperparameters from pipeline.plan.hparams, steps and micro-batching: a
+batch from the rule is rounded to the nearest multiple of micro-batch x processes, for every run (stated in
+`batch_note`).
 The planner (pipeline.plan.design) calls the same function, so the dry-run table is exactly what runs.
 
 Run identity: `run_id = <readable name>-<hash8>`, the hash of the canonical JSON of the *resolved*
@@ -25,6 +27,7 @@ from pipeline.config.load import as_dict
 from pipeline.config.schema import NON_SEMANTIC_DATA_KEYS, Study
 from pipeline.errors import UserError
 from pipeline.plan.hparams import Hyperparameters, resolve_hyperparameters
+from pipeline.plan.launch import batch_note
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class RunSpec:
     hparams: Hyperparameters
     horizon_source: str     # how the horizon was given, e.g. "flops=1e12"
     budget_flops: float | None
+    world_size: int = 1     # processes the batch is split over
+    batch_note: str = ""    # how the rule's batch became micro x accumulation x world (plan.launch.batch_note)
 
     @property
     def n_params(self) -> int:
@@ -121,10 +126,15 @@ def resolve_run(job: Study, vocab_size: int, world_size: int = 1) -> RunSpec:
     hp = resolve_hyperparameters(flops=approx_flops, n_params=n_params, run_tokens=int(target_tokens),
                                  seq_len=seq_len, lr=t.lr, batch_tokens=t.batch_tokens,
                                  warmup_tokens=t.warmup_tokens, beta2=t.beta2)
-    batch_seqs = hp.batch_tokens // seq_len
-    if t.batch_tokens is None and t.micro_batch_size:
-        # The rule's batch, rounded to whole micro-batches on every process (an explicit batch is not moved).
-        unit = t.micro_batch_size * world_size
+    if t.world_size is not None and t.world_size != world_size:
+        raise UserError(f"this run is configured for train.world_size={t.world_size} processes but runs on "
+                        f"{world_size}: launch {t.world_size} processes, or set train.world_size={world_size} "
+                        "(the batch is then re-split; check it with train.dry_run=true)")
+    batch_seqs = rule_seqs = hp.batch_tokens // seq_len
+    if t.batch_tokens is None:
+        # The rule's batch, rounded to the nearest whole number of micro-batches on every process (an explicit
+        # train.batch_tokens is not moved); unset micro_batch_size: one forward pass per process per step.
+        unit = (t.micro_batch_size or 1) * world_size
         batch_seqs = max(1, round(batch_seqs / unit)) * unit
         hp = replace(hp, batch_tokens=batch_seqs * seq_len)
     # Whole steps, rounded to the nearest, so an IsoFLOP run lands within half a step of its budget.
@@ -139,6 +149,7 @@ def resolve_run(job: Study, vocab_size: int, world_size: int = 1) -> RunSpec:
                         f"micro-batches of {micro} x {world_size} processes: set train.micro_batch_size to a divisor "
                         f"of {batch_seqs // world_size if batch_seqs % world_size == 0 else batch_seqs}")
     grad_accum = batch_seqs // (micro * world_size)
+    batching = batch_note(rule_seqs, batch_seqs, micro, grad_accum, world_size, seq_len, given=t.batch_tokens is not None)
     warmup_steps = math.ceil(hp.warmup_tokens / hp.batch_tokens)
     cooldown_steps = round(t.cooldown_fraction * steps) if t.schedule.value == "wsd" else 0
     if warmup_steps + cooldown_steps >= steps:
@@ -154,4 +165,4 @@ def resolve_run(job: Study, vocab_size: int, world_size: int = 1) -> RunSpec:
                    flops_per_token=fpt, tokens=tokens, steps=steps, batch_tokens=hp.batch_tokens,
                    micro_batch_size=micro, grad_accum=grad_accum, warmup_steps=warmup_steps,
                    cooldown_steps=cooldown_steps, hparams=hp, horizon_source=source,
-                   budget_flops=job.budget_flops)
+                   budget_flops=job.budget_flops, world_size=world_size, batch_note=batching)

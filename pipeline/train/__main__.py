@@ -3,6 +3,7 @@
     python -m pipeline.train model=tiny run_dir=/tmp/run1              # ~1 min on a laptop CPU
     python -m pipeline.train experiment=cpu_tiny model.size=2e5 train.flops=3e12
     accelerate launch -m pipeline.train experiment=h100_pilot ...      # several GPUs, one run
+    python -m pipeline.train --config-dir <fit dir> experiment=full_run train.dry_run=true  # the launch, checked
 
 Several processes (one run): every rank runs this module; the main process holds the run's lock and
 writes its files (docs/multiprocess.md). On a CPU-only machine `accelerate launch --multi_gpu
@@ -27,6 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from pipeline.cli import load_study, run_main  # noqa: E402
 from pipeline.plan.design import check_run  # noqa: E402
+from pipeline.train.dry_run import dry_run, render  # noqa: E402
 from pipeline.train.engine import REQUEUE_EXIT_CODE  # noqa: E402
 from pipeline.train.run import execute  # noqa: E402
 from pipeline.train.stop import Preempted  # noqa: E402
@@ -37,6 +39,9 @@ USAGE = __doc__
 def main(overrides: list[str], flags: dict) -> int:
     job = load_study(overrides, flags)
     if job is None:  # --cfg printed it
+        return 0
+    if job.train.dry_run:  # resolved at the world size it records; no process group, no data
+        print(render(dry_run(job)))
         return 0
     check_run(job)  # resolve the run before its corpus is prepared: a bad combination costs nothing
     try:

@@ -140,7 +140,7 @@ def _execute(job: Study) -> dict:
         return {**finished, "run_dir": str(run_dir), "exit_code": 0, "already_finished": True}
 
     sampler = TrainSampler(open_tokens(manifest, "train"), spec.shape.seq_len, t.seed)
-    val_batches = validation_batches(manifest, spec.shape.seq_len, batch_size=32)
+    val_batches = validation_batches(manifest, spec.shape.seq_len, batch_size=t.eval_batch_size or 32)
     eval_suite = build_suite(job.eval, manifest, spec.shape.seq_len)  # named sets and tasks, before any step
     attempt = len(list((run_dir / "checkpoints").glob("ckpt-*.pt"))) if (run_dir / "checkpoints").exists() else 0
     base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir),

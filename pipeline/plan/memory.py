@@ -20,7 +20,15 @@ The output layer adds the logits: bf16 logits plus an fp32 copy for the loss, 6 
 Tensor parallelism with sequence parallelism divides the activations by its degree t (ibid., sec. 4,
 sequence parallelism).
 
+Evaluation (no gradients, nothing kept for a backward pass) holds, per sequence, one layer's
+transient tensors in bf16, 2 s b (4 h + 3 f) bytes (q, k, v, attention output; SwiGLU gate, up and
+product), and the logits three times: bf16 from the head, the fp32 copy the loss takes, and the fp32
+log-softmax inside the cross-entropy, 10 s b V bytes (pipeline/train/engine.py, evaluate). At T = 2,048
+and V = 50,257 that is 1.03 GB per sequence: 32 sequences, the old fixed eval batch, need ~33 GB.
+
 Of each GPU's memory we budget 90% (CUDA context, NCCL buffers, allocator fragmentation).
+It lives in plan/ (pure, no torch) so that the decision (pipeline/decide) and a run's dry run
+(pipeline/train/dry_run.py) use the same numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ STATE_BYTES_PER_PARAM = sum(BYTES_PER_PARAM_STATES.values())  # 16
 ACTIVATION_BYTES_PER_SBH = 34          # Korthikanti et al. 2022 eq. 1 without the attention-score term
 CHECKPOINT_BYTES_PER_SBH = 2           # the layer input, kept under full recomputation
 LOGIT_BYTES = 6                        # bf16 logits + fp32 copy for the cross-entropy
+EVAL_LOGIT_BYTES = 10                  # bf16 logits + fp32 copy + fp32 log-softmax, no backward to feed
+EVAL_LAYER_BYTES = 2                   # bf16 transients of the one layer running: q, k, v, out (4h), SwiGLU (3f)
 USABLE_FRACTION = 0.90
 MAX_TENSOR_PARALLEL = 8                # one node: tensor parallelism across nodes is rarely worth it
 MAX_SHARDS_WITHOUT_GPU_COUNT = 1024
@@ -53,6 +63,12 @@ def activation_bytes(shape: ModelShape, micro_batch_sequences: int, seq_len: int
         # every layer's input, plus the one layer being recomputed in the backward pass
         return shape.n_layer * CHECKPOINT_BYTES_PER_SBH * sbh + ACTIVATION_BYTES_PER_SBH * sbh + logits
     return shape.n_layer * ACTIVATION_BYTES_PER_SBH * sbh + logits
+
+
+def eval_activation_bytes(shape: ModelShape, batch_sequences: int, seq_len: int) -> float:
+    """Peak transient memory of one evaluation forward pass without gradients (module doc)."""
+    per_token = EVAL_LAYER_BYTES * (4 * shape.d_model + 3 * shape.d_ff) + EVAL_LOGIT_BYTES * shape.vocab_size
+    return float(batch_sequences * seq_len * per_token)
 
 
 def _powers_of_two(limit: int):
