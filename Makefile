@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_CPU)"
-	$(BIN)/pip install -q -e ".[dev,slurm]"
+	$(BIN)/pip install -q -e ".[dev,slurm,trainers]"
+	$(BIN)/pip install -q --no-deps "litgpt==0.5.13"   # its huggingface-hub<1.4 pin conflicts with transformers 5 (pyproject.toml)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -30,6 +30,7 @@ from pipeline.decide.allocation import exact_count, six_nd_count
 from pipeline.decide.budget import resolve_budget
 from pipeline.decide.full_run import target_from_pilots, target_from_preset
 from pipeline.decide.full_run_yaml import write_full_run_config
+from pipeline.decide.litgpt_export import write_litgpt_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
@@ -175,6 +176,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     config_path = write_full_run_config(rec, out_dir, base_overrides={"data": as_dict(study.data),
                                                                       "model": {"init_std": study.model.init_std}})
     rec["full_run_config"] = str(config_path)
+    rec["litgpt_config"] = str(write_litgpt_config(rec, out_dir))  # or why there is none
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "recommendation.json", rec)
     report = render_report(out_dir, fit_result, rec, plots)

