@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Shrink the recommended model to CPU scale: every other key of the generated file stays as written.
 SHRINK = ["model.n_layer=1", "model.d_model=32", "model.n_heads=4", "model.d_ff=96", "model.seq_len=128",
           "data.tokenizer=bpe", "train.tokens=20480", "train.batch_tokens=1024", "train.warmup_tokens=1024", "train.precision=fp32",
+          "train.device=cpu", "train.compile=false", "train.micro_batch_size=null", "train.world_size=null",
+          "train.eval_batch_size=null", "train.parallelism=ddp",
           "train.threads=1", "train.progress=false", "tracking.mode=disabled"]
 
 

@@ -86,25 +86,26 @@ def test_every_run_rounds_the_rules_batch_to_micro_batches_on_every_process():
         resolve_run(recorded, 512, world_size=2)
 
 
-def test_pilots_tied_embeddings_and_init_reach_the_full_run_and_it_dry_runs(tmp_path):
-    """A tiny pilot results folder (tests/test_fit_synthetic.py) trained with tied embeddings, fitted as the demo is."""
-    rows = isoflop_design(budgets=(1e15, 3e15, 1e16), sizes=5)
+def test_the_demos_full_run_keeps_the_pilots_tied_embeddings_and_dry_runs(tmp_path):
+    """The demo's fit (experiment=cpu_tiny: its budgets, V=512, T=128, budget 1e15) on a tiny pilot results folder
+    (tests/test_fit_synthetic.py) whose runs were trained with tied embeddings."""
+    rows = isoflop_design(budgets=(5e11, 1e12, 2e12), sizes=5)
     write_sweep(tmp_path, rows)
     for run_json in (tmp_path / "sweep" / "runs").glob("*/run.json"):
         record = json.loads(run_json.read_text())
         record["shape"]["tie_embeddings"] = True
         run_json.write_text(json.dumps(record))
     fit_dir = tmp_path / "fit"
-    proc = run("pipeline.fit", f"results_dir={tmp_path}", "sweep_name=sweep", "budget.flops=1e18", "bootstrap=0",
+    proc = run("pipeline.fit", "experiment=cpu_tiny", f"results_dir={tmp_path}", "sweep_name=sweep", "bootstrap=0",
                "model.init_std=0.01", f"out_dir={fit_dir}")
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((fit_dir / "recommendation.json").read_text())
     assert rec["model"]["shape"]["tie_embeddings"] is True and rec["model"]["params"]["head"] == 0
-    assert "tied" not in rec["count"]["formula"] or True
     full = yaml.safe_load((fit_dir / "experiment" / "full_run.yaml").read_text())
     assert full["model"]["tie_embeddings"] is True and full["model"]["init_std"] == 0.01
     out = dry_run_json(fit_dir)
-    assert out["params"] == rec["model"]["params"]["total"] and out["world_size"] == 1
+    assert out["params"] == rec["model"]["params"]["total"] and out["world_size"] == 1 and out["seq_len"] == 128
+    assert full["data"]["source"] == "stdlib" and full["train"]["precision"] == "bf16"  # the pilots' corpus, GPU preset
     assert out["micro_batch_size"] * out["grad_accum_steps"] * out["seq_len"] == out["global_batch_tokens"]
 
 

@@ -86,12 +86,13 @@ def render(summary: dict) -> str:
                   "processes"),
         ("batch rule", s["batch_note"]),
         ("steps", f"{s['steps']:,} ({s['tokens']:,} tokens)"),
-        ("memory per GPU", f"{s['peak_memory_gb_per_gpu']:.1f} GB of {s['usable_gb']:.0f} usable on a {s['gpu']} "
-                           f"({s['gpu_memory_gb']:g} GB): training {s['train_peak_gb']:.1f}, eval batch "
-                           f"{s['eval_batch_size']} {s['eval_peak_gb']:.1f}"),
-        ("checkpoint", f"{s['checkpoint_gb']:.1f} GB every {s['checkpoint_interval_s'] / 60:.0f} min, "
-                       f"~{s['checkpoint_write_s']:.0f} s to write ({s['checkpoint_overhead']:.1%} of the time)"),
-        ("time", f"{s['est_hours']:.1f} h ({s['est_days']:.2f} days) at MFU {s['mfu']:.2f}, {s['mfu_source']}"),
+        ("memory per GPU", f"{s['peak_memory_gb_per_gpu']:.3g} GB of {s['usable_gb']:.0f} usable on a {s['gpu']} "
+                           f"({s['gpu_memory_gb']:g} GB): training {s['train_peak_gb']:.3g}, eval batch of "
+                           f"{s['eval_batch_size']} {s['eval_peak_gb']:.3g}"),
+        ("checkpoint", f"{s['checkpoint_gb']:.3g} GB every {s['checkpoint_interval_s'] / 60:.0f} min, "
+                       f"~{s['checkpoint_write_s']:.3g} s to write ({s['checkpoint_overhead']:.2%} of the time)"),
+        ("time", f"{s['est_hours']:.3g} h ({s['est_days']:.3g} days) at MFU {s['mfu']:.2f}, {s['mfu_source']}; "
+                 f"{s['est_rule']}"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n" + json.dumps(summary, sort_keys=True)
