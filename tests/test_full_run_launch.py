@@ -12,9 +12,11 @@ import pytest
 import yaml
 from test_fit_synthetic import isoflop_design, write_sweep
 
+from models.sizing import shape_for_params
 from pipeline.config.load import load_config
 from pipeline.config.schema import Study
 from pipeline.errors import UserError
+from pipeline.plan.launch import plan_launch
 from pipeline.plan.runspec import resolve_run
 from pipeline.train.dry_run import dry_run
 
@@ -115,3 +117,14 @@ def test_dry_run_needs_no_data_and_no_process_group():
                                        "train.tokens=1000000000", "train.world_size=8", "train.micro_batch_size=4"])
     out = dry_run(job)
     assert out["world_size"] == 8 and out["grad_accum_steps"] * 4 * 8 * 2048 == out["global_batch_tokens"]
+
+
+def test_micro_and_eval_batches_come_from_memory_and_odd_node_counts_are_refused():
+    shape = shape_for_params(1e9, 50257, 2048)
+    launch = plan_launch(shape, 256, 1, gpu_memory_gb=40.0)   # 16 GB of states on a 40 GB GPU
+    assert 1 <= launch.eval_batch_size < 32 and 1 <= launch.micro_batch_size < 256 and not launch.problems
+    assert max(launch.train_peak_gb, launch.eval_peak_gb) <= launch.usable_gb
+    assert launch.micro_batch_size * launch.grad_accum_steps == launch.global_batch_sequences
+    bigger = plan_launch(shape, 256, 1, gpu_memory_gb=40.0, eval_batch_size=32)
+    assert "set train.eval_batch_size=" in bigger.problems[0]
+    assert "whole 8-GPU nodes" in plan_launch(shape, 256, 12).problems[0]

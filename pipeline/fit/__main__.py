@@ -184,7 +184,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     if target_summary(rec):
         print(target_summary(rec))
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
-          f"python -m pipeline.train --config-dir {out_dir} experiment=full_run")
+          f"python -m pipeline.train --config-dir {out_dir} experiment=full_run (check it first: train.dry_run=true)")
     return 0
 
 

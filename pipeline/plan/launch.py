@@ -152,6 +152,9 @@ def plan_launch(shape: ModelShape, rule_batch_sequences: int, world_size: int, g
                         f"{usable / GB:.0f} GB usable: set train.eval_batch_size={max(eval_fits, 1)}")
 
     nodes, per_node = nodes_for(world_size, gpus_per_node)
+    if nodes * per_node != world_size:
+        problems.append(f"{world_size} processes do not fill whole {gpus_per_node}-GPU nodes: use a multiple of "
+                        f"{gpus_per_node} (budget.gpus, train.world_size)")
     ckpt_gb, write_s, interval = checkpoint_interval(n_total, nodes)
     return Launch(world_size=world_size, nodes=nodes, gpus_per_node=per_node, parallelism=parallelism,
                   micro_batch_size=micro, grad_accum_steps=accum, global_batch_sequences=global_batch,
