@@ -61,7 +61,8 @@ def build_record(job: Study, spec: RunSpec, *, status: str, manifest, extra: dic
                     "cooldown_steps": spec.cooldown_steps, "cooldown_fraction": job.train.cooldown_fraction,
                     "beta1": job.train.beta1,
                     "weight_decay": job.train.weight_decay, "grad_clip": job.train.grad_clip,
-                    "micro_batch_size": spec.micro_batch_size, "grad_accum": spec.grad_accum},
+                    "micro_batch_size": spec.micro_batch_size, "grad_accum": spec.grad_accum,
+                    "batch_note": spec.batch_note},  # how the rule's batch was rounded to micro x processes
         "data": {"fingerprint": manifest.fingerprint, "source": manifest.source,
                  "tokenizer": manifest.tokenizer, "train_tokens_unique": manifest.train_tokens,
                  "val_tokens": manifest.val_tokens,
