@@ -80,7 +80,7 @@ def _full_run_plan(recommendation: dict) -> dict:
     launch = model.get("launch")
     if launch:
         plan.update(parallelism=launch["parallelism"], processes=launch["world_size"], nodes=launch["nodes"],
-                    gpus_per_node=launch["gpus_per_node"])
+                    gpus_per_node=launch["gpus_per_node"], unsupported=list(launch["problems"]))
     return plan
 
 
