@@ -31,6 +31,7 @@ from pipeline.config.load import load_config
 from pipeline.config.schema import Study
 from pipeline.records import load_record, load_records, read_jsonl
 from pipeline.sweep.launchers import free_port
+from pipeline.train.checkpoint import list_checkpoints, readable, step_of
 from pipeline.train.run import execute
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,9 +90,9 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float =
 def wait_for_checkpoint(run_dir: Path, min_step: int, procs: list[subprocess.Popen], timeout_s: float = 120) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.pt")) if (run_dir / "checkpoints").exists() else []
-        if ckpts and int(ckpts[-1].stem.split("-")[1]) >= min_step:
-            return int(ckpts[-1].stem.split("-")[1])
+        ckpts = list_checkpoints(run_dir / "checkpoints")
+        if ckpts and step_of(ckpts[-1]) >= min_step:
+            return step_of(ckpts[-1])
         if any(p.poll() is not None for p in procs):
             break
         time.sleep(0.05)
@@ -180,7 +181,7 @@ def test_sigterm_to_every_rank_exits_75_with_a_resumable_checkpoint(corpus_overr
     assert wait_all(procs, [logs / "rank0.log", logs / "rank1.log"]) == [75, 75]
     record = load_record(run_dir)
     assert record["status"] == "preempted" and "SIGTERM" in record["error"]
-    assert (run_dir / "checkpoints" / f"ckpt-{record['steps_done']:09d}.pt").exists()
+    assert readable(run_dir / "checkpoints" / f"ckpt-{record['steps_done']:09d}.dcp")  # sharded: two processes
     resumed = relaunch_and_check(corpus_overrides, run_dir, reference, tmp_path)
     assert resumed["resumed_from_step"] == record["steps_done"]
 
@@ -194,12 +195,12 @@ def test_a_nan_on_one_rank_stops_every_rank_and_the_run_is_diverged(corpus_overr
     record = load_record(run_dir)
     assert record["status"] == "diverged" and record["steps_done"] == 7
     assert record["error"] == "train loss is nan at step 7"
-    assert (run_dir / "checkpoints" / "ckpt-000000007.pt").exists()
+    assert readable(run_dir / "checkpoints" / "ckpt-000000007.dcp")
     assert [r["step"] for r in read_jsonl(run_dir / "train.jsonl")] == list(range(1, 8))
 
 
 def test_fsdp_on_two_processes_trains_resumes_and_exports(corpus_overrides, tmp_path, reference):
-    """FSDP2 (`fully_shard`) on CPU with gloo: sharded parameters and AdamW moments, gathered into one checkpoint.
+    """FSDP2 (`fully_shard`) on CPU with gloo: sharded parameters and AdamW moments, saved shard by shard (DCP).
 
     FSDP computes the gradient norm from the shards' norms (another summation order than one
     process), so it matches one process to float rounding, and its own uninterrupted run bit for bit.
@@ -209,6 +210,7 @@ def test_fsdp_on_two_processes_trains_resumes_and_exports(corpus_overrides, tmp_
     from models.hf_io import load_hf_checkpoint
     from pipeline.data.corpus import prepare_corpus
     from pipeline.data.sampler import validation_batches
+    from pipeline.train.checkpoint import read_checkpoint
     from pipeline.train.engine import evaluate
     from pipeline.train.export import export_run
 
@@ -228,10 +230,12 @@ def test_fsdp_on_two_processes_trains_resumes_and_exports(corpus_overrides, tmp_
     assert wait_all(procs, [logs / "rank0.log", logs / "rank1.log"]) == [75, 75]
     first = load_record(run_dir)
     assert first["status"] == "preempted"
-    state = torch.load(run_dir / "checkpoints" / f"ckpt-{first['steps_done']:09d}.pt", weights_only=True)
-    assert state["parallelism"] == "fsdp" and state["world_size"] == 2
-    assert len(state["optimizer"]["state"]) == len(state["model"])  # every parameter's moments, not one shard's
-    assert all(v["exp_avg"].shape == state["model"][k].shape for k, v in state["optimizer"]["state"].items())
+    path = run_dir / "checkpoints" / f"ckpt-{first['steps_done']:09d}.dcp"
+    state = read_checkpoint(path)
+    assert state["parallelism"] == "fsdp" and state["world_size"] == 2 and state["format"] == 3
+    assert "model" not in state and {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(state["files"])
+    shards = [(path / f"__{rank}_0.distcp").stat().st_size for rank in (0, 1)]
+    assert min(shards) > 0.4 * sum(shards)  # each rank wrote its own half of the weights and moments
     record = relaunch_and_check(corpus_overrides, run_dir, uninterrupted, tmp_path, *fsdp)
     assert record["resumed_from_step"] == first["steps_done"]
 
