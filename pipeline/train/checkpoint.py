@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -276,7 +277,9 @@ def read_shards(path: str | Path, template: dict) -> None:
     """Fill `template` ({"model", "optimizer"} as `training_state` gives them) in place from a sharded
     checkpoint: every rank reads the parts of the shards its own tensors cover (a collective; on one
     process without a process group it reads everything its tensors need)."""
-    dcp.load(template, storage_reader=FileSystemReader(path), no_dist=not distributed())
+    with warnings.catch_warnings():  # on one process DCP warns that it loads without a process group: intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(template, storage_reader=FileSystemReader(path), no_dist=not distributed())
 
 
 def read_model_weights(path: str | Path, model: torch.nn.Module) -> None:
