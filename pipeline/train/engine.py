@@ -27,11 +27,11 @@ from pipeline.plan.schedule import lr_multiplier
 from pipeline.records import append_jsonl, truncate_jsonl_after_step
 from pipeline.train.build import build_model
 from pipeline.train.checkpoint import (
+    SHARDED,
     clean_stale_temporaries,
     list_checkpoints,
     load_branch_point,
     load_latest_checkpoint,
-    SHARDED,
     newest_readable,
     read_checkpoint,
     read_shards,
