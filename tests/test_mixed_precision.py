@@ -35,12 +35,15 @@ def test_fsdp_mixed_precision_policy_and_compiled_blocks_on_two_cpu_processes(tm
 
 
 @pytest.mark.slow
-def test_bf16_compiled_fsdp_run_trains_checkpoints_and_ends_near_the_fp32_loss(corpus_overrides, tmp_path,
-                                                                             reference):  # noqa: F811
+@pytest.mark.parametrize("parallelism", ["fsdp", "ddp"])
+def test_bf16_compiled_run_trains_checkpoints_and_ends_near_the_fp32_loss(corpus_overrides, tmp_path, parallelism,
+                                                                        reference):  # noqa: F811
+    """DDP: accelerate wraps the model whose blocks are already compiled (each block's gradients are
+    ready, and their bucket's all-reduce can start, before the earlier blocks' backward)."""
     run_dir = tmp_path / "run"
-    args = run_args(corpus_overrides, run_dir, "train.parallelism=fsdp", "train.precision=bf16", "train.compile=true",
-                    "train.checkpoint_interval_s=0")
-    proc = accelerate_launch(args, tmp_path / "launch.log")
+    args = run_args(corpus_overrides, run_dir, f"train.parallelism={parallelism}", "train.precision=bf16",
+                    "train.compile=true", "train.checkpoint_interval_s=0")
+    proc = accelerate_launch(args, tmp_path / "launch.log", mixed_precision="bf16")
     assert wait_all([proc], [tmp_path / "launch.log"]) == [0], (tmp_path / "launch.log").read_text()[-3000:]
     record = load_record(run_dir)
     assert record["status"] == "ok" and record["precision"] == "bf16" and record["world_size"] == 2

@@ -54,9 +54,9 @@ def reference(corpus_overrides, tmp_path_factory) -> dict:
     return record
 
 
-def accelerate_launch(args: list[str], log: Path) -> subprocess.Popen:
+def accelerate_launch(args: list[str], log: Path, mixed_precision: str = "no") -> subprocess.Popen:
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "--mixed_precision", mixed_precision, "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "pipeline.train", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
