@@ -6,7 +6,7 @@ step. Each rank writes only its own shards; after a SIGKILL of every rank the ru
 - on half as many: DCP reads the saved shards into the new, coarser sharding; the weights and AdamW
   moments are the same numbers, but the gradient reduce-scatter and norm sum over other partitions,
   so the losses agree to float rounding (the tolerance below), not bitwise.
-Marked slow: four torch processes, four times, take minutes on a shared 2-core machine (3.4 min
+Marked slow: four torch processes, four times, take minutes on a shared 2-core machine (3.4-3.9 min
 measured there under load). The default run has the 2-process version (2 -> 2 bitwise, 2 -> 1 within
 float rounding): tests/test_multiprocess.py::test_fsdp_on_two_processes_killed_resumes_on_two_and_on_one_and_exports.
 """
