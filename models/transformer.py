@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from models.accounting import param_count, training_flops_per_token
 from models.shape import ModelShape, ShapeError
@@ -32,6 +33,13 @@ def rope_cos_sin(
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float, device=device), inv_freq)  # [T, K/2]
     angles = torch.cat((angles, angles), dim=-1)  # [T, K]
     return angles.cos(), angles.sin()
+
+
+def _fill(param: torch.Tensor, values: torch.Tensor) -> None:
+    """Copy the full tensor `values` into `param`, or its own shard of it when `param` is a DTensor."""
+    if isinstance(param, DTensor):
+        values = distribute_tensor(values.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(values)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -112,7 +120,9 @@ class Transformer(nn.Module):
         keeps its scale with depth (GPT-2, Radford et al. 2019, Sec. 2.3); RMSNorm gains = 1.
         With a seed, numbers come from a private CPU `torch.Generator`: the global RNG is untouched and
         the same seed gives the same weights on any device. With None they come from the global RNG.
-        Parameters on the meta device are skipped (nothing to fill).
+        Parameters on the meta device are skipped (nothing to fill). A sharded parameter (an FSDP2
+        DTensor) keeps its own part of the full tensor drawn here, one parameter at a time, so every
+        number of processes starts from exactly the weights of one process.
         """
         generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
         residual_std = self.init_std / math.sqrt(2 * self.shape.n_layer)
@@ -124,7 +134,7 @@ class Transformer(nn.Module):
                 continue
             std = residual_std if name.endswith(("attn.out.weight", "mlp.down.weight")) else self.init_std
             values = torch.empty(param.shape, dtype=torch.float32, device="cpu")  # CPU even under a device context
-            param.copy_(values.normal_(0.0, std, generator=generator))
+            _fill(param, values.normal_(0.0, std, generator=generator))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V] (fp32 or the autocast dtype) for input_ids [B, T] with T <= shape.seq_len."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pipeline.config.load import load_config
 from pipeline.config.schema import Study
 from pipeline.records import load_record, load_records, read_jsonl
 from pipeline.sweep.launchers import free_port
+from pipeline.train.checkpoint import list_checkpoints, readable, step_of
 from pipeline.train.run import execute
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +54,9 @@ def reference(corpus_overrides, tmp_path_factory) -> dict:
     return record
 
 
-def accelerate_launch(args: list[str], log: Path) -> subprocess.Popen:
+def accelerate_launch(args: list[str], log: Path, mixed_precision: str = "no") -> subprocess.Popen:
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "--mixed_precision", mixed_precision, "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "pipeline.train", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -89,9 +91,9 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float =
 def wait_for_checkpoint(run_dir: Path, min_step: int, procs: list[subprocess.Popen], timeout_s: float = 120) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.pt")) if (run_dir / "checkpoints").exists() else []
-        if ckpts and int(ckpts[-1].stem.split("-")[1]) >= min_step:
-            return int(ckpts[-1].stem.split("-")[1])
+        ckpts = list_checkpoints(run_dir / "checkpoints")
+        if ckpts and step_of(ckpts[-1]) >= min_step:
+            return step_of(ckpts[-1])
         if any(p.poll() is not None for p in procs):
             break
         time.sleep(0.05)
@@ -180,7 +182,7 @@ def test_sigterm_to_every_rank_exits_75_with_a_resumable_checkpoint(corpus_overr
     assert wait_all(procs, [logs / "rank0.log", logs / "rank1.log"]) == [75, 75]
     record = load_record(run_dir)
     assert record["status"] == "preempted" and "SIGTERM" in record["error"]
-    assert (run_dir / "checkpoints" / f"ckpt-{record['steps_done']:09d}.pt").exists()
+    assert readable(run_dir / "checkpoints" / f"ckpt-{record['steps_done']:09d}.dcp")  # sharded: two processes
     resumed = relaunch_and_check(corpus_overrides, run_dir, reference, tmp_path)
     assert resumed["resumed_from_step"] == record["steps_done"]
 
@@ -194,12 +196,33 @@ def test_a_nan_on_one_rank_stops_every_rank_and_the_run_is_diverged(corpus_overr
     record = load_record(run_dir)
     assert record["status"] == "diverged" and record["steps_done"] == 7
     assert record["error"] == "train loss is nan at step 7"
-    assert (run_dir / "checkpoints" / "ckpt-000000007.pt").exists()
+    assert readable(run_dir / "checkpoints" / "ckpt-000000007.dcp")
     assert [r["step"] for r in read_jsonl(run_dir / "train.jsonl")] == list(range(1, 8))
 
 
-def test_fsdp_on_two_processes_trains_resumes_and_exports(corpus_overrides, tmp_path, reference):
-    """FSDP2 (`fully_shard`) on CPU with gloo: sharded parameters and AdamW moments, gathered into one checkpoint.
+def test_a_full_disk_on_one_rank_stops_every_rank_and_keeps_the_newest_sharded_checkpoint(corpus_overrides, tmp_path):
+    """Rank 1 cannot write its shard of checkpoint 7: DCP raises on both ranks, the temporary directory goes,
+    both ranks stop with the same one-line error, and checkpoint 6 stays the newest readable one."""
+    run_dir, logs = tmp_path / "run", tmp_path / "ranks"
+    shim = [sys.executable, str(REPO / "tests" / "_disk_full_on_one_rank.py"), "7"]
+    procs = spawn_ranks(run_args(corpus_overrides, run_dir, "train.parallelism=fsdp", "train.checkpoint_interval_s=0"),
+                        logs, rank1_command=shim)
+    codes = wait_all(procs, [logs / "rank0.log", logs / "rank1.log"])
+    assert codes[0] == codes[1] != 0
+    record = load_record(run_dir)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("UserError: cannot write a checkpoint of step 7") and "No space left" in record["error"]
+    assert "the newest checkpoint is ckpt-000000006.dcp, a relaunch resumes from it" in record["error"]
+    for rank in (0, 1):
+        assert "cannot write a checkpoint of step 7" in (logs / f"rank{rank}.log").read_text()
+    assert not list(run_dir.rglob("*.tmp"))
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["ckpt-000000005.dcp", "ckpt-000000006.dcp"]
+    assert all(readable(p) for p in list_checkpoints(run_dir / "checkpoints"))
+
+
+def test_fsdp_on_two_processes_killed_resumes_on_two_and_on_one_and_exports(corpus_overrides, tmp_path, reference):
+    """FSDP2 (`fully_shard`) on CPU with gloo: sharded parameters and AdamW moments, saved shard by shard (DCP).
+    (tests/test_sharded_resume.py: the same on 4 processes, resumed on 4 and on 2; slow.)
 
     FSDP computes the gradient norm from the shards' norms (another summation order than one
     process), so it matches one process to float rounding, and its own uninterrupted run bit for bit.
@@ -209,6 +232,7 @@ def test_fsdp_on_two_processes_trains_resumes_and_exports(corpus_overrides, tmp_
     from models.hf_io import load_hf_checkpoint
     from pipeline.data.corpus import prepare_corpus
     from pipeline.data.sampler import validation_batches
+    from pipeline.train.checkpoint import read_checkpoint
     from pipeline.train.engine import evaluate
     from pipeline.train.export import export_run
 
@@ -223,17 +247,27 @@ def test_fsdp_on_two_processes_trains_resumes_and_exports(corpus_overrides, tmp_
     run_dir, logs = tmp_path / "run", tmp_path / "first"
     procs = spawn_ranks(run_args(corpus_overrides, run_dir, *fsdp), logs)
     wait_for_checkpoint(run_dir, 10, procs)
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    assert wait_all(procs, [logs / "rank0.log", logs / "rank1.log"]) == [75, 75]
-    first = load_record(run_dir)
-    assert first["status"] == "preempted"
-    state = torch.load(run_dir / "checkpoints" / f"ckpt-{first['steps_done']:09d}.pt", weights_only=True)
-    assert state["parallelism"] == "fsdp" and state["world_size"] == 2
-    assert len(state["optimizer"]["state"]) == len(state["model"])  # every parameter's moments, not one shard's
-    assert all(v["exp_avg"].shape == state["model"][k].shape for k, v in state["optimizer"]["state"].items())
+    for p in procs:  # a lost node: nothing more is saved
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    path = list_checkpoints(run_dir / "checkpoints")[-1]
+    state = read_checkpoint(path)
+    assert state["parallelism"] == "fsdp" and state["world_size"] == 2 and state["format"] == 3
+    assert "model" not in state and {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(state["files"])
+    shards = [(path / f"__{rank}_0.distcp").stat().st_size for rank in (0, 1)]
+    assert min(shards) > 0.4 * sum(shards)  # each rank wrote its own half of the weights and moments
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(".lock"))
     record = relaunch_and_check(corpus_overrides, run_dir, uninterrupted, tmp_path, *fsdp)
-    assert record["resumed_from_step"] == first["steps_done"]
+    assert record["resumed_from_step"] == state["step"]
+
+    # The same checkpoint resumed by ONE process (no process group): DCP reads both shards into whole tensors.
+    # The gradient is then summed in one process (another order than the reduce-scatter): float rounding only.
+    one = execute(load_config("study", Study, run_args(corpus_overrides, copy, *fsdp)))
+    assert one["status"] == "ok" and one["world_size"] == 1 and one["resumed_from_step"] == state["step"]
+    assert one["final_val_loss"] == pytest.approx(uninterrupted["final_val_loss"], abs=1e-5)
+    assert [r["train_loss"] for r in read_jsonl(copy / "train.jsonl")] == pytest.approx(
+        [r["train_loss"] for r in read_jsonl(run_dir / "train.jsonl")], abs=1e-5)
 
     out, step = export_run(run_dir, tmp_path / "hf")
     assert step == STEPS and (out / "model.safetensors").exists()

@@ -10,13 +10,11 @@ others waits forever in the next collective):
    now" (the main process's clock). All ranks then branch on the same numbers.
 2. What only the main process can know (it holds the lock, a checkpoint is readable) is sent to the
    others (`from_main`) before anyone acts on it.
-3. Checkpoints hold the full, unsharded model and optimizer state gathered with
-   `torch.distributed.checkpoint.state_dict` (`full_state_dict=True, cpu_offload=True`): one file
-   for a single process, DDP (replicated) and FSDP2 (sharded parameters and AdamW moments) alike, so
-   a run may resume on another number of processes. The gather costs the full state in the main
-   process's CPU memory (12 bytes per parameter: fp32 weights and two moments) -- right for pilots
-   and full runs up to a few billion parameters; larger runs want DCP's sharded on-disk format
-   (docs/multiprocess.md).
+3. Checkpoints are each rank's own state (`training_state`): under FSDP2 the parameters and AdamW
+   moments are DTensor shards, saved and loaded shard by shard through torch.distributed.checkpoint
+   (pipeline/train/checkpoint.py), so no rank ever holds the full state and a run may resume on
+   another number of processes (DCP reads the overlapping parts of the saved shards). One process
+   writes the same state, keyed by parameter name, into one file.
 
 FSDP: `train.parallelism=fsdp` shards each transformer block and the root with FSDP2's
 `fully_shard` here, on CPU (gloo) and GPU (NCCL) alike. accelerate 1.15 ignores an FSDP plugin on
@@ -27,11 +25,13 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_model_state_dict
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
-
-CHECKPOINT_FORMAT = 2  # 1: model.state_dict() + optimizer.state_dict() by parameter index (single process)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
 def distributed() -> bool:
@@ -74,73 +74,53 @@ def from_main(value, is_main: bool):
     return box[0]
 
 
-def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, bf16: bool = False) -> torch.nn.Module:
     """FSDP2: each block is one unit (its parameters gathered for its forward/backward only), the root
-    holds the embeddings, final norm and head (tied embeddings share one unit)."""
+    holds the embeddings, final norm and head (tied embeddings share one unit).
+
+    With bf16 the shards stay fp32 (the optimizer's master weights) while each unit is all-gathered
+    in bf16 for compute and its gradients reduce-scattered in fp32 (`MixedPrecisionPolicy`): half the
+    all-gather traffic of fp32, and gradient sums without bf16 rounding.
+    """
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
+        MixedPrecisionPolicy()
     for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
     return model
 
 
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimizer) state dicts, unsharded, keyed by parameter name; complete on rank 0, empty elsewhere.
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """{"model", "optimizer"}: this rank's state keyed by parameter name (DDP and compile prefixes dropped).
 
-    A collective under FSDP: every rank must call it.
+    Under FSDP2 its tensors are this rank's DTensor shards: nothing is gathered. On a fresh optimizer
+    `get_state_dict` first allocates the AdamW moments (one step at lr=0 on zero gradients, which
+    leaves the weights bit for bit as they are), so the result is also the template a load fills in.
+    A collective under FSDP: every rank calls it. The tensors are the live ones (no copy).
     """
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=options)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
 
 
-def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a checkpoint's full state into the (possibly wrapped or sharded) model and optimizer, on every rank."""
-    if state.get("format", 1) < CHECKPOINT_FORMAT:  # written by a single process before format 2
-        inner = getattr(model, "module", model)
-        getattr(inner, "_orig_mod", inner).load_state_dict(state["model"])
+def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's model and optimizer state into the (possibly wrapped or sharded) model.
+
+    `state["format"]` (pipeline/train/checkpoint.py): 3, `training_state` filled in from a sharded
+    checkpoint (the live model's placements); 2, one file's state keyed by name, full (a single
+    process's, or gathered by rank 0 before sharded checkpoints); 1, one process's state by index.
+
+    On `set_optimizer_state_dict` and "an unexplained 7e-4 difference": an earlier two-rank
+    experiment compared the optimizer loaded this way with the state dict it had saved and then
+    continued the uninterrupted run. `get_state_dict(cpu_offload=True)` returns AdamW's `step`
+    counters on the CPU as the live tensors, not copies, so continuing the run advanced the "saved"
+    steps too: the loaded optimizer was one step ahead in Adam's bias correction (step 4, not 3), a
+    change of about 7% of the LR. With a copy of the state (or a checkpoint read back from disk) the
+    loaded run is bit for bit the uninterrupted one; tests/test_multiprocess.py checks it on 2 and 4 ranks.
+    """
+    if state.get("format", 1) < 2:  # written by a single process before format 2
+        set_model_state_dict(model, state["model"])  # names as the bare model's, whatever wraps it now
         optimizer.load_state_dict(state["optimizer"])
         return
-    set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True))
-    load_optimizer_by_name(model, optimizer, state["optimizer"])
-
-
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
-
-
-def parameter_name(name: str) -> str:
-    """The model's own parameter name, without the prefixes DDP and torch.compile add."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    return name
-
-
-def load_optimizer_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """AdamW's per-parameter state from a full (unsharded) state dict keyed by parameter name.
-
-    Each moment is sharded like its parameter (`distribute_tensor` with the parameter's mesh and
-    placements) under FSDP2, copied as is otherwise. Done by hand on purpose: in a two-rank CPU
-    experiment with torch 2.13 (FSDP2, 2 layers, 3 AdamW steps, save, load into a fresh model), the
-    optimizer loaded by `set_optimizer_state_dict(full_state_dict=True)` compared equal to the saved
-    one, yet its next step moved every parameter by up to 7e-4 (about 7% of the LR) away from the
-    uninterrupted run; we did not find why. This loader was bitwise in that experiment and is in
-    tests/test_multiprocess.py. The param groups' hyperparameters come from the config (the LR is
-    set every step).
-    """
-    names = {id(p): parameter_name(n) for n, p in model.named_parameters()}
-    missing = []
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            name = names[id(param)]
-            if name not in saved["state"]:
-                missing.append(name)
-                continue
-            optimizer.state[param] = {
-                key: (value.clone() if key == "step" or not torch.is_tensor(value)
-                      else distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-                      if isinstance(param, DTensor) else value.to(param.device).clone())
-                for key, value in saved["state"][name].items()}
-    if missing and saved["state"]:
-        raise ValueError(f"the checkpoint has no optimizer state for {', '.join(missing[:3])}: not this model's")
+    full = state["format"] == 2 and distributed()  # every rank holds the whole file: keep its own part
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(full_state_dict=full))

@@ -20,29 +20,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.transformer import Transformer
 from pipeline.config.schema import Study
 from pipeline.errors import UserError
 from pipeline.plan.runspec import RunSpec
 from pipeline.plan.schedule import lr_multiplier
 from pipeline.records import append_jsonl, truncate_jsonl_after_step
+from pipeline.train.build import build_model
 from pipeline.train.checkpoint import (
+    SHARDED,
     clean_stale_temporaries,
     list_checkpoints,
     load_branch_point,
     load_latest_checkpoint,
     newest_readable,
     read_checkpoint,
+    read_shards,
     save_checkpoint,
 )
-from pipeline.train.distributed import (
-    CHECKPOINT_FORMAT,
-    agree,
-    from_main,
-    full_state,
-    load_full_state,
-    shard_model,
-)
+from pipeline.train.distributed import agree, from_main, load_training_state, training_state
 from pipeline.train.lock import heartbeat
 from pipeline.train.stop import STOP, StopFlag
 
@@ -151,15 +146,13 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
     if main and ckpt_dir.exists():
         clean_stale_temporaries(ckpt_dir)
 
-    model = Transformer(spec.shape, init_std=job.model.init_std)
-    model.init_weights(seed=t.seed)
-    model.to(device)
     fsdp = t.parallelism == "fsdp" and world > 1
-    if fsdp:
-        shard_model(model)  # before the optimizer, so it holds the sharded parameters
+    # Meta device -> sharded -> this rank's part allocated and initialised once (pipeline/train/build.py);
+    # the optimizer is built after, on the parameters as they train (FSDP's shards).
+    model = build_model(spec.shape, init_std=job.model.init_std, seed=t.seed, device=device, fsdp=fsdp,
+                        bf16=accelerator.mixed_precision == "bf16",
+                        compile_blocks=t.compile if t.compile is not None else device.type == "cuda")
     optimizer = _optimizer(model, spec, job, device)
-    if t.compile if t.compile is not None else device.type == "cuda":
-        model = torch.compile(model)
     if not fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
     raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
@@ -184,8 +177,12 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
         raise UserError(start["error"])
     start_step, resumed_from, branched_from = 0, None, start["branched_from"]
     if start["path"] is not None:
-        state = state if main else read_checkpoint(start["path"])
-        load_full_state(model, raw_optimizer, state)
+        state = state if main else read_checkpoint(start["path"])  # sharded: all but the tensors
+        if state.get("format") == SHARDED:  # every rank reads the parts of the shards its own tensors cover
+            tensors = training_state(model, raw_optimizer)
+            read_shards(start["path"], tensors)
+            state.update(tensors)
+        load_training_state(model, raw_optimizer, state)
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
@@ -200,20 +197,21 @@ def train_run(job: Study, spec: RunSpec, *, accelerator, sampler, val_batches, r
         truncate_jsonl_after_step(run_dir / "eval.jsonl", start_step)
 
     def checkpoint(step: int) -> None:
-        """A collective: every rank gathers, the main process writes; a failed write stops every rank."""
-        model_state, optimizer_state = full_state(model, raw_optimizer)
+        """A collective: every rank saves its own state (its shards under FSDP; pipeline/train/checkpoint.py
+        decides the layout); the RNG states and counters are the main process's. A failed write stops every rank."""
+        payload = {**training_state(model, raw_optimizer),
+                   "step": step, "tokens": step * spec.batch_tokens, "rng_cpu": torch.get_rng_state(),
+                   "best_train_loss": best_loss, "run_id": spec.run_id, "data_fingerprint": data_fingerprint,
+                   "world_size": world, "parallelism": "fsdp" if fsdp else "ddp"}
+        if device.type == "cuda":
+            payload["rng_cuda"] = torch.cuda.get_rng_state()
         error = None
-        if main:
-            payload = {"format": CHECKPOINT_FORMAT, "model": model_state, "optimizer": optimizer_state,
-                       "step": step, "tokens": step * spec.batch_tokens, "rng_cpu": torch.get_rng_state(),
-                       "best_train_loss": best_loss, "run_id": spec.run_id, "data_fingerprint": data_fingerprint,
-                       "world_size": world, "parallelism": "fsdp" if fsdp else "ddp"}
-            if device.type == "cuda":
-                payload["rng_cuda"] = torch.cuda.get_rng_state()
-            try:
-                save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints, protect=frozenset(t.keep_steps))
+        try:
+            save_checkpoint(ckpt_dir, step, payload, keep=t.keep_checkpoints, protect=frozenset(t.keep_steps))
+            if main:
                 heartbeat(run_dir)
-            except OSError as err:
+        except OSError as err:
+            if main:
                 kept = newest_readable(ckpt_dir)
                 error = (f"cannot write a checkpoint of step {step} in {ckpt_dir} ({err.strerror}); its temporary "
                          "file was removed; " + (f"the newest checkpoint is {kept.name}, a relaunch resumes from it"

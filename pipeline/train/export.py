@@ -2,9 +2,9 @@
 
     python -m pipeline.train.export <run_dir> <out_dir>
 
-Checkpoints hold the full, unsharded model (pipeline/train/distributed.py gathers FSDP shards
-before saving), so a run trained on one process, with DDP or with FSDP exports the same way, on
-any machine, without starting a process group.
+A checkpoint of one file holds the whole model; a sharded one (several processes, DCP) is read
+here in one process, without a process group: DCP assembles each weight from the ranks' shards. So
+a run trained on one process, with DDP or with FSDP exports the same way, on any machine.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from models.shape import ModelShape
 from models.transformer import Transformer
 from pipeline.errors import UserError
 from pipeline.records import RecordError, load_record
-from pipeline.train.checkpoint import newest_readable, read_checkpoint
+from pipeline.train.checkpoint import newest_readable, read_checkpoint, read_model_weights
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, int]:
@@ -34,7 +34,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, int]:
     if state.get("run_id") != record["run_id"]:
         raise UserError(f"{path} belongs to run {state.get('run_id')}, not {record['run_id']}")
     model = Transformer(ModelShape.from_dict(record["shape"]))
-    model.load_state_dict(state["model"])
+    read_model_weights(path, model)
     return save_hf_checkpoint(model, out_dir), int(state["step"])
 
 

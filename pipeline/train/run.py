@@ -23,7 +23,7 @@ from pipeline.errors import UserError
 from pipeline.plan.hardware import peak_flops_for_device_name
 from pipeline.plan.runspec import RunSpec, resolve_run
 from pipeline.records import RecordError, load_record, write_record
-from pipeline.train.checkpoint import newest_readable
+from pipeline.train.checkpoint import list_checkpoints, newest_readable
 from pipeline.train.distributed import close as close_process_group
 from pipeline.train.distributed import from_main
 from pipeline.train.engine import REQUEUE_EXIT_CODE, train_run
@@ -143,7 +143,7 @@ def _execute(job: Study) -> dict:
     sampler = TrainSampler(open_tokens(manifest, "train"), spec.shape.seq_len, t.seed)
     val_batches = validation_batches(manifest, spec.shape.seq_len, batch_size=t.eval_batch_size or 32)
     eval_suite = build_suite(job.eval, manifest, spec.shape.seq_len)  # named sets and tasks, before any step
-    attempt = len(list((run_dir / "checkpoints").glob("ckpt-*.pt"))) if (run_dir / "checkpoints").exists() else 0
+    attempt = len(list_checkpoints(run_dir / "checkpoints"))
     base = {"provenance": provenance(accelerator.device), "epochs": epochs, "run_dir": str(run_dir),
             "world_size": accelerator.num_processes, "parallelism": t.parallelism,
             "precision": precision,  # as resolved (auto -> bf16 on GPU, fp32 on CPU): the full run lists the difference
