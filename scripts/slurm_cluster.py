@@ -235,6 +235,8 @@ def cluster(root: Path | None = None):
     if found:
         yield {}, f"the cluster already there ({found}); nothing started"
         return
+    # Not under a private folder (pytest's tmp_path is 0700): munged runs as the munge user.
+    temporary = root is None
     root = Path(root or tempfile.mkdtemp(prefix="pilot-slurm-"))
     install()
     started = time.monotonic()
@@ -243,6 +245,8 @@ def cluster(root: Path | None = None):
         yield env, f"a throwaway one-node cluster under {root}, up in {time.monotonic() - started:.1f} s"
     finally:
         print("\nslurm: stopped " + ", ".join(stop(root)), flush=True)
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:

@@ -35,6 +35,7 @@ def _claim_in_thread(run_dir, barrier, wins) -> None:
     barrier.wait()  # the winner stays alive (and holding) until every claimer has tried
 
 
+@pytest.mark.lock
 @pytest.mark.parametrize("start", ["free", "stale"])
 def test_concurrent_threads_never_both_win(tmp_path, start):
     run_dir = tmp_path / "run"
@@ -55,6 +56,7 @@ def _claim_in_process(run_dir, barrier, results) -> None:
     barrier.wait()
 
 
+@pytest.mark.lock
 @pytest.mark.parametrize("start", ["free", "stale"])
 def test_concurrent_processes_never_both_win(tmp_path, start):
     run_dir = tmp_path / "run"

@@ -39,23 +39,24 @@ def job_state(job_id: str) -> str | None:
 
 
 def queue_rows(fields: str, *args: str) -> list[list[str]] | None:
-    """`squeue --states=all -h -O <fields>`-style rows split on '|', or None when squeue cannot be asked."""
+    """`squeue --states=all -h -o <fields>` rows split on '|', or None when squeue cannot be asked."""
     done = _run(["squeue", "-h", "--states=all", "-o", fields, *args])
     if done is None or done.returncode != 0:
         return None
     return [line.split("|") for line in done.stdout.splitlines() if line.strip()]
 
 
-def accounting_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: state} from `sacct` for jobs the controller has forgotten ({} without accounting)."""
-    if not job_ids:
-        return {}
-    done = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)])
+def accounting_rows(job_name: str, days: int = 30) -> list[list[str]] | None:
+    """Rows like `queue_rows("%A|%F|%K|%T|%k")` -- job id, array job id, task, state, comment -- from
+    `sacct` for the array tasks named `job_name`, or None without accounting."""
+    done = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,JobID,State,Comment", f"--name={job_name}",
+                 f"--starttime=now-{days}days"])
     if done is None or done.returncode != 0:
-        return {}
-    out = {}
+        return None
+    rows = []
     for line in done.stdout.splitlines():
-        job, _, state = line.partition("|")
-        if job:
-            out[job] = state.split()[0] if state else ""
-    return out
+        raw, job, state, comment = (line.split("|") + ["", "", "", ""])[:4]
+        array_id, _, task = job.partition("_")
+        if task:
+            rows.append([raw, array_id, task, state, comment])
+    return rows
