@@ -100,17 +100,19 @@ def test_a_dead_or_reused_pid_is_stale_and_a_live_one_holds(tmp_path):
 def test_a_requeued_slurm_task_takes_over_its_own_run_from_another_node(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     # The lease its first life wrote on another node, killed there; the scheduler cannot be asked here.
-    monkeypatch.setattr(lock, "job_state", lambda job_id: None)
+    asked = []
+    monkeypatch.setattr(lock, "job_state", lambda job_id: asked.append(job_id))  # None: cannot ask
     stale_lease(run_dir, host="node-07", pid=4242, time=time.time(), slurm_job_id="812", slurm_array_job_id="800",
                 slurm_array_task_id="12", slurm_restart_count=0)
     monkeypatch.setenv("SLURM_JOB_ID", "999")
-    assert not claim(run_dir)  # another job, seen 0 s ago: live (no 6-hour wait needed for a job, see below)
+    assert not claim(run_dir)  # another job, seen 0 s ago and the scheduler silent: live by its heartbeat
+    assert asked == ["800_12"]  # an array task is asked for by its array name (its bare id may name the array)
     monkeypatch.setenv("SLURM_JOB_ID", "812")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert claim(run_dir)  # the same job, restarted: its own previous life
     lease = read_lease(run_dir)
     assert lease["slurm_restart_count"] == 1 and lease["took_over"] == (
-        "SLURM job 812 (array 800_12), restart 0, pid 4242 on node-07")
+        "SLURM job 800_12, restart 0, pid 4242 on node-07")
 
 
 @pytest.mark.parametrize("state, live", [("RUNNING", True), ("COMPLETING", True), ("PENDING", False),
@@ -120,4 +122,4 @@ def test_another_jobs_lease_lives_as_long_as_the_scheduler_says_it_runs(tmp_path
     asked = []
     monkeypatch.setattr(lock, "job_state", lambda job_id: asked.append(job_id) or state)
     stale_lease(run_dir, host="node-07", time=time.time(), slurm_job_id="812", slurm_restart_count=0)
-    assert claim(run_dir) is not live and asked == ["812"]
+    assert claim(run_dir) is not live and asked == ["812"]  # no array: the job id names it

@@ -37,6 +37,7 @@ from pipeline.config.schema import Study
 from pipeline.plan.design import plan_sweep
 from pipeline.records import load_record, read_jsonl
 from pipeline.sweep.scheduler_state import submission_tag
+from pipeline.train.lock import slurm_job
 from pipeline.train.run import execute
 
 pytestmark = pytest.mark.slurm
@@ -136,7 +137,7 @@ def faulted(study, tmp_path_factory):
     jobs = {}
     for fault, run_id in victims.items():
         lease = wait_for_progress(runs / run_id, steps=8, procs=[proc], log=log)
-        job = jobs[fault] = lease["slurm_job_id"]
+        job = jobs[fault] = slurm_job(lease)
         if fault == "usr1":  # what SLURM sends before the time limit (and at preemption with send_user_signal)
             subprocess.run(["scancel", "--signal=USR1", job], check=True)
         elif fault == "requeue":  # what an admin or a preemption with PreemptMode=REQUEUE does
@@ -207,10 +208,10 @@ def test_a_cancelled_task_shows_as_cancelled_and_a_relaunch_finishes_it(study, t
     proc, log = run_sweep(args, tmp_path / "sweep1.log", wait=False)
     runs = tmp_path / "r" / "cpu_tiny" / "runs"
     longest = max(planned_ids(args), key=lambda r: len(reference[r][0]))
-    lease = wait_for_progress(runs / longest, steps=8, procs=[proc], log=log)
-    subprocess.run(["scancel", lease["slurm_job_id"]], check=True)
-    assert proc.wait(timeout=600) != 0  # the array did not finish every run
-    wait_for_job(lease["slurm_job_id"], {"CANCELLED"})
+    job = slurm_job(wait_for_progress(runs / longest, steps=8, procs=[proc], log=log))
+    subprocess.run(["scancel", job], check=True)
+    wait_for_job(job, {"CANCELLED"})
+    assert proc.wait(timeout=600) != 0, log.read_text()[-3000:]  # the array did not finish every run
     code, out = run_sweep(args, None, dry_run=True)
     line = next(line for line in out.splitlines() if line.startswith(longest))
     assert "slurm CANCELLED (job " in line and ("preempted" in line or "interrupted" in line), out
@@ -235,7 +236,7 @@ def test_full_run_sbatch_trains_on_two_tasks_is_requeued_and_resumes(corpus_over
            "TRAIN_OVERRIDES": " ".join([*corpus_overrides, *FULL_RUN, f"run_dir={run_dir}"])}
     submitted = subprocess.run(
         ["sbatch", "--parsable", f"--partition={cluster.partition}", "--nodes=1", "--ntasks-per-node=2",
-         "--cpus-per-task=1", "--mem=2G", "--time=30", f"--output={log}", str(REPO / "slurm" / "full_run.sbatch")],
+         "--cpus-per-task=1", "--gpus-per-node=0", "--mem=2G", "--time=30", f"--output={log}", str(REPO / "slurm" / "full_run.sbatch")],
         env=env, capture_output=True, text=True, cwd=REPO)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
@@ -270,7 +271,7 @@ def test_jobs_claiming_one_run_at_once_never_both_win(cluster, tmp_path):
     assert said == ["held", "held", "held", "won"]
     # The winner's job has ended: its lease is stale now (the scheduler says so), the next job takes over.
     lease = json.loads((run_dir / ".lock").read_text())
-    assert lease["slurm_job_id"] in jobs and scheduler.job_state(lease["slurm_job_id"]) == "COMPLETED"
+    assert lease["slurm_job_id"] in jobs and scheduler.job_state(slurm_job(lease)) == "COMPLETED"
     later = subprocess.run(["sbatch", "--parsable", "--wait", f"--partition={cluster.partition}", "--mem=1G",
                             f"--output={tmp_path / 'claim-late.out'}",
                             f"--wrap={sys.executable} -c \"{CLAIMER}\" {run_dir} 0"], capture_output=True, text=True)

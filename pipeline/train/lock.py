@@ -81,17 +81,21 @@ def is_mine(lease: dict, me: dict | None = None) -> bool:
                                                   "slurm_restart_count"))
 
 
+def slurm_job(lease: dict) -> str | None:
+    """The lease's job as squeue, scancel and scontrol name it: "800_12" for an array task (its bare job id
+    can equal the array's own, which names every task of the array), else the job id; None off SLURM."""
+    if lease.get("slurm_array_job_id") and lease.get("slurm_array_task_id") is not None:
+        return f"{lease['slurm_array_job_id']}_{lease['slurm_array_task_id']}"
+    return lease.get("slurm_job_id")
+
+
 def describe(lease: dict | None) -> str:
-    """A lease in words, e.g. "SLURM job 812_3 (restart 1), pid 4242 on node-07"."""
+    """A lease in words, e.g. "SLURM job 800_12, restart 1, pid 4242 on node-07"."""
     if not lease:
         return "nobody"
     where = f"pid {lease.get('pid')} on {lease.get('host')}"
-    job = lease.get("slurm_job_id")
-    if not job:
-        return where
-    if lease.get("slurm_array_job_id"):
-        job = f"{job} (array {lease['slurm_array_job_id']}_{lease.get('slurm_array_task_id')})"
-    return f"SLURM job {job}, restart {lease.get('slurm_restart_count') or 0}, {where}"
+    job = slurm_job(lease)
+    return f"SLURM job {job}, restart {lease.get('slurm_restart_count') or 0}, {where}" if job else where
 
 
 def read_lease(run_dir: Path) -> dict | None:
@@ -113,7 +117,7 @@ def holder_alive(lease: dict, me: dict | None = None, stale_after_s: float = 6 *
             return _pid_alive(int(lease.get("pid", -1)), lease.get("pid_start"))
         return True  # the same job, another node: a sibling task of one allocation
     if job:
-        state = job_state(str(job))
+        state = job_state(slurm_job(lease))
         if state is not None:
             return state in LIVE_JOB_STATES
     elif lease.get("host") == me["host"]:
