@@ -39,7 +39,10 @@ def submitted_runs(sweep_dir: Path) -> dict[str, list[str]]:
 
 
 def task_indices(text: str) -> list[int]:
-    """Array task ids as squeue/sacct print them: "3", or a pending range "[0-3,5%2]" / "0-3%2"."""
+    """Array task ids as squeue/sacct print them: "3", or a pending range "[0-3,5%2]" / "0-3%2". A lone
+    job ("N/A": submitit submits a single run as a plain job, not an array) is task 0 of its submission."""
+    if text in ("N/A", ""):
+        return [0]
     out = []
     for part in text.strip("[]").split("%")[0].split(","):
         bounds = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
@@ -63,7 +66,8 @@ def scheduler_states(sweep_dir: Path) -> dict[str, str]:
             for index in task_indices(tasks):
                 run_id = order[index] if index < len(order) else None
                 if run_id and (run_id not in newest or int(job_id) > newest[run_id][0]):  # a relaunch's job wins
-                    newest[run_id] = (int(job_id), f"{state.split()[0]} (job {array_id}_{index})")
+                    name = f"{array_id}_{index}" if tasks not in ("N/A", "") else job_id
+                    newest[run_id] = (int(job_id), f"{state.split()[0]} (job {name})")
     out = {}
     for run_id, (_, text) in newest.items():
         restarts = (read_lease(Path(sweep_dir) / "runs" / run_id) or {}).get("slurm_restart_count") or 0

@@ -57,6 +57,6 @@ def accounting_rows(job_name: str, days: int = 30) -> list[list[str]] | None:
     for line in done.stdout.splitlines():
         raw, job, state, comment = (line.split("|") + ["", "", "", ""])[:4]
         array_id, _, task = job.partition("_")
-        if task:
-            rows.append([raw, array_id, task, state, comment])
+        if raw.isdigit():  # not a job step
+            rows.append([raw, array_id, task or "N/A", state, comment])
     return rows
