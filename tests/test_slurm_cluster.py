@@ -229,7 +229,7 @@ def test_a_cancelled_task_shows_as_cancelled_and_a_relaunch_finishes_it(study, t
 
 
 # --- (7) the full run: one srun over 2 tasks, requeued -------------------------------------------------
-FULL_STEPS = 150
+FULL_STEPS = 100
 FULL_RUN = ["model.size=23k", f"train.tokens={FULL_STEPS * 1024}", "train.batch_tokens=1024",
             "train.micro_batch_size=4", "train.threads=1", "train.log_interval_steps=1", "train.evals_per_run=2",
             "train.progress=false", "tracking.mode=disabled", "train.device=cpu", "train.checkpoint_interval_s=0"]
