@@ -23,12 +23,13 @@ def test_each_run_shows_its_newest_jobs_state(tmp_path, monkeypatch):
     first, again = sweep / "slurm" / "submission-aaaa.json", sweep / "slurm" / "submission-bbbb.json"
     first.write_text(json.dumps({"runs": {"a": {}, "b": {}, "c": {}}}))
     again.write_text(json.dumps({"runs": {"b": {}}}))  # the relaunch after b was cancelled
-    queue = [["11", "10", "0", "COMPLETED", submission_tag(first)], ["10", "10", "1", "CANCELLED", submission_tag(first)],
-             ["20", "20", "N/A", "RUNNING", submission_tag(again)], ["30", "30", "[2]", "PENDING", "someone else"]]
+    queue = [["11", "10", "0", "COMPLETED", submission_tag(first), "0"],
+             ["10", "10", "1", "CANCELLED", submission_tag(first), "0"],
+             ["20", "20", "N/A", "PENDING", submission_tag(again), "1"],   # requeued once, waiting to restart
+             ["30", "30", "[2]", "PENDING", "someone else", "0"]]
     monkeypatch.setattr(scheduler_state, "queue_rows", lambda fields: queue)
-    monkeypatch.setattr(scheduler_state, "accounting_rows", lambda name: [["12", "10", "2", "FAILED", submission_tag(first)]])
-    (sweep / "runs" / "b").mkdir(parents=True)
-    (sweep / "runs" / "b" / ".lock").write_text(json.dumps({"slurm_job_id": "20", "slurm_restart_count": 1}))
-    states = with_scheduler_states(sweep, {"a": "done", "b": "running", "c": "failed", "d": "missing"})
-    assert states == {"a": "done; slurm COMPLETED (job 10_0)", "b": "running; slurm RUNNING (job 20, restart 1)",
+    monkeypatch.setattr(scheduler_state, "accounting_rows",
+                        lambda name: [["12", "10", "2", "FAILED", submission_tag(first), ""]])
+    states = with_scheduler_states(sweep, {"a": "done", "b": "interrupted", "c": "failed", "d": "missing"})
+    assert states == {"a": "done; slurm COMPLETED (job 10_0)", "b": "interrupted; slurm PENDING (job 20, requeued 1x)",
                       "c": "failed; slurm FAILED (job 10_2)", "d": "missing"}

@@ -16,8 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.train.lock import read_lease
-from pipeline.train.scheduler import accounting_rows, queue_rows
+from pipeline.train.scheduler import QUEUE_FIELDS, accounting_rows, queue_rows
 
 COMMENT_PREFIX = "scaling-pilot:"
 
@@ -52,14 +51,14 @@ def task_indices(text: str) -> list[int]:
 
 
 def scheduler_states(sweep_dir: Path) -> dict[str, str]:
-    """{run id: "RUNNING (job 812_3, restart 1)"} for the runs of this sweep's arrays; {} off a cluster."""
+    """{run id: "PENDING (job 812_3, requeued 1x)"} for the runs of this sweep's arrays; {} off a cluster."""
     submissions = submitted_runs(sweep_dir)
     if not submissions:
         return {}
     newest: dict[str, tuple[int, str]] = {}
     # squeue first (what runs now), then sacct for the jobs the controller has forgotten.
-    for rows in (queue_rows("%A|%F|%K|%T|%k"), accounting_rows(Path(sweep_dir).name)):
-        for job_id, array_id, tasks, state, comment in rows or []:
+    for rows in (queue_rows(QUEUE_FIELDS), accounting_rows(Path(sweep_dir).name)):
+        for job_id, array_id, tasks, state, comment, restarts in rows or []:
             order = submissions.get(comment.strip())
             if order is None or not job_id.isdigit():
                 continue
@@ -67,12 +66,9 @@ def scheduler_states(sweep_dir: Path) -> dict[str, str]:
                 run_id = order[index] if index < len(order) else None
                 if run_id and (run_id not in newest or int(job_id) > newest[run_id][0]):  # a relaunch's job wins
                     name = f"{array_id}_{index}" if tasks not in ("N/A", "") else job_id
-                    newest[run_id] = (int(job_id), f"{state.split()[0]} (job {name})")
-    out = {}
-    for run_id, (_, text) in newest.items():
-        restarts = (read_lease(Path(sweep_dir) / "runs" / run_id) or {}).get("slurm_restart_count") or 0
-        out[run_id] = text[:-1] + f", restart {restarts})" if restarts else text
-    return out
+                    requeued = f", requeued {restarts}x" if restarts.isdigit() and int(restarts) else ""
+                    newest[run_id] = (int(job_id), f"{state.split()[0]} (job {name}{requeued})")
+    return {run_id: text for run_id, (_, text) in newest.items()}
 
 
 def with_scheduler_states(sweep_dir: Path, states: dict[str, str]) -> dict[str, str]:

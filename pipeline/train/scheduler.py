@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+QUEUE_FIELDS = ["JobID", "ArrayJobID", "ArrayTaskID", "State", "Comment", "RestartCnt"]
 NOT_IN_QUEUE = "NOT_IN_QUEUE"   # the controller answered and does not know the job (it ended long ago)
 TIMEOUT_S = 15
 
@@ -38,17 +39,18 @@ def job_state(job_id: str) -> str | None:
     return states[0] if states else NOT_IN_QUEUE
 
 
-def queue_rows(fields: str, *args: str) -> list[list[str]] | None:
-    """`squeue --states=all -h -o <fields>` rows split on '|', or None when squeue cannot be asked."""
-    done = _run(["squeue", "-h", "--states=all", "-o", fields, *args])
+def queue_rows(fields: list[str], *args: str) -> list[list[str]] | None:
+    """`squeue --states=all --Format` rows of these fields (e.g. ["JobID", "State", "RestartCnt"]), or None
+    when squeue cannot be asked. A `|` after each field's name makes squeue print it unpadded, `|`-separated."""
+    done = _run(["squeue", "-h", "--states=all", "-O", ",".join(f"{f}:|" for f in fields), *args])
     if done is None or done.returncode != 0:
         return None
-    return [line.split("|") for line in done.stdout.splitlines() if line.strip()]
+    return [line.split("|")[:len(fields)] for line in done.stdout.splitlines() if line.strip()]
 
 
 def accounting_rows(job_name: str, days: int = 30) -> list[list[str]] | None:
-    """Rows like `queue_rows("%A|%F|%K|%T|%k")` -- job id, array job id, task, state, comment -- from
-    `sacct` for the array tasks named `job_name`, or None without accounting."""
+    """Rows like `queue_rows(QUEUE_FIELDS)` -- job id, array job id, task, state, comment, restarts ("":
+    sacct does not count them) -- from `sacct` for the jobs named `job_name`, or None without accounting."""
     done = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,JobID,State,Comment", f"--name={job_name}",
                  f"--starttime=now-{days}days"])
     if done is None or done.returncode != 0:
@@ -58,5 +60,5 @@ def accounting_rows(job_name: str, days: int = 30) -> list[list[str]] | None:
         raw, job, state, comment = (line.split("|") + ["", "", "", ""])[:4]
         array_id, _, task = job.partition("_")
         if raw.isdigit():  # not a job step
-            rows.append([raw, array_id, task or "N/A", state, comment])
+            rows.append([raw, array_id, task or "N/A", state, comment, ""])
     return rows
