@@ -62,5 +62,6 @@ def pytest_terminal_summary(terminalreporter, config):
         why = "a cluster is reachable (sinfo answers), but they submit jobs"
     else:
         why = "no SLURM cluster is reachable (SLURM_CONF unset, `sinfo` absent or not answering)"
-    terminalreporter.write_line(f"slurm: {count} tests not run: {why}. `make test-slurm` runs them, on that cluster "
-                                "or on a throwaway one-node cluster it starts and stops (slurm/README.md)")
+    terminalreporter.write_line(f"slurm: {count} tests not run: {why}. `make test-slurm` runs them (on the cluster "
+                                "SLURM_CONF or sinfo points at, else on a throwaway one-node cluster it starts and "
+                                "stops; slurm/README.md)")
