@@ -6,10 +6,10 @@ You do not call this yourself: `pipeline.sweep.slurm_array.submit_array` builds 
 job per run id). The task reads its run's full config from the submission file the sweep wrote (the
 planner's resolved `PlannedRun.job`, not overrides to re-compose: what was planned is what runs, even
 if conf/ changes while the job waits in the queue), checks that it still resolves to the same run id
--- hence the same run directory -- claims the run's lease (pipeline/train/lock.py: keyed on this SLURM job, so a requeued task takes over
-its own run at once) and calls `pipeline.train.execute`, which resumes from the newest checkpoint on
-its own -- also after a plain `scontrol requeue` or a node failure, which restart the task from
-submitit's original pickle without any checkpoint call.
+-- hence the same run directory -- claims the run's lease (pipeline/train/lock.py: keyed on this SLURM
+job, so a requeued task takes over its own run at once) and calls `pipeline.train.execute`, which
+resumes from the newest checkpoint on its own -- also after a plain `scontrol requeue` or a node
+failure, which restart the task from submitit's original pickle without any checkpoint call.
 
 Preemption and time limits (pipeline/sweep/slurm_array.py explains the design): the engine turns the signal into
 "finish the step, save a checkpoint, return status preempted"; this task then hands the same signal
