@@ -196,11 +196,14 @@ def test_two_sweeps_of_one_study_at_once_train_each_run_once(study, tmp_path):
     codes = [first.wait(timeout=600), second.wait(timeout=600)]
     runs = tmp_path / "r" / "cpu_tiny" / "runs"
     logs = sweep_log(tmp_path)
+    met = 0
     for run_dir in runs.iterdir():
-        check_bitwise(run_dir, reference, resumed=False)
-        # Two tasks got this run; exactly one trained it, the other found it held or finished.
+        check_bitwise(run_dir, reference, resumed=False)  # trained by one task, start to end, never resumed
+        # When both sweeps submitted the run, one task trained it and the other found it held or finished.
         skipped = logs.count(f"{run_dir.name}: not trained here") + logs.count(f"{run_dir.name}: already ok")
-        assert skipped == 1, logs[-4000:]
+        assert skipped <= 1 and logs.count(f"{run_dir.name}: took the run over") == 0, logs[-4000:]
+        met += skipped
+    assert met >= 1, logs[-4000:]  # the sweeps really overlapped: a task met a run of the other sweep
     for code, log in ((codes[0], log1), (codes[1], log2)):
         text = log.read_text()
         # A sweep whose task found a run held by the other sweep never calls it done: it says so and exits 1.
