@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow test-slurm lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
+
+# The SLURM tests (tests/test_slurm_cluster.py) against the cluster SLURM_CONF or `sinfo` points at, or else a
+# throwaway one-node cluster scripts/slurm_cluster.py starts (root on Debian: installs slurm-wlm, munge,
+# slurmdbd, mariadb-server if missing) and stops afterwards, also on failure. slurm/README.md.
+test-slurm: $(STAMP)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "slurm or lock" \
+		tests/test_slurm_cluster.py tests/test_lock.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline models scripts tests

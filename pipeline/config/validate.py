@@ -205,10 +205,12 @@ def validate_sweep(job: Study) -> None:
 def validate_launcher(job: Study) -> None:
     ln = job.launcher
     for key, hint in (("gpus", "the GPUs on this node"), ("gpus_per_run", "GPUs per run"),
-                      ("timeout_min", "minutes per SLURM allocation"), ("gpus_per_node", "GPUs per SLURM task"),
-                      ("cpus_per_task", "CPUs per SLURM task"), ("mem_gb", "memory per SLURM task"),
+                      ("timeout_min", "minutes per SLURM allocation"), ("cpus_per_task", "CPUs per SLURM task"),
+                      ("mem_gb", "memory per SLURM task"),
                       ("array_parallelism", "SLURM tasks running at once")):
         _at_least(f"launcher.{key}", getattr(ln, key), 1, f"give {hint}, e.g. launcher.{key}=1")
+    _at_least("launcher.gpus_per_node", ln.gpus_per_node, 0, "GPUs per SLURM task, e.g. launcher.gpus_per_node=1 "
+              "(0 on a CPU partition, with train.device=cpu)")
     _at_least("launcher.max_num_timeout", ln.max_num_timeout, 0, "requeues after a time limit, e.g. 3")
     if ln.mode.value == "node":
         _need(ln.gpus_per_run <= ln.gpus, f"launcher.gpus_per_run={ln.gpus_per_run} is more than launcher.gpus="

@@ -22,6 +22,7 @@ from pipeline.data.manifest import load_manifest
 from pipeline.errors import UserError
 from pipeline.plan.design import check_design, plan_sweep, plan_table
 from pipeline.sweep.dispatch import TERMINAL, launch, pending_runs, status_counts, sweep_dir, write_plan
+from pipeline.sweep.scheduler_state import with_scheduler_states
 from pipeline.sweep.slurm_array import check_launcher
 from pipeline.train.engine import REQUEUE_EXIT_CODE
 
@@ -67,7 +68,7 @@ def main(overrides: list[str], flags: dict) -> int:
         raise UserError("the sweep has no runs: give sweep.sizes and budgets (or tokens)")
     plan_path = write_plan(study, runs, overrides)
     todo, states = pending_runs(study, runs)
-    print(plan_table(runs, device_type, states))
+    print(plan_table(runs, device_type, with_scheduler_states(sweep_dir(study), states)))
     print(f"plan: {plan_path}\nstate: {status_counts(states)}")
     if study.sweep.dry_run:
         return 0

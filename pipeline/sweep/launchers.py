@@ -21,7 +21,7 @@ from pipeline.plan.design import PlannedRun
 from pipeline.records import RecordError, load_record
 from pipeline.sweep.slurm_array import submit_array
 from pipeline.train.engine import REQUEUE_EXIT_CODE
-from pipeline.train.lock import claim_unfinished, release
+from pipeline.train.lock import claim_unfinished, describe, release
 from pipeline.train.run import execute
 from pipeline.train.stop import STOP, Preempted
 
@@ -53,7 +53,7 @@ def _run_here(study: Study, run: PlannedRun, tag: str, count_attempt) -> str | N
     rd = Path(study.results_dir) / study.sweep_name / "runs" / run.run_id
     state, record = claim_unfinished(rd, run.run_id)  # never re-enter a run another sweep finished
     if state == "held":
-        print(f"{tag} {run.run_id}: held by another worker, skipped", flush=True)
+        print(f"{tag} {run.run_id}: being trained by {describe(record)}, not started here", flush=True)
         return None
     if state == "finished":
         print(f"{tag} {run.run_id}: already {record['status']} (finished by another worker), skipped", flush=True)

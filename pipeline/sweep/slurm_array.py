@@ -36,6 +36,7 @@ from pathlib import Path
 from pipeline.config.load import as_dict
 from pipeline.errors import UserError
 from pipeline.records import atomic_write_json
+from pipeline.sweep.scheduler_state import submission_tag
 
 PREEMPT_SIGNAL = "USR1"      # see the module doc; read by submitit from SUBMITIT_PREEMPT_SIGNAL
 SIGNAL_DELAY_S = 120         # signal this long before the time limit: one step plus a checkpoint save
@@ -133,7 +134,11 @@ def write_submission(study, runs, overrides: list[str]) -> Path:
 def hydra_command(study, runs, submission: Path, executor: str = "slurm") -> list[str]:
     """The Hydra multirun that submits the array (one job per run id)."""
     run_ids = ",".join(hydra_quote(r.run_id) for r in runs)
+    # The array's comment names its submission file: the sweep's status maps task i to the i-th run
+    # (pipeline/sweep/scheduler_state.py).
+    tag = [f"+hydra.launcher.additional_parameters.comment={hydra_quote(submission_tag(submission))}"]
     return [sys.executable, "-m", "pipeline.sweep.slurm_task", "-m", *launcher_overrides(study, executor),
+            *(tag if executor == "slurm" else []),
             f"hydra.sweep.dir={hydra_quote(str((sweep_dir(study) / 'submitit').resolve()))}",
             "hydra.sweep.subdir=${run_id}",   # Hydra's per-job log dir, named by run id (never a counter)
             f"submission={hydra_quote(str(submission))}", f"run_id={run_ids}"]

@@ -6,8 +6,10 @@ You do not call this yourself: `pipeline.sweep.slurm_array.submit_array` builds 
 job per run id). The task reads its run's full config from the submission file the sweep wrote (the
 planner's resolved `PlannedRun.job`, not overrides to re-compose: what was planned is what runs, even
 if conf/ changes while the job waits in the queue), checks that it still resolves to the same run id
--- hence the same run directory -- claims the run's lock and calls `pipeline.train.execute`, which
-resumes from the newest checkpoint on its own.
+-- hence the same run directory -- claims the run's lease (pipeline/train/lock.py: keyed on this SLURM
+job, so a requeued task takes over its own run at once) and calls `pipeline.train.execute`, which
+resumes from the newest checkpoint on its own -- also after a plain `scontrol requeue` or a node
+failure, which restart the task from submitit's original pickle without any checkpoint call.
 
 Preemption and time limits (pipeline/sweep/slurm_array.py explains the design): the engine turns the signal into
 "finish the step, save a checkpoint, return status preempted"; this task then hands the same signal
@@ -32,7 +34,7 @@ from pipeline.config.validate import validate_study as validate_Study
 from pipeline.errors import UserError
 from pipeline.plan.runspec import resolve_run
 from pipeline.train.engine import REQUEUE_EXIT_CODE
-from pipeline.train.lock import claim_unfinished, release
+from pipeline.train.lock import claim_unfinished, describe, read_lease, release
 from pipeline.train.run import execute, run_directory
 from pipeline.train.stop import Preempted
 
@@ -101,13 +103,18 @@ def run_task(run_id: str, submission_path: str | Path) -> dict:
         raise UserError(f"run {run_id} now resolves to {spec.run_id} (the code changed since submission): "
                         "relaunch the sweep so it plans and submits again")
     run_dir = run_directory(job, spec)
-    state, record = claim_unfinished(run_dir, run_id)  # the record is read under the lock
+    state, found = claim_unfinished(run_dir, run_id)  # the record is read under the lease
     if state == "finished":  # a duplicate or requeued task of a finished run, or another sweep finished it
-        print(f"{run_id}: already {record['status']}, nothing to do", flush=True)
-        return {"run_id": run_id, "status": record["status"], "skipped": True}
+        print(f"{run_id}: already {found['status']}, nothing to do", flush=True)
+        return {"run_id": run_id, "status": found["status"], "skipped": True}
     if state == "held":
-        print(f"{run_id}: held by another worker, skipped", flush=True)
-        return {"run_id": run_id, "status": "running", "skipped": True}
+        # Not trained here and not done: the sweep's status reads the run's state from disk and its holder's
+        # job from the scheduler, so this task's own COMPLETED never stands for the run's.
+        print(f"{run_id}: not trained here -- {describe(found)} holds it and is still running", flush=True)
+        return {"run_id": run_id, "status": "held", "holder": describe(found), "skipped": True}
+    taken_over = (read_lease(run_dir) or {}).get("took_over")
+    if taken_over:  # e.g. this very task before SLURM requeued it (killed, preempted, node lost)
+        print(f"{run_id}: took the run over from {taken_over}; resuming from its newest checkpoint", flush=True)
     try:
         record = execute(job)
     except Preempted as stop:  # during the run's start-up: nothing trained, requeue all the same

@@ -28,7 +28,7 @@ from pipeline.train.distributed import close as close_process_group
 from pipeline.train.distributed import from_main
 from pipeline.train.engine import REQUEUE_EXIT_CODE, train_run
 from pipeline.train.evaluate import build_suite
-from pipeline.train.lock import claim_unfinished, lock_holder, release
+from pipeline.train.lock import claim_unfinished, describe, release
 from pipeline.train.progress import Progress
 from pipeline.train.provenance import provenance
 from pipeline.train.stop import STOP, Preempted
@@ -129,10 +129,11 @@ def _execute(job: Study) -> dict:
         if problem is None:
             # A finished run is never re-entered (two sweeps of one study, a late array task, a repeated
             # command): its record is read under the lock, which a worker releases only after writing it.
-            state, finished = claim_unfinished(run_dir, spec.run_id)
+            state, found = claim_unfinished(run_dir, spec.run_id)  # found: the holder's lease, or the record
             if state == "held":
-                problem = (f"run {spec.run_id} is being trained by another process ({lock_holder(run_dir)}): "
-                           "wait for it, or stop it and relaunch")
+                problem = f"run {spec.run_id} is being trained by {describe(found)}: wait for it, or stop it and relaunch"
+            else:
+                finished = found
     # one lock per run, taken by the main process; the others follow its verdict
     problem, finished = from_main((problem, finished), main)
     if problem:
