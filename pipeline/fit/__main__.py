@@ -35,6 +35,7 @@ from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summa
 from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
+from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.laws import ParametricLaw, published_law
 from pipeline.fit.plots import FIT_FIGURES, plot_fit
 from pipeline.fit.sources import columns_from_config, load_runs
@@ -112,6 +113,8 @@ def main(overrides: list[str], flags: dict) -> int:
                           columns=columns_from_config(study.columns), steps=study.steps)
         pilot = table.pilot_summary()
         parse_target(study.target, table)          # an unknown target stops here, before any fit
+        require_identifiable(table.with_convention(study.convention), study.law_fit.fixed_E)  # and a table that
+        # cannot tell the law (one budget, one size, N and D tied; pipeline/fit/identifiability.py)
     elif study.target != "loss":
         raise UserError(f"target={study.target} needs runs to fit: a published law (law={study.law}) has only the loss")
     if table is not None and study.predict.params and study.budget.flops is None and study.budget.days is None:
