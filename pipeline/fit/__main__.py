@@ -9,6 +9,7 @@ Writes <out_dir>/recommendation.json, report.md, the plots and experiment/full_r
 a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=auto|default|none,
 law_fit.candidate=chinchilla|overtrain|fixed_E, law_fit.fixed_E=1.7, convention=non_embedding,
 inference.tokens=T, data.unique_tokens=U, all_runs=true (every record in the folder, not only plan.json's),
+keep_duplicates=true (fit exact duplicate rows each time; by default a repeated row counts once),
 full_run_preset=study (without pilots: size the full run for this config's tokenizer instead of gpt2-2048),
 target=<metric> | <task>:acc (docs/downstream.md), predict.params=[...] predict.tokens=[...],
 serving.max_params=N, columns.params=<column> (also tokens, loss, flops, run_id, status, step),
@@ -39,7 +40,7 @@ from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.laws import ParametricLaw, published_law
 from pipeline.fit.plots import FIT_FIGURES, plot_fit
 from pipeline.fit.sources import columns_from_config, load_runs
-from pipeline.fit.targets import Target, fit_metric, fit_targets, parse_target
+from pipeline.fit.targets import Target, check_target_signal, fit_metric, fit_targets, parse_target
 from pipeline.records import atomic_write_json, check_writable_dir, writable_dir_error
 
 USAGE = __doc__
@@ -110,9 +111,10 @@ def main(overrides: list[str], flags: dict) -> int:
     fit_result, law_samples, table, pilot = None, None, None, None
     if study.law is None:
         table = load_runs(runs_source(study), convention=study.convention, all_runs=study.all_runs,
-                          columns=columns_from_config(study.columns), steps=study.steps)
+                          columns=columns_from_config(study.columns), steps=study.steps,
+                          keep_duplicates=study.keep_duplicates)
         pilot = table.pilot_summary()
-        parse_target(study.target, table)          # an unknown target stops here, before any fit
+        check_target_signal(table, parse_target(study.target, table))  # an unknown target or one without signal
         require_identifiable(table.with_convention(study.convention), study.law_fit.fixed_E)  # and a table that
         # cannot tell the law (one budget, one size, N and D tied; pipeline/fit/identifiability.py)
     elif study.target != "loss":

@@ -185,6 +185,10 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     warnings: list[str] = []
     if table.excluded:
         warnings.append(f"{len(table.excluded)} runs excluded before fitting (see excluded)")
+    copies = sum("duplicate_of" in e for e in table.excluded)   # RunsTable.without_duplicates
+    if copies:
+        warnings.append(f"{copies} rows are exact duplicates of other rows (same N, D, FLOPs and loss): each counted "
+                        "once (keep_duplicates=true fits every copy)")
     if outlier_report["dropped"]:
         warnings.append(f"outlier rule dropped {len(outlier_report['dropped'])} runs (see outliers)")
     below = outlier_report.get("below_fit") or []

@@ -41,6 +41,20 @@ COMPARABLE_FIELDS = (("data.tokenizer", ("data", "tokenizer")), ("data.val_token
 # 5%), while the budgets of a useful design differ by 1.5x or more.
 BUDGET_MATCH_TOLERANCE = 0.05
 CURVE_FIELDS = ("tokens", "flops_exact", "flops_6n", "val_loss")
+# Upper ends of what a run can be, refused (files) or excluded (records) before any arithmetic: 6 N D and
+# N^alpha leave float range near 1e308 (issue 26: N = 1e308 ended in "math domain error"), and a loss of
+# 1e308 nats is a failed run, not a measurement. Far above any real run: the largest trained models have
+# ~1e12 parameters and ~4e13 tokens; a per-token loss above 100 nats is a guess over e^100 tokens.
+PLAUSIBLE_MAX = {"params": 1e15, "tokens": 1e17, "flops": 1e32, "loss": 100.0}
+
+
+def beyond_range(what: str, value: float) -> str | None:
+    """Why `value` (a params/tokens/flops/loss number, positive and finite) cannot be a run's, or None."""
+    kind = "params" if what.startswith("params") else "flops" if "flops" in what else what
+    limit = PLAUSIBLE_MAX.get(kind)
+    if limit is not None and value > limit:
+        return f"{what}={value:.3g} is above {limit:g}, beyond any real run's {kind}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,28 @@ class RunsTable:
             metrics={k: v[keep] for k, v in self.metrics.items()},
             metric_points=tuple(p for p, k in zip(self.metric_points, keep, strict=True) if k)
             if self.metric_points else ())
+
+    def without_duplicates(self) -> RunsTable:
+        """The table with exact duplicate rows (same N under every convention, D, FLOPs, loss) counted once.
+
+        A row repeated by a copy or a merge is one measurement, not two: counted twice it doubles the
+        degrees of freedom of the noise and shrinks every interval (issue 26: every row doubled took the
+        N_opt interval from x/1.3 to x/1.2 and put the true loss outside it). Seeds are not duplicates:
+        their losses differ. The copies join `excluded`, naming the run they repeat.
+        """
+        first: dict[tuple, str] = {}
+        keep = np.ones(len(self), dtype=bool)
+        repeats = []
+        for i, run_id in enumerate(self.run_id):
+            key = (float(self.tokens[i]), float(self.loss[i]), *(float(v[i]) for v in self.params.values()),
+                   *(float(v[i]) for v in self.flops.values()))
+            if key in first:
+                keep[i] = False
+                repeats.append({"run_id": run_id, "duplicate_of": first[key], "reason": f"exact duplicate of {first[key]} (same N, D, FLOPs and "
+                                                             "loss): counted once; keep_duplicates=true fits every copy"})
+            else:
+                first[key] = run_id
+        return replace(self.subset(keep), excluded=(*self.excluded, *repeats)) if repeats else self
 
     def budget_groups(self) -> np.ndarray:
         """The IsoFLOP budget each run belongs to: its planned budget, else its cluster of FLOPs.
@@ -303,11 +339,14 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
         elif not _positive_finite(rec.get("final_val_loss")):
             reason = f"final_val_loss={rec.get('final_val_loss')!r} is not a positive finite number"
         else:
-            for what, value in (("tokens", rec.get("tokens")),
+            for what, value in (("loss", rec.get("final_val_loss")), ("tokens", rec.get("tokens")),
                                 *((f"params.{k}", v) for k, v in rec.get("params", {}).items() if k == convention),
                                 *((f"flops.{k}", v) for k, v in rec.get("flops", {}).items() if k == flop_method)):
                 if not _positive_finite(value):
                     reason = f"{what}={value!r} is not a positive finite number"
+                    break
+                if beyond_range(what, value):
+                    reason = beyond_range(what, value)
                     break
         curve = None
         if not reason and read_curves:
