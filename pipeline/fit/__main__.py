@@ -22,6 +22,7 @@ published law or runs from a file or W&B (no shape), C = 6 N D. The output names
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from pipeline.cli import load_study, run_main
@@ -179,7 +180,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     if target_summary(rec):
         print(target_summary(rec))
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
-          f"python -m pipeline.train --config-dir {out_dir} experiment=full_run")
+          f"python -m pipeline.train --config-dir {shlex.quote(str(out_dir))} experiment=full_run")
     return 0
 
 

@@ -12,8 +12,10 @@ with a bad value aborts instead, naming the line: the user typed it and can fix 
 Only comparable runs are fitted together. A sweep folder's fit uses the runs of its current plan
 (plan.json) and lists the other records as excluded ("not in the current plan", naming the setting in
 which they differ); `all_runs=True` fits every record. Either way, runs that differ in their data
-(corpus fingerprint, tokenizer, validation set), their LR or batch rule, or their LR schedule are never
-mixed: the table refuses with one line naming the field (`COMPARABLE_FIELDS`, `pilot_schedule`).
+(corpus fingerprint, tokenizer, validation set), their LR, batch or warmup rule, an optimizer setting
+(weight decay, gradient clipping, ...), their precision or their LR schedule are never mixed: the table
+refuses with one line naming the field (`COMPARABLE_FIELDS`, `pilot_schedule`). A folder a sweep launched
+into (it has the sweep's attempts.json) without its plan.json is refused rather than fitted whole.
 """
 
 from __future__ import annotations
@@ -29,12 +31,19 @@ from pipeline.errors import UserError
 from pipeline.records import FINISHED_STATUS, RecordError, load_records, read_jsonl
 
 PLAN_FILE = "plan.json"
+SWEEP_ATTEMPTS_FILE = "attempts.json"   # pipeline/sweep/dispatch.py counts each run's launches there
 # (name in messages, path in the record): settings that change what a loss means. The tokenizer and the
 # validation set change the units and the sample of the loss; the fingerprint catches any other change of
-# the corpus; the LR/batch rules change how well each size is trained.
+# the corpus; the LR/batch/warmup/beta2 rules and every recorded optimizer setting (weight decay, gradient
+# clipping, beta1, Adam's epsilon) change how well each size is trained; the precision and tied embeddings
+# change the model that is trained. The LR schedule is checked apart (pilot_schedule), with its own message.
 COMPARABLE_FIELDS = (("data.tokenizer", ("data", "tokenizer")), ("data.val_tokens", ("data", "val_tokens")),
                      ("data.source", ("data", "source")), ("data.fingerprint", ("data", "fingerprint")),
-                     ("LR rule", ("hparams", "lr_source")), ("batch rule", ("hparams", "batch_source")))
+                     ("LR rule", ("hparams", "lr_source")), ("batch rule", ("hparams", "batch_source")),
+                     ("warmup rule", ("hparams", "warmup_source")), ("beta2 rule", ("hparams", "beta2_source")),
+                     ("train.weight_decay", ("hparams", "weight_decay")), ("train.grad_clip", ("hparams", "grad_clip")),
+                     ("train.beta1", ("hparams", "beta1")), ("train.adam_eps", ("hparams", "adam_eps")),
+                     ("precision", ("precision",)), ("model.tie_embeddings", ("shape", "tie_embeddings")))
 
 # Runs whose FLOPs lie within 5% of each other count as one IsoFLOP budget when no planned budget
 # is recorded: the planner keeps each run within half an optimizer step of its budget (well under
@@ -281,8 +290,11 @@ def pilot_schedule(records: list[dict], source: str) -> dict | None:
     return dict(key) if key else None
 
 
-def _field(rec: dict, path: tuple[str, str]):
-    return (rec.get(path[0]) or {}).get(path[1])
+def _field(rec: dict, path: tuple[str, ...]):
+    node = rec
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def differing_field(rec: dict, reference: dict) -> str | None:
@@ -412,6 +424,11 @@ def load_results_dir(results_dir: str | Path, convention: str = "total", flop_me
         raise UserError(f"results directory {path} does not exist: pass the sweep's results_dir")
     records, rejected = load_records(path)
     planned = None if all_runs else plan_run_ids(path)
+    if planned is None and not all_runs and (path / SWEEP_ATTEMPTS_FILE).is_file():
+        # a sweep ran here (it counts its launches in attempts.json) and its plan is gone: fitting every record in
+        # the folder would silently mix in runs of earlier plans
+        raise UserError(f"{path / PLAN_FILE} is missing, though a sweep ran in {path}: relaunch the sweep (or its dry "
+                        "run, sweep.dry_run=true) to rewrite it, or fit every record there with all_runs=true")
     stale: list[dict] = []
     if planned is not None:
         wanted = set(planned)
