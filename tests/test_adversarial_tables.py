@@ -167,7 +167,7 @@ def test_exact_duplicate_rows_are_flagged_and_counted_once(tables, tmp_path, mon
 
 def test_too_few_runs_per_parameter_never_say_size_the_run(tables, tmp_path, monkeypatch, capsys):
     """9 runs (3 budgets x 3 sizes) identify the 5-parameter law, barely: fitted, but the verdict says it
-    cannot decide (before: 'pilots agree ...: size the run from them')."""
+    cannot decide (before: 'pilots pin N_opt within 1.4x ...: usable')."""
     code, _, out = fit(["runs={dir}/few.csv", FIT[1], "bootstrap=0"], tables, tmp_path, monkeypatch, capsys)
     assert code == 0, out
     verdict = result(tmp_path)["verdict"]
