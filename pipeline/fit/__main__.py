@@ -158,7 +158,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     if fit_result is not None:
         # The fit's own headline numbers and intervals (Approach 3 with its bootstrap) lead.
         for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline",
-                    "selection", "noise", "minima", "agreement", "verdict"):
+                    "selection", "noise", "minima", "agreement", "identifiability", "verdict"):
             if key in fit_result:
                 rec[key] = fit_result[key]
         rec["law"] = {**rec["law"], **fit_result["law"]}
