@@ -253,3 +253,12 @@ def test_only_the_main_process_prints_the_final_line_and_the_error(monkeypatch, 
         with pytest.raises(SystemExit) as stop:
             run_main(bad, "")
         assert stop.value.code == 2 and len(capsys.readouterr().err.splitlines()) == lines
+
+
+def test_the_verdict_matches_the_options_given():
+    """Issue 26: with bootstrap=200 and no interval, the verdict asked for 'bootstrap > 0'."""
+    from pipeline.fit.checks import verdict
+
+    assert verdict({"bootstrap_requested": 0}).endswith("fit with bootstrap > 0")
+    line = verdict({"bootstrap_requested": 200})
+    assert "the bootstrap gave no interval from its 200 resamples" in line and "bootstrap > 0" not in line
