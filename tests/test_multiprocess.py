@@ -196,6 +196,8 @@ def test_a_nan_on_one_rank_stops_every_rank_and_the_run_is_diverged(corpus_overr
     assert record["error"] == "train loss is nan at step 7"
     assert (run_dir / "checkpoints" / "ckpt-000000007.pt").exists()
     assert [r["step"] for r in read_jsonl(run_dir / "train.jsonl")] == list(range(1, 8))
+    final = f"{record['run_id']}: diverged"       # one final line per run, from the main process (issue 26)
+    assert final in (logs / "rank0.log").read_text() and final not in (logs / "rank1.log").read_text()
 
 
 def test_fsdp_on_two_processes_trains_resumes_and_exports(corpus_overrides, tmp_path, reference):
