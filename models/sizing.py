@@ -39,6 +39,9 @@ ASPECT_RANGE = (8.0, 256.0)
 ASPECT_WEIGHT = 0.01
 TOLERANCE = 0.10
 SIZING_CONVENTIONS = ("total", "non_embedding")
+# The largest model the rule sizes (the config's own limit on model sizes): the grid is enumerated up to
+# the request, so an unbounded one (a 1e40-FLOP budget's N_opt ~1e19) would list shapes for hours.
+MAX_SIZED_PARAMS = 1e13
 
 NAMED_SIZES: dict[str, int] = {
     "50k": 50_000,
@@ -152,6 +155,9 @@ def shape_for_params(
         raise SizingError(f"n_params={n_params!r} must be a positive number: pass e.g. n_params=1e6")
     if n_params <= 0:
         raise SizingError(f"n_params={n_params!r} must be positive: pass e.g. n_params=1e6")
+    if n_params > MAX_SIZED_PARAMS:
+        raise SizingError(f"n_params={n_params:.3g} is above the {MAX_SIZED_PARAMS:.0e} parameters the family's sizing "
+                          "rule covers: lower the budget")
     if not 0 < tolerance < 1:
         raise SizingError(f"tolerance={tolerance!r} must lie in (0, 1): use e.g. 0.1 for 10%")
 

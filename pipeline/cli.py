@@ -62,9 +62,23 @@ def load_study(overrides: list[str], flags: dict):
     return study
 
 
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a multi-process run (torchrun, accelerate and our srun set RANK)."""
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
 def run_main(main: Callable[[list[str], dict], int], usage: str) -> None:
-    """Call `main(overrides, flags)` and turn its outcome into an exit status."""
+    """Call `main(overrides, flags)` and turn its outcome into an exit status.
+
+    In a multi-process run every rank exits with the same status, but only the main process prints the
+    one-line error of a UserError (every rank meets the same bad input; N copies of one line hide nothing);
+    an unexpected error is printed by each rank that meets it, named by its rank.
+    """
     debug = os.environ.get("PIPELINE_DEBUG") == "1" or "--debug" in sys.argv[1:]
+    rank = "" if is_main_process() else f"rank {os.environ.get('RANK')}: "
     try:
         overrides, flags = parse_args(sys.argv[1:])
         if flags.get("help"):
@@ -74,7 +88,8 @@ def run_main(main: Callable[[list[str], dict], int], usage: str) -> None:
     except UserError as err:
         if debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        if not rank or debug:
+            print(f"{rank}error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -83,6 +98,6 @@ def run_main(main: Callable[[list[str], dict], int], usage: str) -> None:
         if debug:
             traceback.print_exc()
         first = str(err).splitlines()[0] if str(err) else ""
-        print(f"error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{rank}error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)

@@ -27,9 +27,10 @@ from pipeline.cli import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Synthetic runs from Besiroglu et al. 2024's law; only their shape matters here.
-GOOD_CSV = "params,tokens,loss\n" + "".join(f"{n:g},{20 * n:g},{1.82 + 482 / n**0.348 + 2085 / (20 * n)**0.366:.4f}\n"
-                                             for n in (1e6, 2e6, 4e6, 8e6, 1.6e7))
+# Synthetic runs from Besiroglu et al. 2024's law; only their shape matters here: 5 sizes at 20 and 80
+# tokens per parameter, so the table identifies the law (pipeline/fit/identifiability.py).
+GOOD_CSV = "params,tokens,loss\n" + "".join(f"{n:g},{m * n:g},{1.82 + 482 / n**0.348 + 2085 / (m * n)**0.366:.4f}\n"
+                                             for n in (1e6, 2e6, 4e6, 8e6, 1.6e7) for m in (20, 80))
 ONE_BUDGET_CSV = "params,flops,loss\n" + "".join(f"{n:g},1e18,{3.0 + i / 100}\n"
                                                   for i, n in enumerate((1e6, 2e6, 4e6, 8e6)))
 FILES = {
@@ -66,7 +67,7 @@ CASES = [
      "schema_version=99, this tool reads version 1"),
     ("missing runs path", "fit", ["runs={dir}/no_such_dir", "budget.flops=1e20"], "no_such_dir does not exist"),
     ("one budget", "fit", ["runs={dir}/one_budget.csv", "budget.flops=1e20"],
-     "Approach 2 needs runs at 2 or more budgets"),
+     "N and D move together"),
     ("duplicate size", "sweep", ["sweep.sizes=[23k,23k]", "sweep.budgets_flops=[1e11]"], "sweep.sizes lists 23k twice"),
     ("pilot share above 1", "sweep", ["sweep.pilot_share=1.5", "budget.flops=1e15"],
      "sweep.pilot_share=1.5 must be in (0, 1]"),

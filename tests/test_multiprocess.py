@@ -198,6 +198,8 @@ def test_a_nan_on_one_rank_stops_every_rank_and_the_run_is_diverged(corpus_overr
     assert record["error"] == "train loss is nan at step 7"
     assert readable(run_dir / "checkpoints" / "ckpt-000000007.dcp")
     assert [r["step"] for r in read_jsonl(run_dir / "train.jsonl")] == list(range(1, 8))
+    final = f"{record['run_id']}: diverged"       # one final line per run, from the main process (issue 26)
+    assert final in (logs / "rank0.log").read_text() and final not in (logs / "rank1.log").read_text()
 
 
 def test_a_full_disk_on_one_rank_stops_every_rank_and_keeps_the_newest_sharded_checkpoint(corpus_overrides, tmp_path):
@@ -294,7 +296,7 @@ def test_node_launcher_runs_a_sweep_of_two_runs_with_two_processes_each(corpus_o
         assert record["status"] == "ok" and record["world_size"] == 2 and record["steps_done"] == 20
         assert [r["step"] for r in read_jsonl(Path(record["_dir"]) / "train.jsonl")] == [10, 20]  # once, not per rank
         log = (tmp_path / "node" / "logs" / f"{record['run_id']}.log").read_text()
-        assert log.count(f"{record['run_id']}: ok") == 2  # both ranks finished the run
+        assert log.count(f"{record['run_id']}: ok") == 1  # one final line per run, from its main process (issue 26)
     attempts = json.loads((tmp_path / "node" / "attempts.json").read_text())
     assert attempts == {r["run_id"]: 1 for r in records}
     assert not list((tmp_path / "node" / "runs").glob("*/.lock"))

@@ -274,6 +274,7 @@ class Study:
     target: str = "loss"                    # the metric to fit and optimise: loss, <column>, <task>:bpb, <task>:acc
     seed: int = 0
     all_runs: bool = False               # fit every record under the sweep, not only the current plan.json's runs
+    keep_duplicates: bool = False        # fit exact duplicate rows (same N, D, loss) each time, not once
     full_run_preset: str = "gpt2-2048"   # without pilots (law=..., runs=file): the full run's tokenizer/vocab/seq_len
                                          # (pipeline/config/presets.py), or "study" for this config's own data/model
 

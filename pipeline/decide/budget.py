@@ -15,6 +15,10 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.plan.hardware import DEFAULT_MFU, SECONDS_PER_DAY, gpu_spec, positive, wall_clock_s
 
+# The largest budget sized: ten years of a million H100s at 40% MFU is 1.2e29 FLOPs, and above ~2e29 the
+# Chinchilla law's N_opt leaves the 1e13 parameters the family's sizing rule covers (models/sizing.py).
+MAX_BUDGET_FLOPS = 1e30
+
 
 def _field(budget: Any, name: str):
     """Read a field of a BudgetConfig dataclass, any object with those attributes, or a dict."""
@@ -77,6 +81,10 @@ def resolve_budget(budget: Any, pilot_flops: float | None = None) -> dict:
         conversion = (f"{gpus} x {spec.peak_flops / 1e12:g}e12 FLOP/s x {mfu:.2f} MFU x {days:g} d x 86400 s/d "
                       f"= {flops:.3g} FLOPs")
 
+    if not flops <= MAX_BUDGET_FLOPS:  # refused at once: the law's N_opt would be beyond the sizing rule's range
+        raise UserError(f"the budget ({flops:.3g} FLOPs) is above {MAX_BUDGET_FLOPS:.0e} FLOPs (ten years of a million "
+                        "H100s is ~1e29; the law's N_opt there is beyond the family's 1e13-parameter sizing range): "
+                        "lower budget.flops, budget.gpus or budget.days")
     if pilot_flops is not None and pilot_flops >= flops:
         raise UserError(f"the budget ({flops:.3g} FLOPs) is not above what the pilots already spent "
                         f"({pilot_flops:.3g} FLOPs): raise the budget; the law must extrapolate upward")

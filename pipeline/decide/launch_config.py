@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import yaml
@@ -65,11 +66,14 @@ def accelerate_config(plan: dict) -> dict:
 
 
 def commands(plan: dict, fit_dir: str) -> dict:
-    train = f"-m pipeline.train --config-dir {fit_dir} experiment=full_run"
-    one_node = (f"accelerate launch --config_file {fit_dir}/launch/accelerate.yaml {train}" if plan["processes"] > 1
-                else f"python {train}")
+    """Shell commands, each path quoted (a fit folder may hold spaces)."""
+    quoted = shlex.quote(str(fit_dir))
+    train = f"-m pipeline.train --config-dir {quoted} experiment=full_run"
+    one_node = (f"accelerate launch --config_file {shlex.quote(f'{fit_dir}/launch/accelerate.yaml')} {train}"
+                if plan["processes"] > 1 else f"python {train}")
     slurm = (f"sbatch --nodes={plan['nodes']} --ntasks-per-node={plan['gpus_per_node']} "
-             f"--gpus-per-node={plan['gpus_per_node']} --export=ALL,FIT_DIR={fit_dir} slurm/full_run.sbatch")
+             f"--gpus-per-node={plan['gpus_per_node']} {shlex.quote(f'--export=ALL,FIT_DIR={fit_dir}')} "
+             "slurm/full_run.sbatch")
     return {"one_node": one_node if plan["nodes"] == 1 else None, "slurm": slurm}
 
 

@@ -9,6 +9,7 @@ Writes <out_dir>/recommendation.json, report.md, the plots and experiment/full_r
 a few-line summary. Options: bootstrap=N (0 skips the intervals), outliers=auto|default|none,
 law_fit.candidate=chinchilla|overtrain|fixed_E, law_fit.fixed_E=1.7, convention=non_embedding,
 inference.tokens=T, data.unique_tokens=U, all_runs=true (every record in the folder, not only plan.json's),
+keep_duplicates=true (fit exact duplicate rows each time; by default a repeated row counts once),
 full_run_preset=study (without pilots: size the full run for this config's tokenizer instead of gpt2-2048),
 target=<metric> | <task>:acc (docs/downstream.md), predict.params=[...] predict.tokens=[...],
 serving.max_params=N, columns.params=<column> (also tokens, loss, flops, run_id, status, step),
@@ -21,6 +22,7 @@ published law or runs from a file or W&B (no shape), C = 6 N D. The output names
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from pipeline.cli import load_study, run_main
@@ -37,10 +39,11 @@ from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summa
 from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
+from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.laws import ParametricLaw, published_law
 from pipeline.fit.plots import FIT_FIGURES, plot_fit
 from pipeline.fit.sources import columns_from_config, load_runs
-from pipeline.fit.targets import Target, fit_metric, fit_targets, parse_target
+from pipeline.fit.targets import Target, check_target_signal, fit_metric, fit_targets, parse_target
 from pipeline.records import atomic_write_json, check_writable_dir, writable_dir_error
 
 USAGE = __doc__
@@ -118,9 +121,12 @@ def main(overrides: list[str], flags: dict) -> int:
     fit_result, law_samples, table, pilot = None, None, None, None
     if study.law is None:
         table = load_runs(runs_source(study), convention=study.convention, all_runs=study.all_runs,
-                          columns=columns_from_config(study.columns), steps=study.steps)
+                          columns=columns_from_config(study.columns), steps=study.steps,
+                          keep_duplicates=study.keep_duplicates)
         pilot = table.pilot_summary()
-        parse_target(study.target, table)          # an unknown target stops here, before any fit
+        check_target_signal(table, parse_target(study.target, table))  # an unknown target or one without signal
+        require_identifiable(table.with_convention(study.convention), study.law_fit.fixed_E)  # and a table that
+        # cannot tell the law (one budget, one size, N and D tied; pipeline/fit/identifiability.py)
     elif study.target != "loss":
         raise UserError(f"target={study.target} needs runs to fit: a published law (law={study.law}) has only the loss")
     if table is not None and study.predict.params and study.budget.flops is None and study.budget.days is None:
@@ -160,7 +166,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     if fit_result is not None:
         # The fit's own headline numbers and intervals (Approach 3 with its bootstrap) lead.
         for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline",
-                    "selection", "noise", "minima", "agreement", "verdict"):
+                    "selection", "noise", "minima", "agreement", "identifiability", "verdict"):
             if key in fit_result:
                 rec[key] = fit_result[key]
         rec["law"] = {**rec["law"], **fit_result["law"]}
@@ -184,7 +190,8 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     if target_summary(rec):
         print(target_summary(rec))
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
-          f"python -m pipeline.train --config-dir {out_dir} experiment=full_run (check it first: train.dry_run=true)")
+          f"python -m pipeline.train --config-dir {shlex.quote(str(out_dir))} experiment=full_run "
+          "(check it first: train.dry_run=true)")
     return 0
 
 

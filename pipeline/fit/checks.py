@@ -190,8 +190,14 @@ def verdict(result: dict) -> str:
     spread = (result.get("agreement") or {}).get("max_over_min")
     unresolved = sum(not m["resolved"] for m in result.get("minima") or [])
     factors = [f for f in ((interval[1] / interval[0]) ** 0.5 if interval else None, spread) if f]
+    identified = result.get("identifiability") or {}
+    if identified and not identified.get("sufficient", True):   # pipeline/fit/identifiability.py
+        return f"the table cannot decide N_opt: {identified.get('note')}; add runs before sizing a run from them"
     if not factors:
-        return "no interval and a single approach: the pilots' precision is unknown; fit with bootstrap > 0"
+        asked = result.get("bootstrap_requested")
+        fix = ("fit with bootstrap > 0" if not asked else
+               f"the bootstrap gave no interval from its {asked} resamples (see warnings): add runs or budgets")
+        return f"no interval and a single approach: the pilots' precision is unknown; {fix}"
     factor = max(factors)
     why = []
     if interval:

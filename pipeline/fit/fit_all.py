@@ -35,6 +35,7 @@ from pipeline.fit.checks import (
     verdict,
 )
 from pipeline.fit.envelope import fit_envelope
+from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.isoflop import fit_isoflop
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.noise import minimum_resolution, noise_model
@@ -170,6 +171,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     if convention not in table.params:
         raise UserError(f"convention '{convention}' is not in the runs table: use one of {', '.join(table.params)}")
     table = table.with_convention(convention)
+    identified = require_identifiable(table, fixed_E)  # before any fit: can these runs tell the law at all?
     if outliers != "auto" and outliers not in OUTLIER_RULES:
         raise UserError(f"outliers='{outliers}' is not a rule: use auto, {', '.join(OUTLIER_RULES)}")
     selection = select_law(table, budget_flops, fixed_E=fixed_E, candidate=candidate,
@@ -183,6 +185,10 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     warnings: list[str] = []
     if table.excluded:
         warnings.append(f"{len(table.excluded)} runs excluded before fitting (see excluded)")
+    copies = sum("duplicate_of" in e for e in table.excluded)   # RunsTable.without_duplicates
+    if copies:
+        warnings.append(f"{copies} rows are exact duplicates of other rows (same N, D, FLOPs and loss): each counted "
+                        "once (keep_duplicates=true fits every copy)")
     if outlier_report["dropped"]:
         warnings.append(f"outlier rule dropped {len(outlier_report['dropped'])} runs (see outliers)")
     below = outlier_report.get("below_fit") or []
@@ -258,8 +264,10 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "backtest": checks_backtest, "agreement": agreement, "sensitivity": sensitivity,
         "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS
         "selection": {**selection, "candidates": candidate_rows}, "noise": noise, "minima": resolution,
-        "warnings": warnings,
+        "identifiability": identified, "bootstrap_requested": bootstrap, "warnings": warnings,
     }
+    if identified.get("note"):
+        warnings.append(identified["note"])
     result["verdict"] = verdict(result)
     return jsonable(result)
 

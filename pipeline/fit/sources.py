@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN
-from pipeline.fit.table import RunsTable, load_results_dir, table_from_records
+from pipeline.fit.table import RunsTable, beyond_range, load_results_dir, table_from_records
 from pipeline.records import FINISHED_STATUS
 
 OPTIONAL_COLUMNS = ("run_id", "status", "flops", "budget_flops")
@@ -149,6 +149,8 @@ def _number(path: Path, line_no: int, name: str, value) -> float:
         raise UserError(f"{where}: {name} is NaN: remove that line or mark it status=failed")
     if not math.isfinite(number) or number <= 0:
         raise UserError(f"{where}: {name}={value} must be a positive finite number: fix or remove that line")
+    if beyond_range(name, number):
+        raise UserError(f"{where}: {beyond_range(name, number)}: fix or remove that line, or mark it status=failed")
     return number
 
 
@@ -389,9 +391,10 @@ def _has_records(path: Path) -> bool:
 
 def load_runs(source: str | Path, convention: str = "total", flop_method: str | None = None,
               columns: dict[str, str] | None = None, steps: str | None = None,
-              all_runs: bool = False) -> RunsTable:
+              all_runs: bool = False, keep_duplicates: bool = False) -> RunsTable:
     """Dispatch on the source: `wandb:entity/project`, a results directory, a directory of per-step CSVs,
-    or a .csv/.jsonl file; `steps` adds per-step files' intermediate points (attach_step_files)."""
+    or a .csv/.jsonl file; `steps` adds per-step files' intermediate points (attach_step_files). Exact
+    duplicate rows are counted once (RunsTable.without_duplicates) unless `keep_duplicates`."""
     text = str(source)
     if text.startswith("wandb:"):
         table = load_wandb(text[len("wandb:"):], convention, flop_method or "exact")
@@ -401,6 +404,7 @@ def load_runs(source: str | Path, convention: str = "total", flop_method: str | 
         table = load_results_dir(Path(text), convention, flop_method or "exact", all_runs=all_runs)
     else:
         table = load_table_file(Path(text), convention, flop_method, columns)
+    table = table if keep_duplicates else table.without_duplicates()
     return attach_step_files(table, steps, columns) if steps else table
 
 

@@ -12,8 +12,10 @@ with a bad value aborts instead, naming the line: the user typed it and can fix 
 Only comparable runs are fitted together. A sweep folder's fit uses the runs of its current plan
 (plan.json) and lists the other records as excluded ("not in the current plan", naming the setting in
 which they differ); `all_runs=True` fits every record. Either way, runs that differ in their data
-(corpus fingerprint, tokenizer, validation set), their LR or batch rule, or their LR schedule are never
-mixed: the table refuses with one line naming the field (`COMPARABLE_FIELDS`, `pilot_schedule`).
+(corpus fingerprint, tokenizer, validation set), their LR, batch or warmup rule, an optimizer setting
+(weight decay, gradient clipping, ...), their precision or their LR schedule are never mixed: the table
+refuses with one line naming the field (pipeline/fit/comparable.py). A folder a sweep launched
+into (it has the sweep's attempts.json) without its plan.json is refused rather than fitted whole.
 """
 
 from __future__ import annotations
@@ -26,21 +28,30 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.fit.comparable import check_comparable, differing_field, pilot_schedule, pilot_setup
 from pipeline.records import FINISHED_STATUS, RecordError, load_records, read_jsonl
 
 PLAN_FILE = "plan.json"
-# (name in messages, path in the record): settings that change what a loss means. The tokenizer and the
-# validation set change the units and the sample of the loss; the fingerprint catches any other change of
-# the corpus; the LR/batch rules change how well each size is trained.
-COMPARABLE_FIELDS = (("data.tokenizer", ("data", "tokenizer")), ("data.val_tokens", ("data", "val_tokens")),
-                     ("data.source", ("data", "source")), ("data.fingerprint", ("data", "fingerprint")),
-                     ("LR rule", ("hparams", "lr_source")), ("batch rule", ("hparams", "batch_source")))
-
+SWEEP_ATTEMPTS_FILE = "attempts.json"   # pipeline/sweep/dispatch.py counts each run's launches there
 # Runs whose FLOPs lie within 5% of each other count as one IsoFLOP budget when no planned budget
 # is recorded: the planner keeps each run within half an optimizer step of its budget (well under
 # 5%), while the budgets of a useful design differ by 1.5x or more.
 BUDGET_MATCH_TOLERANCE = 0.05
 CURVE_FIELDS = ("tokens", "flops_exact", "flops_6n", "val_loss")
+# Upper ends of what a run can be, refused (files) or excluded (records) before any arithmetic: 6 N D and
+# N^alpha leave float range near 1e308 (issue 26: N = 1e308 ended in "math domain error"), and a loss of
+# 1e308 nats is a failed run, not a measurement. Far above any real run: the largest trained models have
+# ~1e12 parameters and ~4e13 tokens; a per-token loss above 100 nats is a guess over e^100 tokens.
+PLAUSIBLE_MAX = {"params": 1e15, "tokens": 1e17, "flops": 1e32, "loss": 100.0}
+
+
+def beyond_range(what: str, value: float) -> str | None:
+    """Why `value` (a params/tokens/flops/loss number, positive and finite) cannot be a run's, or None."""
+    kind = "params" if what.startswith("params") else "flops" if "flops" in what else what
+    limit = PLAUSIBLE_MAX.get(kind)
+    if limit is not None and value > limit:
+        return f"{what}={value:.3g} is above {limit:g}, beyond any real run's {kind}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,28 @@ class RunsTable:
             metrics={k: v[keep] for k, v in self.metrics.items()},
             metric_points=tuple(p for p, k in zip(self.metric_points, keep, strict=True) if k)
             if self.metric_points else ())
+
+    def without_duplicates(self) -> RunsTable:
+        """The table with exact duplicate rows (same N under every convention, D, FLOPs, loss) counted once.
+
+        A row repeated by a copy or a merge is one measurement, not two: counted twice it doubles the
+        degrees of freedom of the noise and shrinks every interval (issue 26: every row doubled took the
+        N_opt interval from x/1.3 to x/1.2 and put the true loss outside it). Seeds are not duplicates:
+        their losses differ. The copies join `excluded`, naming the run they repeat.
+        """
+        first: dict[tuple, str] = {}
+        keep = np.ones(len(self), dtype=bool)
+        repeats = []
+        for i, run_id in enumerate(self.run_id):
+            key = (float(self.tokens[i]), float(self.loss[i]), *(float(v[i]) for v in self.params.values()),
+                   *(float(v[i]) for v in self.flops.values()))
+            if key in first:
+                keep[i] = False
+                repeats.append({"run_id": run_id, "duplicate_of": first[key], "reason": f"exact duplicate of {first[key]} (same N, D, FLOPs and "
+                                                             "loss): counted once; keep_duplicates=true fits every copy"})
+            else:
+                first[key] = run_id
+        return replace(self.subset(keep), excluded=(*self.excluded, *repeats)) if repeats else self
 
     def budget_groups(self) -> np.ndarray:
         """The IsoFLOP budget each run belongs to: its planned budget, else its cluster of FLOPs.
@@ -208,84 +241,6 @@ def _record_metrics(kept: list[dict]) -> tuple[dict, dict]:
     return metrics, tasks
 
 
-def _schedule_of(rec: dict) -> dict | None:
-    hp = rec.get("hparams") or {}
-    if not hp.get("schedule"):
-        return None
-    fraction = None
-    if hp["schedule"] == "wsd":  # the configured fraction; older records only have the rounded step count
-        fraction = hp.get("cooldown_fraction") or round((hp.get("cooldown_steps") or 0) / max(1, rec.get("steps") or 1), 2)
-    return {"name": hp["schedule"], "min_lr_ratio": hp.get("min_lr_ratio"), "cooldown_fraction": fraction}
-
-
-def pilot_schedule(records: list[dict], source: str) -> dict | None:
-    """The LR schedule all runs share, or a one-line UserError when they mix schedules.
-
-    A fit must not mix them: on our CPU pilots a (1 - sqrt) WSD cooldown ends 0.02-0.04 nats below a
-    cosine cycle at the same (N, D), and decaying to 0 instead of 10% moves a cosine run by ~0.03
-    (docs/cooldown_reuse.md): a near-constant offset per family that would bend the law if mixed.
-    The full run then uses the same schedule, so the predicted loss is for the run it will be.
-    """
-    kinds: dict[tuple, int] = {}
-    for rec in records:
-        sched = _schedule_of(rec)
-        key = tuple(sorted(sched.items())) if sched else None
-        kinds[key] = kinds.get(key, 0) + 1
-    if len(kinds) > 1:
-        def label(key):
-            if key is None:
-                return "unknown"
-            d = dict(key)
-            tail = f", cooldown {d['cooldown_fraction']:.0%}" if d.get("cooldown_fraction") else ""
-            return f"{d['name']} to {d['min_lr_ratio']:g} of peak{tail}"
-        mix = "; ".join(f"{n} runs {label(k)}" for k, n in kinds.items())
-        raise UserError(f"the runs in {source} mix LR schedules ({mix}): their losses differ by a schedule offset, "
-                        "so fit one schedule at a time (one sweep's results directory)")
-    key = next(iter(kinds))
-    return dict(key) if key else None
-
-
-def _field(rec: dict, path: tuple[str, str]):
-    return (rec.get(path[0]) or {}).get(path[1])
-
-
-def differing_field(rec: dict, reference: dict) -> str | None:
-    """The first COMPARABLE_FIELDS setting in which `rec` differs from `reference`, as 'name (a vs b)'."""
-    for name, path in COMPARABLE_FIELDS:
-        mine, theirs = _field(rec, path), _field(reference, path)
-        if mine is not None and theirs is not None and mine != theirs:
-            return f"{name} ({mine} vs {theirs})"
-    return None
-
-
-def check_comparable(records: list[dict], source: str) -> None:
-    """One-line UserError when the runs differ in a COMPARABLE_FIELDS setting (their losses do not compare)."""
-    for name, path in COMPARABLE_FIELDS:
-        values: dict = {}
-        for rec in records:
-            value = _field(rec, path)
-            if value is not None:
-                values[value] = values.get(value, 0) + 1
-        if len(values) > 1:
-            mix = ", ".join(f"{n} runs with {v}" for v, n in values.items())
-            raise UserError(f"the runs in {source} differ in {name} ({mix}): their losses are not comparable; fit the "
-                            "current plan (drop all_runs=true) or one setting at a time")
-
-
-def pilot_setup(records: list[dict]) -> dict:
-    """What the pilots shared beyond the schedule: tokenizer, unique training tokens, precision, device, and
-    whether their head was tied to the embedding (the full run keeps their architecture)."""
-    def common(values):
-        values = {v for v in values if v is not None}
-        return values.pop() if len(values) == 1 else None
-    return {"tokenizer": common(_field(r, ("data", "tokenizer")) for r in records),
-            "unique_tokens": common(_field(r, ("data", "train_tokens_unique")) for r in records),
-            "data_fingerprint": common(_field(r, ("data", "fingerprint")) for r in records),
-            "precision": common(r.get("precision") for r in records),
-            "device": common(((r.get("provenance") or {}).get("device") or {}).get("type") for r in records),
-            "tie_embeddings": common((r.get("shape") or {}).get("tie_embeddings") for r in records)}
-
-
 def table_from_records(records: list[dict], convention: str = "total", flop_method: str = "exact",
                        rejected: list[dict] | None = None, source: str = "records",
                        read_curves: bool = True) -> RunsTable:
@@ -305,11 +260,14 @@ def table_from_records(records: list[dict], convention: str = "total", flop_meth
         elif not _positive_finite(rec.get("final_val_loss")):
             reason = f"final_val_loss={rec.get('final_val_loss')!r} is not a positive finite number"
         else:
-            for what, value in (("tokens", rec.get("tokens")),
+            for what, value in (("loss", rec.get("final_val_loss")), ("tokens", rec.get("tokens")),
                                 *((f"params.{k}", v) for k, v in rec.get("params", {}).items() if k == convention),
                                 *((f"flops.{k}", v) for k, v in rec.get("flops", {}).items() if k == flop_method)):
                 if not _positive_finite(value):
                     reason = f"{what}={value!r} is not a positive finite number"
+                    break
+                if beyond_range(what, value):
+                    reason = beyond_range(what, value)
                     break
         curve = None
         if not reason and read_curves:
@@ -375,6 +333,11 @@ def load_results_dir(results_dir: str | Path, convention: str = "total", flop_me
         raise UserError(f"results directory {path} does not exist: pass the sweep's results_dir")
     records, rejected = load_records(path)
     planned = None if all_runs else plan_run_ids(path)
+    if planned is None and not all_runs and (path / SWEEP_ATTEMPTS_FILE).is_file():
+        # a sweep ran here (it counts its launches in attempts.json) and its plan is gone: fitting every record in
+        # the folder would silently mix in runs of earlier plans
+        raise UserError(f"{path / PLAN_FILE} is missing, though a sweep ran in {path}: relaunch the sweep (or its dry "
+                        "run, sweep.dry_run=true) to rewrite it, or fit every record there with all_runs=true")
     stale: list[dict] = []
     if planned is not None:
         wanted = set(planned)

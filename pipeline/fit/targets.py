@@ -137,6 +137,33 @@ def chance_level(table: RunsTable, task: str) -> float:
     raise UserError(f"task {task}: chance accuracy unknown: add a {task}_chance column (1 / number of choices)")
 
 
+# An accuracy that never leaves chance, or never moves, carries no signal for step 2: a sigmoid through it
+# has any slope, and its bootstrap collapses to a zero-width interval at the constant (issue 26).
+SIGNAL_MIN_ACCURACY = 0.01     # one percentage point above chance somewhere, and as much spread across runs
+
+
+def check_target_signal(table: RunsTable, target: Target) -> None:
+    """Before any fit: an accuracy target whose values are out of range or carry no signal is refused."""
+    if target.kind == "accuracy":
+        check_accuracy(table.metrics[target.accuracy], target.accuracy, chance_level(table, target.task), table)
+
+
+def check_accuracy(values, column: str, chance: float, table: RunsTable) -> None:
+    """A one-line UserError unless the runs' accuracies lie in [0, 1], rise above chance somewhere and vary."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    outside = values[(values < 0) | (values > 1)]
+    if outside.size:
+        raise UserError(f"{column}={outside[0]:g} in {table.source or 'the runs'} is not an accuracy in [0, 1]: give "
+                        f"fractions (a percentage divided by 100), or drop the column ({outside.size} such runs)")
+    if values.size and values.max() <= chance + SIGNAL_MIN_ACCURACY:
+        raise UserError(f"no signal in {column}: every run is at or below chance ({values.max():.3g} at best, chance "
+                        f"{chance:.3g}): the pilots are too small for this task; target its bpb or the loss instead")
+    if values.size and np.ptp(values) < SIGNAL_MIN_ACCURACY:
+        raise UserError(f"no signal in {column}: {values.min():.3g}-{values.max():.3g} in every run (spread under "
+                        f"{SIGNAL_MIN_ACCURACY:g}): accuracy does not move with N and D here; target its bpb or the loss")
+
+
 # --- step 2: accuracy from bits per byte ----------------------------------------------------------------
 @dataclass(frozen=True)
 class Sigmoid:
@@ -280,6 +307,7 @@ def fit_metric(table: RunsTable, target: Target, *, bootstrap: int = 1000, seed:
         return MetricModel(target, law, samples, points=points)
 
     chance = chance_level(table, target.task)
+    check_accuracy(table.metrics[target.accuracy], target.accuracy, chance, table)
     bpb, acc, run = step2_points(clean, target)
     sigmoid = fit_sigmoid(bpb, acc, chance)
     sig_samples = None

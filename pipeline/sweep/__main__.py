@@ -12,6 +12,9 @@ checkpoints. Relaunching the same command is always safe (idempotent).
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 import torch
 
 from pipeline.cli import load_study, run_main
@@ -76,13 +79,16 @@ def main(overrides: list[str], flags: dict) -> int:
         print(f"launching {len(todo)} of {len(runs)} runs ({study.launcher.mode.value})", flush=True)
         if launch(study, todo, overrides) == "stopped":  # a stop signal: checkpoints saved, relaunch to resume
             return REQUEUE_EXIT_CODE
+    if not plan_path.is_file():  # deleted while the runs trained: the fit reads the plan to know its runs
+        write_plan(study, runs, overrides)
+        print(f"{plan_path} was removed during the sweep: rewritten", file=sys.stderr)
     _, states = pending_runs(study, runs)
     print(f"sweep {study.sweep_name}: {status_counts(states)} -> {sweep_dir(study)}")
     unfinished = [k for k, v in states.items() if v not in TERMINAL and v != "done"]
     if unfinished:
         print(f"{len(unfinished)} runs not finished; relaunch the same command to resume or retry them")
         return 1
-    print(f"next: python -m pipeline.fit {' '.join(overrides)}")
+    print(f"next: python -m pipeline.fit {shlex.join(overrides)}")  # quoted: a results_dir may hold spaces
     return 0
 
 

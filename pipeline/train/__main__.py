@@ -26,7 +26,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from pipeline.cli import load_study, run_main  # noqa: E402
+from pipeline.cli import is_main_process, load_study, run_main  # noqa: E402
 from pipeline.plan.design import check_run  # noqa: E402
 from pipeline.train.dry_run import dry_run, render  # noqa: E402
 from pipeline.train.engine import REQUEUE_EXIT_CODE  # noqa: E402
@@ -44,17 +44,18 @@ def main(overrides: list[str], flags: dict) -> int:
         print(render(dry_run(job)))
         return 0
     check_run(job)  # resolve the run before its corpus is prepared: a bad combination costs nothing
+    say = print if is_main_process() else (lambda *args, **kwargs: None)  # one final line per run, not per rank
     try:
         record = execute(job)
     except Preempted as stop:  # before the run had a record: nothing trained, nothing to save
-        print(f"{stop}: nothing trained yet; relaunch to start", flush=True)
+        say(f"{stop}: nothing trained yet; relaunch to start", flush=True)
         return REQUEUE_EXIT_CODE
     if record.get("already_finished"):
-        print(f"{record['run_id']}: already {record['status']}, nothing to do -> {Path(record['run_dir']) / 'run.json'}")
+        say(f"{record['run_id']}: already {record['status']}, nothing to do -> {Path(record['run_dir']) / 'run.json'}")
         return 0
     line = (f"{record['run_id']}: {record['status']}, val loss {record['final_val_loss']:.4f}"
             if record["final_val_loss"] is not None else f"{record['run_id']}: {record['status']}")
-    print(f"{line} -> {Path(record['run_dir']) / 'run.json'}")
+    say(f"{line} -> {Path(record['run_dir']) / 'run.json'}")
     return record["exit_code"]
 
 

@@ -59,7 +59,7 @@ def build_record(job: Study, spec: RunSpec, *, status: str, manifest, extra: dic
         "hparams": {**spec.hparams.to_dict(), "schedule": job.train.schedule.value,
                     "min_lr_ratio": job.train.min_lr_ratio, "warmup_steps": spec.warmup_steps,
                     "cooldown_steps": spec.cooldown_steps, "cooldown_fraction": job.train.cooldown_fraction,
-                    "beta1": job.train.beta1,
+                    "beta1": job.train.beta1, "adam_eps": job.train.adam_eps,
                     "weight_decay": job.train.weight_decay, "grad_clip": job.train.grad_clip,
                     "micro_batch_size": spec.micro_batch_size, "grad_accum": spec.grad_accum,
                     "batch_note": spec.batch_note},  # how the rule's batch was rounded to micro x processes
