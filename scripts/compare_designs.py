@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibrate_intervals import SEED_SD_LOG, design, true_law  # noqa: E402
 
-from pipeline.decide.next_runs import choose_next, fit_ensemble, isoflop_candidates  # noqa: E402
+from pipeline.decide.next_runs import choose_next, isoflop_candidates  # noqa: E402
+from pipeline.decide.rounds import fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
 

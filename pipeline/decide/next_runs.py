@@ -35,9 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.fit.candidates import bootstrap_candidate, chinchilla_form, fit_candidate
 from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw
-from pipeline.fit.noise import noise_model
 
 Z90 = 1.6448536269514722          # the 95th percentile of the standard normal: a 90% interval is +-Z90 sd
 ENSEMBLE_TRIM = (1.0, 99.0)       # members beyond these percentiles of log N_opt are left out of the
@@ -95,7 +93,7 @@ def isoflop_candidates(law: ParametricLaw, done_n, done_d, done_budget, *, sizes
     done_n, done_d = np.asarray(done_n, dtype=float), np.asarray(done_d, dtype=float)
     known = np.unique(np.asarray(done_budget, dtype=float)[np.isfinite(done_budget)])
     if known.size == 0:
-        known = np.unique(np.round(TRAIN_FLOPS_PER_PARAM_TOKEN * done_n * done_d, -int(np.log10(done_n.max()))))[-1:]
+        raise UserError("no run has an IsoFLOP budget to place candidates around: group the runs (RunsTable.budget_groups)")
     budgets = [*known, known.min() / budget_ratio, *(known.max() * budget_ratio ** (k + 1) for k in range(new_budgets))]
     budgets = [b for b in budgets if min_budget is None or b >= min_budget * (1 - 1e-9)]
     n, d, c, budget, kind = [], [], [], [], []
@@ -107,10 +105,11 @@ def isoflop_candidates(law: ParametricLaw, done_n, done_d, done_budget, *, sizes
             size = centre * size_ratio ** (k - half)
             n.append(size), d.append(b / (TRAIN_FLOPS_PER_PARAM_TOKEN * size)), c.append(b), budget.append(b)
             kind.append("new budget" if is_new else "new size")
-    points = np.unique(np.column_stack([done_n, done_d]), axis=0)
-    for pn, pd in points:
-        n.append(pn), d.append(pd), c.append(TRAIN_FLOPS_PER_PARAM_TOKEN * pn * pd), budget.append(np.nan)
-        kind.append("seed")
+    done_budget = np.asarray(done_budget, dtype=float)
+    _, first = np.unique(np.column_stack([done_n, done_d]), axis=0, return_index=True)
+    for i in sorted(first):
+        n.append(done_n[i]), d.append(done_d[i]), c.append(TRAIN_FLOPS_PER_PARAM_TOKEN * done_n[i] * done_d[i])
+        budget.append(done_budget[i]), kind.append("seed")
     cands = Candidates(np.array(n), np.array(d), np.array(c), np.array(budget), tuple(kind))
     if max_run_flops is not None:
         cands = cands.subset(cands.flops <= max_run_flops)
@@ -148,6 +147,7 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
     cost = candidates.flops[usable]
     var0 = cov[0, 0]
     picks, spent, stopped = [], 0.0, "no candidate fits the FLOPs left"
+    taken = np.zeros(len(index), dtype=bool)   # one pick per candidate a round (a repeat is its own candidate)
     while max_runs is None or len(picks) < max_runs:
         fits = spent + cost <= flops_left
         if not fits.any():
@@ -155,7 +155,10 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
             break
         diag = np.diag(cov)[1:]
         gain = cov[0, 1:] ** 2 / (diag + sd_log**2)
-        score = np.where(fits, gain / cost, -np.inf)
+        score = np.where(fits & ~taken, gain / cost, -np.inf)
+        if not np.isfinite(score).any():
+            stopped = "every candidate is chosen"
+            break
         j = int(np.argmax(score))
         if not gain[j] > 1e-12 * max(var0, 1e-300):
             stopped = "no candidate shrinks the interval further"
@@ -163,8 +166,9 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
         col = cov[:, j + 1].copy()
         cov = cov - np.outer(col, col) / (col[j + 1] + sd_log**2)
         spent += cost[j]
+        taken[j] = True
         i = index[j]
-        picks.append({"n": float(candidates.n[i]), "d": float(candidates.d[i]), "flops": float(candidates.flops[i]),
+        picks.append({"index": int(i), "n": float(candidates.n[i]), "d": float(candidates.d[i]), "flops": float(candidates.flops[i]),
                       "budget": float(candidates.budget[i]) if np.isfinite(candidates.budget[i]) else None,
                       "kind": candidates.kind[i], "shrink_per_flop": float(gain[j] / cost[j]),
                       "expected_width_after": float(width_now ** np.sqrt(max(cov[0, 0], 0.0) / var0))})
@@ -201,18 +205,3 @@ def stop_reason(width: float, stop_width: float | None, spent_flops: float, pilo
         return f"sweep.max_rounds={max_rounds} rounds ran"
     return None
 
-
-def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0) -> dict:
-    """A light fit for the rounds of a design: Approach 3's Chinchilla form (pipeline/fit/candidates.py),
-    the noise model (pipeline/fit/noise.py) and its parametric bootstrap of `bootstrap` resamples.
-
-    {"law", "samples" (E, A, B, alpha, beta rows), "sd_log", "n_opt", "interval" (5-95% of N_opt)}."""
-    fit = fit_candidate(chinchilla_form(), table.n, table.tokens, table.loss, table.convention)
-    law = fit.law()
-    noise = noise_model(table, law)
-    if not noise:
-        raise UserError(f"{len(table)} runs leave no degrees of freedom to measure the noise: add runs or seeds")
-    boot = bootstrap_candidate(fit, table.n, table.tokens, table.loss, target_flops, bootstrap, seed, noise["sd_log"])
-    return {"law": law, "samples": boot["samples"], "sd_log": noise["sd_log"], "noise_source": noise["source"],
-            "n_opt": float(law.optimal_allocation(target_flops)[0]), "interval": boot["intervals"].get("n_opt"),
-            "n_failed": boot["n_failed"]}
