@@ -17,7 +17,9 @@ resamples) at the target `--factor` x the static grid's largest budget: |log N_o
 log width of the 90% interval, coverage. The last line: error_ratio and width_ratio (medians, adaptive /
 static) and coverage (adaptive's 90% interval, %).
 
-    python scripts/compare_designs.py --studies 100 --seed 0
+    python scripts/compare_designs.py --studies 100 --seed 0            # --jobs 2 on an idle 2-core machine
+
+Study i draws from its own generator (seed, i), so --jobs does not change the numbers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +95,8 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
     return table_of(n, d, c, loss), rounds
 
 
-def one_study(i: int, args, rng) -> dict:
+def one_study(i: int, args) -> dict:
+    rng = np.random.default_rng([args.seed, i])
     law = true_law(rng, "overtrain" if i % 2 else "chinchilla")
     n, d, c = design("isoflop", args.budgets, args.sizes)
     target = args.factor * float(c.max())
@@ -106,6 +110,10 @@ def one_study(i: int, args, rng) -> dict:
             "top_budget": float(np.nanmax(table.budget_flops) / c.max())}
 
 
+def _study(job: tuple) -> dict:
+    return one_study(*job)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--studies", type=int, default=100)
@@ -113,19 +121,20 @@ def main() -> int:
     p.add_argument("--budgets", type=int, default=3)
     p.add_argument("--sizes", type=int, default=5)
     p.add_argument("--seed-budgets", type=int, default=2, help="budgets of the grid the adaptive design starts from")
-    p.add_argument("--round-runs", type=int, default=6, help="runs chosen per round")
-    p.add_argument("--max-rounds", type=int, default=6)
-    p.add_argument("--round-bootstrap", type=int, default=40, help="ensemble size between rounds")
-    p.add_argument("--bootstrap", type=int, default=100, help="resamples of the final interval (both designs)")
+    p.add_argument("--round-runs", type=int, default=8, help="runs chosen per round")
+    p.add_argument("--max-rounds", type=int, default=4)
+    p.add_argument("--round-bootstrap", type=int, default=30, help="ensemble size between rounds")
+    p.add_argument("--bootstrap", type=int, default=60, help="resamples of the final interval (both designs)")
+    p.add_argument("--jobs", type=int, default=1, help="studies fitted in parallel processes")
     p.add_argument("--factor", type=float, default=300.0, help="target budget / the static grid's largest budget")
     args = p.parse_args()
-    rng = np.random.default_rng(args.seed)
     start = time.time()
     results = []
-    for i in range(args.studies):
-        results.append(one_study(i, args, rng))
-        if (i + 1) % 10 == 0:
-            print(f"# {i + 1} studies, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    with Pool(args.jobs) as pool:
+        for result in pool.imap(_study, [(i, args) for i in range(args.studies)]):
+            results.append(result)
+            if len(results) % 10 == 0:
+                print(f"# {len(results)} studies, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     both = [r for r in results if r["static"] and r["adaptive"]]
     print(f"# {args.studies} studies ({len(both)} fitted by both designs), {args.budgets} budgets x {args.sizes} sizes "
           f"static; adaptive from {args.seed_budgets} budgets, {args.round_runs} runs a round; target "

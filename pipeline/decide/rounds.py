@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.decide.next_runs import MIN_ENSEMBLE, choose_next, describe_pick, isoflop_candidates, stop_reason
+from pipeline.decide.next_runs import (
+    MIN_ENSEMBLE,
+    choose_next,
+    describe_pick,
+    isoflop_candidates,
+    stop_reason,
+)
 from pipeline.errors import UserError
 from pipeline.fit.candidates import bootstrap_candidate, chinchilla_form, fit_candidate
 from pipeline.fit.noise import noise_model

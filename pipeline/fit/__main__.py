@@ -32,8 +32,8 @@ from pipeline.decide.budget import resolve_budget
 from pipeline.decide.full_run import target_from_pilots, target_from_preset, write_full_run_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
-from pipeline.decide.rounds import propose_next
 from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
+from pipeline.decide.rounds import propose_next
 from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
