@@ -158,6 +158,7 @@ class SweepConfig:
     max_rounds: int = 6
     stop_width: float | None = 3.0
     pilot_flops: float | None = None
+    min_budget_flops: float | None = None    # no new budget below this (unset: the smallest seed budget / budget_ratio)
     round_bootstrap: int = 40               # the ensemble between rounds (the final fit uses fit.bootstrap)
     max_retries: int = 1                    # failed runs are retried this many times, diverged never
     dry_run: bool = False

@@ -211,6 +211,7 @@ def validate_adaptive(job: Study) -> None:
         _need(math.isfinite(s.stop_width) and s.stop_width > 1, f"sweep.stop_width={s.stop_width} must be > 1 (the "
               "high/low ratio of N_opt's 90% interval to stop at), e.g. sweep.stop_width=3, or null to spend it all")
     _positive("sweep.pilot_flops", s.pilot_flops, "1e13")
+    _positive("sweep.min_budget_flops", s.min_budget_flops, "5e11")
     _need(bool(job.budget.flops or job.budget.days), "sweep.design=adaptive chooses runs for the full budget: set "
           "budget.flops (or budget.gpu, budget.gpus and budget.days)")
     _need(not s.cooldown_reuse and not s.sizes, "sweep.design=adaptive places its own sizes and runs each once: "

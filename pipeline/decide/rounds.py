@@ -99,3 +99,28 @@ def propose_next(table, target_flops: float, k: int, law=None, samples=None, sd_
     for pick in choice["picks"]:
         pick["reason"] = describe_pick(pick)
     return {**choice, "ensemble_source": source}
+
+
+def design_summary(design: dict) -> str:
+    """The verdict's clause: how many rounds the adaptive design ran and why it stopped."""
+    n = len(design.get("rounds") or [])
+    return f"adaptive design: {n} round{'s' if n != 1 else ''} after the seed budgets, stopped: " + (
+        design.get("stopped") or "not yet (relaunch the sweep to continue it)")
+
+
+def design_section(design: dict | None) -> list[str]:
+    """The report's section on the adaptive design: each round's fit and why each run was added."""
+    if not design:
+        return []
+    lines = ["## Adaptive design", "", design_summary(design) + ".", ""]
+    for r in design.get("rounds") or []:
+        fit = r.get("fit") or {}
+        width = f"N_opt's 90% interval {fit['width']:.3g}x wide on {fit['runs']} runs; " if fit.get("width") else ""
+        lines.append(f"- round {r['round']}: {width}added {len(r['picks'])} runs"
+                     + (f", expected {r['expected_width_after']:.3g}x after them" if r.get("expected_width_after") else ""))
+        lines += [f"  - {reason}" for reason in dict.fromkeys(p["reason"] for p in r["picks"])]
+    final = design.get("final_fit") or {}
+    if final.get("width"):
+        lines.append(f"- at the stop: N_opt's 90% interval {final['width']:.3g}x wide on {final['runs']} runs, "
+                     f"{final['spent_flops']:.3g} pilot FLOPs (the light fit between rounds; the fit above is the product's)")
+    return [*lines, ""]

@@ -22,6 +22,7 @@ published law or runs from a file or W&B (no shape), C = 6 N D. The output names
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.cli import load_study, run_main
@@ -33,7 +34,7 @@ from pipeline.decide.full_run import target_from_pilots, target_from_preset, wri
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
-from pipeline.decide.rounds import propose_next
+from pipeline.decide.rounds import design_summary, propose_next
 from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
@@ -132,6 +133,10 @@ def main(overrides: list[str], flags: dict) -> int:
                              outliers=study.outliers, seed=study.seed, convention=study.convention,
                              fixed_E=study.law_fit.fixed_E, candidate=study.law_fit.candidate)
         law, law_samples = law_from_fit(fit_result)
+        design = adaptive_design(study)
+        if design:
+            fit_result["design"] = design
+            fit_result["verdict"] = f"{fit_result['verdict']}; {design_summary(design)}"
         if study.next:
             fit_result["next_runs"] = propose_next(table.with_convention(study.convention), budget["flops"], study.next,
                                                    law=law, samples=law_samples, seed=study.seed,
@@ -160,7 +165,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     if fit_result is not None:
         # The fit's own headline numbers and intervals (Approach 3 with its bootstrap) lead.
         for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline",
-                    "selection", "noise", "minima", "agreement", "verdict", "next_runs"):
+                    "selection", "noise", "minima", "agreement", "verdict", "next_runs", "design"):
             if key in fit_result:
                 rec[key] = fit_result[key]
         rec["law"] = {**rec["law"], **fit_result["law"]}
@@ -186,6 +191,17 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
           f"python -m pipeline.train --config-dir {out_dir} experiment=full_run")
     return 0
+
+
+def adaptive_design(study: Study) -> dict | None:
+    """The adaptive design's rounds and stop reason from the sweep's plan.json (None for other designs or files)."""
+    plan = Path(runs_source(study)) / "plan.json"
+    if study.runs or not plan.is_file():
+        return None
+    try:
+        return json.loads(plan.read_text()).get("design")
+    except (OSError, ValueError, AttributeError):
+        return None   # the table loader already says when plan.json is unreadable
 
 
 def next_runs_summary(proposal: dict, out_dir: Path) -> str:

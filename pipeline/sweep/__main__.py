@@ -100,7 +100,7 @@ def round_chooser(study, seed_runs):
     sweep = study.sweep
     pilot = sweep.pilot_flops or (sweep.pilot_share * target if sweep.pilot_share else static_pilot_flops(study))
     # one budget step below the seed design at most: the design must not walk down to budgets too small to follow a law
-    min_budget = min(r.spec.budget_flops for r in seed_runs) / sweep.budget_ratio
+    min_budget = sweep.min_budget_flops or min(r.spec.budget_flops for r in seed_runs) / sweep.budget_ratio
 
     def next_round(state: dict, realize) -> dict:
         table = load_results_dir(sweep_dir(study), convention=study.convention)
