@@ -110,6 +110,27 @@ def one_study(i: int, args) -> dict:
             "top_budget": float(np.nanmax(table.budget_flops) / c.max())}
 
 
+def summary_lines(results: list[dict]) -> list[str]:
+    """The table of both designs, the adaptive design's spending, and the last line (JSON ratios)."""
+    both = [r for r in results if r["static"] and r["adaptive"]]
+    lines = ["| design | median abs log N_opt error | median log width (90%) | coverage of the 90% interval |",
+             "|---|---:|---:|---:|"]
+    summary = {}
+    for name in ("static", "adaptive"):
+        err = np.median([r[name]["error"] for r in both])
+        width = np.median([r[name]["log_width"] for r in both])
+        cover = 100 * np.mean([r[name]["covered"] for r in both])
+        summary[name] = (err, width, cover)
+        lines.append(f"| {name} | {err:.3f} ({np.exp(err):.2f}x) | {width:.2f} ({np.exp(width):.1f}x) | {cover:.0f}% |")
+    lines.append(f"adaptive: median {np.median([r['rounds'] for r in results]):.0f} rounds, "
+                 f"{np.median([r['runs'] for r in results]):.0f} runs, {np.median([r['flops_share'] for r in results]):.0%} "
+                 f"of the static FLOPs, largest budget {np.median([r['top_budget'] for r in results]):.3g}x the static one")
+    lines.append(json.dumps({"error_ratio": round(summary["adaptive"][0] / summary["static"][0], 3),
+                             "width_ratio": round(summary["adaptive"][1] / summary["static"][1], 3),
+                             "coverage": round(summary["adaptive"][2], 1), "studies": len(both)}))
+    return lines
+
+
 def _study(job: tuple) -> dict:
     return one_study(*job)
 
@@ -133,27 +154,13 @@ def main() -> int:
     with Pool(args.jobs) as pool:
         for result in pool.imap(_study, [(i, args) for i in range(args.studies)]):
             results.append(result)
-            if len(results) % 10 == 0:
-                print(f"# {len(results)} studies, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
-    both = [r for r in results if r["static"] and r["adaptive"]]
-    print(f"# {args.studies} studies ({len(both)} fitted by both designs), {args.budgets} budgets x {args.sizes} sizes "
-          f"static; adaptive from {args.seed_budgets} budgets, {args.round_runs} runs a round; target "
-          f"{args.factor:g}x the largest static budget; {time.time() - start:.0f} s")
-    print("| design | median abs log N_opt error | median log width (90%) | coverage of the 90% interval |")
-    print("|---|---:|---:|---:|")
-    summary = {}
-    for name in ("static", "adaptive"):
-        err = np.median([r[name]["error"] for r in both])
-        width = np.median([r[name]["log_width"] for r in both])
-        cover = 100 * np.mean([r[name]["covered"] for r in both])
-        summary[name] = (err, width, cover)
-        print(f"| {name} | {err:.3f} ({np.exp(err):.2f}x) | {width:.2f} ({np.exp(width):.1f}x) | {cover:.0f}% |")
-    print(f"adaptive: median {np.median([r['rounds'] for r in results]):.0f} rounds, "
-          f"{np.median([r['runs'] for r in results]):.0f} runs, {np.median([r['flops_share'] for r in results]):.0%} "
-          f"of the static FLOPs, largest budget {np.median([r['top_budget'] for r in results]):.3g}x the static one")
-    print(json.dumps({"error_ratio": round(summary["adaptive"][0] / summary["static"][0], 3),
-                      "width_ratio": round(summary["adaptive"][1] / summary["static"][1], 3),
-                      "coverage": round(summary["adaptive"][2], 1), "studies": len(both)}))
+            if len(results) % 10 == 0:   # a running summary: a study cut short still says what it measured
+                print(f"# {len(results)} studies, {time.time() - start:.0f} s: {summary_lines(results)[-1]}",
+                      file=sys.stderr, flush=True)
+    print(f"# {args.studies} studies, {args.budgets} budgets x {args.sizes} sizes static; adaptive from "
+          f"{args.seed_budgets} budgets, up to {args.round_runs} runs a round; target {args.factor:g}x the largest "
+          f"static budget; {time.time() - start:.0f} s")
+    print("\n".join(summary_lines(results)))
     return 0
 
 
