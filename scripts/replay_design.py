@@ -61,7 +61,7 @@ def point_n_opt(table, target: float) -> float:
 
 
 def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: int = 4, round_bootstrap: int = 40,
-           max_rounds: int = 30, seed: int = 0) -> dict:
+           max_rounds: int = 30, seed: int = 0, discrepancy: float = 0.0) -> dict:
     cap = share * float(table.c.sum())
     order = np.argsort(table.c, kind="stable")
     used = np.zeros(len(table), dtype=bool)
@@ -80,7 +80,8 @@ def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: i
             continue
         cands, rest = pool_candidates(table, used)
         left = cap - float(table.c[used].sum())
-        choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=round_runs, flops_left=left)
+        choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=round_runs, flops_left=left,
+                             discrepancy_per_decade=discrepancy)
         if not choice["picks"]:
             log.append(f"stopped: {choice['stopped']}")
             break
@@ -102,6 +103,8 @@ def main() -> int:
     p.add_argument("--round-runs", type=int, default=4)
     p.add_argument("--round-bootstrap", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--discrepancy", type=float, default=0.0,
+                   help="model-discrepancy sd of log loss per decade of compute below the target (next_runs.py)")
     args = p.parse_args()
     if not 0 < args.share <= 1 or not args.target_flops > 0:
         print("error: --share must be in (0, 1] and --target-flops positive", file=sys.stderr)
@@ -109,7 +112,7 @@ def main() -> int:
     try:
         table = load_pool(args.runs)
         result = replay(table, args.target_flops, args.share, args.seed_runs, args.round_runs, args.round_bootstrap,
-                        seed=args.seed)
+                        seed=args.seed, discrepancy=args.discrepancy)
         full = point_n_opt(table, args.target_flops)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -129,10 +129,12 @@ def _ensemble(samples: np.ndarray, target_flops: float) -> tuple[np.ndarray, np.
 
 
 def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, target_flops: float, *,
-                max_runs: int | None = None, flops_left: float = np.inf) -> dict:
+                max_runs: int | None = None, flops_left: float = np.inf, discrepancy_per_decade: float = 0.0) -> dict:
     """Greedy picks by expected variance reduction of log N_opt at `target_flops` per FLOP (module doc).
 
-    Returns {"width_now", "expected_width_after", "picks": [{n, d, flops, budget, kind, shrink_per_flop,
+    `discrepancy_per_decade` adds a model-discrepancy sd (Kennedy & O'Hagan 2001) to each candidate's noise,
+    growing with the decades of compute between it and the target: where the law's form may be off, a run
+    far from the target says less about it than the noise alone implies. Returns {"width_now", "expected_width_after", "picks": [{n, d, flops, budget, kind, shrink_per_flop,
     expected_width_after}], "spent_flops", "stopped": why the picking ended}.
     """
     if not (np.isfinite(sd_log) and sd_log > 0):
@@ -145,6 +147,8 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
     cov = np.cov(z, rowvar=False)
     index = np.flatnonzero(usable)
     cost = candidates.flops[usable]
+    decades = np.log10(target_flops / np.maximum(candidates.flops[usable], 1e-300))
+    noise_var = sd_log**2 + (discrepancy_per_decade * np.maximum(decades, 0.0)) ** 2
     var0 = cov[0, 0]
     picks, spent, stopped = [], 0.0, "no candidate fits the FLOPs left"
     taken = np.zeros(len(index), dtype=bool)   # one pick per candidate a round (a repeat is its own candidate)
@@ -154,7 +158,7 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
             stopped = "the FLOPs left are spent" if picks else stopped
             break
         diag = np.diag(cov)[1:]
-        gain = cov[0, 1:] ** 2 / (diag + sd_log**2)
+        gain = cov[0, 1:] ** 2 / (diag + noise_var)
         score = np.where(fits & ~taken, gain / cost, -np.inf)
         if not np.isfinite(score).any():
             stopped = "every candidate is chosen"
@@ -164,7 +168,7 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
             stopped = "no candidate shrinks the interval further"
             break
         col = cov[:, j + 1].copy()
-        cov = cov - np.outer(col, col) / (col[j + 1] + sd_log**2)
+        cov = cov - np.outer(col, col) / (col[j + 1] + noise_var[j])
         spent += cost[j]
         taken[j] = True
         i = index[j]
