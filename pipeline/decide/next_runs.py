@@ -134,8 +134,9 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
 
     `discrepancy_per_decade` adds a model-discrepancy sd (Kennedy & O'Hagan 2001) to each candidate's noise,
     growing with the decades of compute between it and the target: where the law's form may be off, a run
-    far from the target says less about it than the noise alone implies. Returns {"width_now", "expected_width_after", "picks": [{n, d, flops, budget, kind, shrink_per_flop,
-    expected_width_after}], "spent_flops", "stopped": why the picking ended}.
+    far from the target says less about it than the noise alone implies (0, the default, trusts the form).
+    Returns {"width_now", "expected_width_after", "picks": [{index, n, d, flops, budget, kind,
+    shrink_per_flop, expected_width_after}], "spent_flops", "stopped": why the picking ended}.
     """
     if not (np.isfinite(sd_log) and sd_log > 0):
         raise UserError(f"noise sd {sd_log!r} must be a positive number (sd of log loss)")
@@ -172,7 +173,8 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
         spent += cost[j]
         taken[j] = True
         i = index[j]
-        picks.append({"index": int(i), "n": float(candidates.n[i]), "d": float(candidates.d[i]), "flops": float(candidates.flops[i]),
+        picks.append({"index": int(i), "n": float(candidates.n[i]), "d": float(candidates.d[i]),
+                      "flops": float(candidates.flops[i]),
                       "budget": float(candidates.budget[i]) if np.isfinite(candidates.budget[i]) else None,
                       "kind": candidates.kind[i], "shrink_per_flop": float(gain[j] / cost[j]),
                       "expected_width_after": float(width_now ** np.sqrt(max(cov[0, 0], 0.0) / var0))})

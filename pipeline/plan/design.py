@@ -12,7 +12,7 @@ Designs
   so that each budget's minimum is bracketed.
 * grid -- sizes x token counts (absolute `tokens`, or `tokens_per_param` x N).
 * adaptive -- the IsoFLOP plan of the first `seed_budgets` budgets only; later rounds are chosen from
-  the fit (pipeline/decide/next_runs.py) and planned here one run at a time (`run_at`).
+  the fit (pipeline/decide/next_runs.py) and planned one run at a time (pipeline/plan/adaptive.py).
 Budgets come from `budgets_flops`, or from `pilot_share` of the full budget: `n_budgets` budgets
 `budget_ratio` apart whose runs together spend exactly that share.
 """
@@ -257,34 +257,6 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
     if len(set(ids)) != len(ids):
         raise UserError("the design contains the same run twice: check sweep.sizes / tokens for duplicates")
     return runs
-
-
-def static_pilot_flops(study: Study) -> float:
-    """What the static IsoFLOP plan of every budget would spend (6 N D at the planned sizes): the adaptive
-    design's pilot compute when neither sweep.pilot_flops nor sweep.pilot_share is given."""
-    sweep = study.sweep
-    budgets = pilot_budgets(sweep, study.budget.flops, sweep.sizes_per_budget)
-    return float(sum(budgets)) * sweep.sizes_per_budget
-
-
-def static_round(study: Study, rounds_done: int) -> list[dict]:
-    """The runs the static IsoFLOP plan would add next (its next budget after the seed budgets and the
-    static rounds already added), as the adaptive design's picks: the fallback while no law can be fitted."""
-    sweep = study.sweep
-    budgets = pilot_budgets(sweep, study.budget.flops, sweep.sizes_per_budget)
-    index = sweep.seed_budgets + rounds_done
-    if index >= len(budgets):
-        return []
-    return [{"size": float(size), "budget": budgets[index], "seed_offset": 0}
-            for size in sizes_for_budget(sweep, budgets[index])]
-
-
-def run_at(study: Study, vocab_size: int, world_size: int, size: float, budget: float, seed_offset: int = 0) -> PlannedRun:
-    """One IsoFLOP run of about `size` parameters (snapped to the nearest shape) at `budget` FLOPs, with
-    train.seed + `seed_offset`: how the adaptive design's chosen (N, C) become runs."""
-    train_over = {"flops": budget, **({"seed": study.train.seed + seed_offset} if seed_offset else {})}
-    return _run(study, vocab_size, world_size, {"size": f"{size:.4g}", "size_tolerance": AUTO_SIZE_TOLERANCE},
-                train_over, budget)
 
 
 def estimated_seconds(run: PlannedRun, device_type: str) -> float:

@@ -24,7 +24,8 @@ from pipeline.decide.budget import resolve_budget
 from pipeline.decide.rounds import adaptive_round
 from pipeline.errors import UserError
 from pipeline.fit.table import load_results_dir
-from pipeline.plan.design import check_design, plan_sweep, plan_table, static_pilot_flops
+from pipeline.plan.adaptive import static_pilot_flops
+from pipeline.plan.design import check_design, plan_sweep, plan_table
 from pipeline.sweep.adaptive import run_adaptive
 from pipeline.sweep.dispatch import TERMINAL, launch, pending_runs, status_counts, sweep_dir, write_plan
 from pipeline.sweep.slurm_array import check_launcher

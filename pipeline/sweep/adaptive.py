@@ -21,7 +21,8 @@ import numpy as np
 
 from pipeline.config.schema import Study
 from pipeline.errors import UserError
-from pipeline.plan.design import PlannedRun, plan_table, run_at, static_round
+from pipeline.plan.adaptive import run_at, static_round
+from pipeline.plan.design import PlannedRun, plan_table
 from pipeline.records import atomic_write_json
 from pipeline.sweep.dispatch import launch, pending_runs, status_counts, sweep_dir, write_plan
 from pipeline.train.engine import REQUEUE_EXIT_CODE
