@@ -121,6 +121,7 @@ class TrackingConfig:
 class Design(str, Enum):
     isoflop = "isoflop"  # compute budgets x model sizes; D = C / exact FLOPs per token (Chinchilla Approach 2)
     grid = "grid"        # model sizes x token counts (absolute or tokens per parameter)
+    adaptive = "adaptive"  # IsoFLOP seed budgets, then rounds chosen from the fit (pipeline/decide/next_runs.py)
 
 
 class LaunchMode(str, Enum):
@@ -151,6 +152,17 @@ class SweepConfig:
     # Every planned run trained with this many seeds (train.seed, +1, ...): the fit measures the
     # seed-to-seed noise from them and says when a budget's minimum is not resolved beyond it.
     seeds: int = 1
+    # adaptive: the first `seed_budgets` IsoFLOP budgets, then rounds of up to `round_runs` runs chosen by the
+    # expected shrinkage of log N_opt's 90% interval at the full budget per FLOP, until the interval is at most
+    # `stop_width` x (high/low) or the pilot compute is spent: `pilot_flops`, else `pilot_share` x the full
+    # budget, else what the static IsoFLOP plan of all `budgets_flops` would spend (docs/adaptive_design.md).
+    seed_budgets: int = 2
+    round_runs: int = 4
+    max_rounds: int = 6
+    stop_width: float | None = 3.0
+    pilot_flops: float | None = None
+    min_budget_flops: float | None = None    # no new budget below this (unset: the smallest seed budget / budget_ratio)
+    round_bootstrap: int = 40               # the ensemble between rounds (the final fit uses fit.bootstrap)
     max_retries: int = 1                    # failed runs are retried this many times, diverged never
     dry_run: bool = False
 
@@ -273,6 +285,7 @@ class Study:
     steps: str | None = None             # per-step CSVs (a directory or glob), one per run named <run_id>.csv
     target: str = "loss"                    # the metric to fit and optimise: loss, <column>, <task>:bpb, <task>:acc
     seed: int = 0
+    next: int = 0                        # fit only: propose this many runs to train next (pipeline/decide/next_runs.py)
     all_runs: bool = False               # fit every record under the sweep, not only the current plan.json's runs
     keep_duplicates: bool = False        # fit exact duplicate rows (same N, D, loss) each time, not once
     full_run_preset: str = "gpt2-2048"   # without pilots (law=..., runs=file): the full run's tokenizer/vocab/seq_len

@@ -13,7 +13,7 @@ import re
 
 from models.sizing import SizingError, parse_size
 from pipeline.config.presets import FULL_RUN_PRESETS, STUDY_PRESET
-from pipeline.config.schema import DataConfig, Study
+from pipeline.config.schema import DataConfig, Study, SweepConfig
 from pipeline.errors import UserError
 
 # Sizes above this are refused at once: no dense model this large has been trained, and sizing one
@@ -200,6 +200,23 @@ def validate_sweep(job: Study) -> None:
         _need(0 < s.pilot_share <= 1, f"sweep.pilot_share={s.pilot_share} must be in (0, 1]: it is a share of the full "
                                       "budget")
     _at_least("sweep.max_retries", s.max_retries, 0, "0 never retries a failed run, e.g. sweep.max_retries=1")
+    if s.design.value == "adaptive":
+        validate_adaptive(job)
+
+
+def validate_adaptive(job: Study) -> None:
+    s = job.sweep
+    for key, low in (("seed_budgets", 1), ("round_runs", 1), ("max_rounds", 0), ("round_bootstrap", 10)):
+        _at_least(f"sweep.{key}", getattr(s, key), low, f"e.g. sweep.{key}={getattr(SweepConfig, key)}")
+    if s.stop_width is not None:
+        _need(math.isfinite(s.stop_width) and s.stop_width > 1, f"sweep.stop_width={s.stop_width} must be > 1 (the "
+              "high/low ratio of N_opt's 90% interval to stop at), e.g. sweep.stop_width=3, or null to spend it all")
+    _positive("sweep.pilot_flops", s.pilot_flops, "1e13")
+    _positive("sweep.min_budget_flops", s.min_budget_flops, "5e11")
+    _need(bool(job.budget.flops or job.budget.days), "sweep.design=adaptive chooses runs for the full budget: set "
+          "budget.flops (or budget.gpu, budget.gpus and budget.days)")
+    _need(not s.cooldown_reuse and not s.sizes, "sweep.design=adaptive places its own sizes and runs each once: "
+          "drop sweep.sizes and sweep.cooldown_reuse")
 
 
 def validate_launcher(job: Study) -> None:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from pipeline.decide.recommend import schedule_text
+from pipeline.decide.rounds import design_section
 from pipeline.decide.target_report import target_lines
 from pipeline.fit.plots import save_figure
 from pipeline.records import atomic_write_text
@@ -429,7 +430,7 @@ def render_report(out_dir, fit_result: dict | None, recommendation: dict, plots:
     own = [plot_deviation(recommendation, out / "deviation.png"), plot_inference(recommendation, out / "inference_aware.png")]
     images = [Path(p) for p in plots] + [p for p in own if p is not None]
     lines = (_headline(recommendation) + _budget_section(recommendation) + _full_run_section(recommendation)
-             + target_lines(recommendation)
+             + target_lines(recommendation) + design_section(recommendation.get("design"))
              + _fit_section(fit_result) + _warnings_section(recommendation, fit_result)
              + _tradeoff_sections(recommendation) + _published_section(recommendation))
     if images:

@@ -12,7 +12,8 @@ inference.tokens=T, data.unique_tokens=U, all_runs=true (every record in the fol
 keep_duplicates=true (fit exact duplicate rows each time; by default a repeated row counts once),
 full_run_preset=study (without pilots: size the full run for this config's tokenizer instead of gpt2-2048),
 target=<metric> | <task>:acc (docs/downstream.md), predict.params=[...] predict.tokens=[...],
-serving.max_params=N, columns.params=<column> (also tokens, loss, flops, run_id, status, step),
+serving.max_params=N, next=K (the K runs that would shrink N_opt's interval most per FLOP, written to
+next_runs.json; docs/adaptive_design.md), columns.params=<column> (also tokens, loss, flops, run_id, status, step),
 steps=<dir of per-step CSVs>.
 
 One FLOP count runs through the decision (pipeline/decide/allocation.py): with pilots from a sweep, the exact
@@ -22,6 +23,7 @@ published law or runs from a file or W&B (no shape), C = 6 N D. The output names
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from pipeline.decide.litgpt_export import write_litgpt_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
+from pipeline.decide.rounds import design_summary, propose_next
 from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit
@@ -129,6 +132,8 @@ def main(overrides: list[str], flags: dict) -> int:
         # cannot tell the law (one budget, one size, N and D tied; pipeline/fit/identifiability.py)
     elif study.target != "loss":
         raise UserError(f"target={study.target} needs runs to fit: a published law (law={study.law}) has only the loss")
+    if study.next and (study.law is not None or study.next < 0):
+        raise UserError(f"next={study.next}: proposing runs needs runs to fit and a positive count, e.g. runs=my.csv next=4")
     if table is not None and study.predict.params and study.budget.flops is None and study.budget.days is None:
         check_writable_dir(out_dir, "out_dir (or results_dir)")
         return predict_without_budget(study, table, out_dir)
@@ -142,6 +147,14 @@ def main(overrides: list[str], flags: dict) -> int:
                              outliers=study.outliers, seed=study.seed, convention=study.convention,
                              fixed_E=study.law_fit.fixed_E, candidate=study.law_fit.candidate)
         law, law_samples = law_from_fit(fit_result)
+        design = adaptive_design(study)
+        if design:
+            fit_result["design"] = design
+            fit_result["verdict"] = f"{fit_result['verdict']}; {design_summary(design)}"
+        if study.next:
+            fit_result["next_runs"] = propose_next(table.with_convention(study.convention), budget["flops"], study.next,
+                                                   law=law, samples=law_samples, seed=study.seed,
+                                                   sd_log=(fit_result.get("noise") or {}).get("sd_log"))
     try:
         return write_outputs(study, out_dir, fit_result, law, law_samples, table, pilot, budget,
                              (run_target, count, unique_tokens, unique_source))
@@ -166,7 +179,8 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     if fit_result is not None:
         # The fit's own headline numbers and intervals (Approach 3 with its bootstrap) lead.
         for key in ("approaches", "excluded", "outliers", "backtest", "sensitivity", "flop_method", "headline",
-                    "selection", "noise", "minima", "agreement", "identifiability", "verdict"):
+                    "selection", "noise", "minima", "agreement", "identifiability", "verdict", "next_runs",
+                    "design"):
             if key in fit_result:
                 rec[key] = fit_result[key]
         rec["law"] = {**rec["law"], **fit_result["law"]}
@@ -189,10 +203,32 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     print(terminal_summary(rec))
     if target_summary(rec):
         print(target_summary(rec))
+    if rec.get("next_runs"):
+        print(next_runs_summary(rec["next_runs"], out_dir))
     print(f"recommendation: {out_dir / 'recommendation.json'}\nreport: {report}\nfull run: "
           f"python -m pipeline.train --config-dir {shlex.quote(str(out_dir))} experiment=full_run "
           "(check it first: train.dry_run=true)")
     return 0
+
+
+def adaptive_design(study: Study) -> dict | None:
+    """The adaptive design's rounds and stop reason from the sweep's plan.json (None for other designs or files)."""
+    plan = Path(runs_source(study)) / "plan.json"
+    if study.runs or not plan.is_file():
+        return None
+    try:
+        return json.loads(plan.read_text()).get("design")
+    except (OSError, ValueError, AttributeError):
+        return None   # the table loader already says when plan.json is unreadable
+
+
+def next_runs_summary(proposal: dict, out_dir: Path) -> str:
+    """Writes next_runs.json; the lines to print: each proposed run and why, and the width expected after."""
+    atomic_write_json(out_dir / "next_runs.json", proposal)
+    lines = [f"next {len(proposal['picks'])} runs ({proposal['rule']}; N_opt's 90% interval now "
+             f"{proposal['width_now']:.3g}x wide, expected {proposal['expected_width_after']:.3g}x after them):"]
+    lines += [f"  {p['reason']}" for p in proposal["picks"]]
+    return "\n".join([*lines, f"next runs: {out_dir / 'next_runs.json'}"])
 
 
 def target_metric_sections(study: Study, rec: dict, table, law, law_samples, budget: dict, count, out_dir: Path) -> list:

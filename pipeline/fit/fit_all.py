@@ -36,7 +36,7 @@ from pipeline.fit.checks import (
 )
 from pipeline.fit.envelope import fit_envelope
 from pipeline.fit.identifiability import require_identifiable
-from pipeline.fit.isoflop import fit_isoflop
+from pipeline.fit.isoflop import fit_isoflop, grid_bias
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.noise import minimum_resolution, noise_model
 from pipeline.fit.parametric import HUBER_DELTA, bootstrap_parametric, derived_quantities, fit_parametric
@@ -221,6 +221,8 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     else:
         headline_law = None
     isoflop = _isoflop(clean, budget_flops, bootstrap, seed, warnings, sd_log)
+    if law3 is not None and isoflop.get("budgets"):   # Approach 2's own bias on this grid, under the fitted law
+        warnings += grid_bias(clean, isoflop["budgets"], law3)[1]
     # Approach 1's noise bootstrap is not calibrated (docs/calibration.md): a point cross-check only.
     envelope = fit_envelope(clean, budget_flops, bootstrap=0, seed=seed)
     approaches = {"envelope": envelope, "isoflop": isoflop, "parametric": parametric}

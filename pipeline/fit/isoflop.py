@@ -37,6 +37,11 @@ from pipeline.fit.intervals import percentile_interval
 from pipeline.fit.table import RunsTable
 
 PARABOLA_HALF_WIDTH = 2
+# Approach 2's own bias (arXiv 2603.22339, "Problems with Chinchilla Approach 2": grid width and an off-centre
+# grid bias the parabola's vertex even without noise): warn when it moves N_opt by more than this. Measured
+# under Besiroglu et al.'s law with the windowed parabola above: 5 sizes 1.6x apart -0.2% centred; 3x apart
+# -1.2% centred, -1.9% off-centre; 5x apart (a 625x span) -2.6% centred, -4.7% off-centre.
+GRID_BIAS_WARN = 0.03
 FAILED_WARN_SHARE = 0.05   # more failed resamples than this and the interval is flagged
 
 
@@ -162,6 +167,43 @@ def _parabola_residual_sd(table: RunsTable, groups: np.ndarray, profiles: list[d
         ss += float(resid @ resid)
         dof += int(inside.sum()) - 3
     return (float(np.sqrt(ss / dof)), dof) if dof > 0 else None
+
+
+def grid_bias(table: RunsTable, profiles: list[dict], law) -> tuple[list[dict], list[str]]:
+    """Per budget with a parabola: the bias of its vertex, measured by refitting `law`'s noise-free losses
+    on the same sizes (each budget's own FLOPs-per-token line) with the same window, against the law's
+    minimum on that line; and the warnings for biases beyond GRID_BIAS_WARN, with their size and cause."""
+    groups = table.budget_groups()
+    rows, warnings = [], []
+    for prof in profiles:
+        if not prof.get("parabola"):
+            continue
+        members = groups == prof["planned_budget_flops"]
+        x_all, log_d = np.log(table.n[members]), np.log(table.tokens[members])
+        slope, icept = _fit_line(x_all, log_d) if np.ptp(x_all) > 0 else (-1.0, float(np.mean(log_d + x_all)))
+        sizes = np.asarray(prof["log_n"])
+        x = sizes[(sizes >= prof["window_log_n"][0]) & (sizes <= prof["window_log_n"][1])]
+        with np.errstate(over="ignore", invalid="ignore"):
+            coef = _fit_parabola(x, law.loss(np.exp(x), np.exp(icept + slope * x)))
+            dense = np.linspace(sizes[0] - 4.0, sizes[-1] + 4.0, 4001)
+            reference = float(dense[np.argmin(law.loss(np.exp(dense), np.exp(icept + slope * dense)))])
+        if not coef[0] > 0:
+            continue
+        vertex = float(-coef[1] / (2 * coef[0]))
+        half = (x[-1] - x[0]) / 2
+        row = {"budget_flops": prof["budget_flops"], "n_opt_bias": float(np.exp(vertex - reference) - 1),
+               "law_n_opt": float(np.exp(reference)), "off_centre": float((reference - (x[0] + x[-1]) / 2) / half),
+               "window_ratio": float(np.exp(x[-1] - x[0]))}
+        rows.append(row)
+        prof["grid_bias"] = row
+        if abs(row["n_opt_bias"]) > GRID_BIAS_WARN:
+            warnings.append(
+                f"Approach 2 at {row['budget_flops']:.3g} FLOPs: its grid alone biases N_opt by {row['n_opt_bias']:+.0%} "
+                f"(the law's noise-free losses on the same sizes, fitted by the same parabola; arXiv 2603.22339): the "
+                f"window spans {row['window_ratio']:.3g}x in N and its centre is {row['off_centre']:+.2f} half-widths "
+                f"from the law's optimum {row['law_n_opt']:.3g}: centre the sizes there (sweep.design=adaptive does) "
+                "or space them closer")
+    return rows, warnings
 
 
 def batched_vertices(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,8 @@ Designs
   (`size_ratio` apart) around the expected optimum N* = sqrt(C / (6 r)), r = tokens_per_param_guess,
   so that each budget's minimum is bracketed.
 * grid -- sizes x token counts (absolute `tokens`, or `tokens_per_param` x N).
+* adaptive -- the IsoFLOP plan of the first `seed_budgets` budgets only; later rounds are chosen from
+  the fit (pipeline/decide/next_runs.py) and planned one run at a time (pipeline/plan/adaptive.py).
 Budgets come from `budgets_flops`, or from `pilot_share` of the full budget: `n_budgets` budgets
 `budget_ratio` apart whose runs together spend exactly that share.
 """
@@ -175,7 +177,7 @@ def _check_static(study: Study) -> None:
     if sweep.sizes and len(set(map(str, sweep.sizes))) != len(sweep.sizes):
         dup = next(s for s in sweep.sizes if list(map(str, sweep.sizes)).count(str(s)) > 1)
         raise UserError(f"sweep.sizes lists {dup} twice: remove the duplicate size")
-    if sweep.design.value == "isoflop":
+    if sweep.design.value in ("isoflop", "adaptive"):
         pilot_budgets(sweep, study.budget.flops, len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget)
 
 
@@ -217,9 +219,10 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
     sweep = study.sweep
     _check_static(study)
     runs: list[PlannedRun] = []
-    if sweep.design.value == "isoflop":
+    if sweep.design.value in ("isoflop", "adaptive"):
         per_budget = len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget
-        for budget in pilot_budgets(sweep, study.budget.flops, per_budget):
+        budgets = pilot_budgets(sweep, study.budget.flops, per_budget)
+        for budget in budgets[: sweep.seed_budgets] if sweep.design.value == "adaptive" else budgets:
             seen: dict[int, str] = {}
             for size in sizes_for_budget(sweep, budget):
                 try:

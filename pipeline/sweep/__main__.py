@@ -4,6 +4,7 @@
     python -m pipeline.sweep experiment=cpu_tiny sweep.dry_run=true    # the plan and each run's state
     python -m pipeline.sweep experiment=h100_pilot launcher.mode=node  # one run per GPU on this node
     python -m pipeline.sweep experiment=h100_pilot launcher=slurm launcher.partition=gpu
+    python -m pipeline.sweep experiment=cpu_tiny_adaptive              # seed budgets, then rounds chosen by the fit
 
 Files are the source of truth: a run is done when its `run.json` says ok or diverged; failed runs
 are retried up to `sweep.max_retries` times; preempted or interrupted runs resume from their
@@ -22,8 +23,13 @@ from pipeline.config.presets import KNOWN_VOCAB_SIZES
 from pipeline.config.schema import DataConfig
 from pipeline.data.corpus import corpus_fingerprint, prepare_corpus, resolve_source
 from pipeline.data.manifest import load_manifest
+from pipeline.decide.budget import resolve_budget
+from pipeline.decide.rounds import adaptive_round
 from pipeline.errors import UserError
+from pipeline.fit.table import load_results_dir
+from pipeline.plan.adaptive import static_pilot_flops
 from pipeline.plan.design import check_design, plan_sweep, plan_table
+from pipeline.sweep.adaptive import run_adaptive
 from pipeline.sweep.dispatch import TERMINAL, launch, pending_runs, status_counts, sweep_dir, write_plan
 from pipeline.sweep.scheduler_state import with_scheduler_states
 from pipeline.sweep.slurm_array import check_launcher
@@ -69,6 +75,8 @@ def main(overrides: list[str], flags: dict) -> int:
     runs = plan_sweep(study, vocab_size, world_size)
     if not runs:
         raise UserError("the sweep has no runs: give sweep.sizes and budgets (or tokens)")
+    if study.sweep.design.value == "adaptive":
+        return run_adaptive(study, runs, vocab_size, world_size, overrides, device_type, round_chooser(study, runs))
     plan_path = write_plan(study, runs, overrides)
     todo, states = pending_runs(study, runs)
     print(plan_table(runs, device_type, with_scheduler_states(sweep_dir(study), states)))
@@ -90,6 +98,27 @@ def main(overrides: list[str], flags: dict) -> int:
         return 1
     print(f"next: python -m pipeline.fit {shlex.join(overrides)}")  # quoted: a results_dir may hold spaces
     return 0
+
+
+def round_chooser(study, seed_runs):
+    """The adaptive design's next round from the records so far (pipeline/decide/next_runs.py), for the full
+    budget; the pilot compute is sweep.pilot_flops, else sweep.pilot_share of the full budget, else what the
+    static IsoFLOP plan of every budget would spend."""
+    target = resolve_budget(study.budget)["flops"]
+    sweep = study.sweep
+    pilot = sweep.pilot_flops or (sweep.pilot_share * target if sweep.pilot_share else static_pilot_flops(study))
+    # one budget step below the seed design at most: the design must not walk down to budgets too small to follow a law
+    min_budget = sweep.min_budget_flops or min(r.spec.budget_flops for r in seed_runs) / sweep.budget_ratio
+
+    def next_round(state: dict, realize) -> dict:
+        table = load_results_dir(sweep_dir(study), convention=study.convention)
+        return adaptive_round(table, target, pilot_flops=pilot, stop_width=sweep.stop_width,
+                              rounds_done=len(state["rounds"]), max_rounds=sweep.max_rounds,
+                              round_runs=sweep.round_runs, bootstrap=sweep.round_bootstrap,
+                              seed=study.seed + len(state["rounds"]), size_ratio=sweep.size_ratio,
+                              budget_ratio=sweep.budget_ratio,
+                              min_budget=min_budget, realize=realize)
+    return next_round
 
 
 if __name__ == "__main__":

@@ -111,16 +111,17 @@ def status_counts(states: dict[str, str]) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
-def write_plan(study: Study, runs: list[PlannedRun], overrides: list[str]) -> Path:
+def write_plan(study: Study, runs: list[PlannedRun], overrides: list[str], design: dict | None = None) -> Path:
+    """plan.json: the runs, and with the adaptive design its rounds so far and why each was chosen."""
     path = sweep_dir(study) / "plan.json"
     try:
-        _write_plan(study, runs, overrides, path)
+        _write_plan(study, runs, overrides, path, design)
     except OSError as err:  # a read-only or full results folder: one line with the path
         raise writable_dir_error(path, err, "results_dir") from err
     return path
 
 
-def _write_plan(study: Study, runs: list[PlannedRun], overrides: list[str], path: Path) -> None:
+def _write_plan(study: Study, runs: list[PlannedRun], overrides: list[str], path: Path, design: dict | None) -> None:
     atomic_write_json(path, {
         "sweep": study.sweep_name, "experiment": study.experiment, "config": as_dict(study),
         "overrides": list(overrides),
@@ -128,6 +129,7 @@ def _write_plan(study: Study, runs: list[PlannedRun], overrides: list[str], path
                   "tokens": r.spec.tokens, "flops": r.spec.flops, "budget_flops": r.spec.budget_flops,
                   "shape": r.spec.shape.to_dict(), "steps": r.spec.steps} for r in runs],
         "total_flops_exact": sum(r.spec.flops["exact"] for r in runs),
+        **({"design": design} if design is not None else {}),
     })
 
 

@@ -1,0 +1,129 @@
+"""Replay the adaptive design on a pool of finished runs: would it have reached the same answer for less?
+
+The design starts from the pool's cheapest runs (`--seed-runs`, more while no law can be fitted to
+them), then in rounds fits them (pipeline.decide.rounds.fit_ensemble: Approach 3's Chinchilla form, the
+noise model, a `--round-bootstrap`-resample parametric bootstrap) and chooses up to `--round-runs` runs
+*from the pool only* by the expected shrinkage of log N_opt's 90% interval at `--target-flops` per FLOP
+(pipeline/decide/next_runs.py), until `--share` of the pool's FLOPs is spent or nothing fits. The
+answer is compared with the same fit on the whole pool. Last line, JSON: n_opt, n_opt_full, rel_diff,
+share_used, runs_used, rounds.
+
+    python scripts/replay_design.py --runs chinchilla_fig4_epoch.csv --share 0.3 --target-flops 5.76e23
+    python scripts/replay_design.py --runs ladder_final.csv --share 0.3 --target-flops 1e23
+
+Columns: params, tokens, loss[, flops] as `python -m pipeline.fit runs=...` reads them; Epoch's Chinchilla
+extraction ("Model Size", "Training FLOP") and the OLMo ladder ("N", "c4_loss") are recognised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.decide.next_runs import Candidates, choose_next  # noqa: E402
+from pipeline.decide.rounds import fit_ensemble  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+from pipeline.fit.candidates import chinchilla_form, fit_candidate  # noqa: E402
+from pipeline.fit.sources import load_table_file  # noqa: E402
+
+KNOWN_COLUMNS = ({"Model Size": "params", "Training FLOP": "flops"}, {"N": "params", "c4_loss": "loss"})
+
+
+def load_pool(path: Path):
+    with open(path, newline="") as f:
+        header = next(csv.reader(f))
+    columns = next((c for c in KNOWN_COLUMNS if set(c) <= set(header)), None)
+    return load_table_file(path, columns=columns) if columns else load_table_file(path)
+
+
+def pool_candidates(table, used: np.ndarray) -> tuple[Candidates, np.ndarray]:
+    """The pool's runs not used yet, as the chooser's candidates (their own N, D, FLOPs and budget)."""
+    rest = np.flatnonzero(~used)
+    groups = table.budget_groups()
+    seen_points = {(round(float(np.log(table.n[i])), 3), round(float(np.log(table.tokens[i])), 3))
+                   for i in np.flatnonzero(used)}
+    seen_budgets = set(groups[used].tolist())
+    kind = tuple("seed" if (round(float(np.log(table.n[i])), 3), round(float(np.log(table.tokens[i])), 3)) in seen_points
+                 else "new size" if groups[i] in seen_budgets else "new budget" for i in rest)
+    return Candidates(table.n[rest], table.tokens[rest], table.c[rest], groups[rest], kind), rest
+
+
+def point_n_opt(table, target: float) -> float:
+    fit = fit_candidate(chinchilla_form(), table.n, table.tokens, table.loss, table.convention)
+    return float(fit.law().optimal_allocation(target)[0])
+
+
+def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: int = 4, round_bootstrap: int = 40,
+           max_rounds: int = 30, seed: int = 0, discrepancy: float = 0.0) -> dict:
+    cap = share * float(table.c.sum())
+    order = np.argsort(table.c, kind="stable")
+    used = np.zeros(len(table), dtype=bool)
+    used[order[:seed_runs]] = True
+    log: list[str] = []
+    rounds = 0
+    while rounds < max_rounds:
+        sub = table.subset(used)
+        try:
+            fit = fit_ensemble(sub, target, round_bootstrap, seed + rounds)
+        except UserError as err:   # no law yet: the next-cheapest run, as a static design would add
+            nxt = next((i for i in order if not used[i]), None)
+            if nxt is None or float(table.c[used].sum() + table.c[nxt]) > cap:
+                raise UserError(f"no law could be fitted within {share:.0%} of the pool's FLOPs ({err})") from err
+            used[nxt] = True
+            continue
+        cands, rest = pool_candidates(table, used)
+        left = cap - float(table.c[used].sum())
+        choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=round_runs, flops_left=left,
+                             discrepancy_per_decade=discrepancy)
+        if not choice["picks"]:
+            log.append(f"stopped: {choice['stopped']}")
+            break
+        rounds += 1
+        used[rest[[p["index"] for p in choice["picks"]]]] = True
+        log.append(f"round {rounds}: {len(choice['picks'])} runs, width {choice['width_now']:.3g}x -> expected "
+                   f"{choice['expected_width_after']:.3g}x")
+    sub = table.subset(used)
+    return {"n_opt": point_n_opt(sub, target), "share_used": float(table.c[used].sum() / table.c.sum()),
+            "runs_used": int(used.sum()), "rounds": rounds, "log": log}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, required=True, help="CSV of finished runs (the pool)")
+    p.add_argument("--share", type=float, default=0.3, help="at most this share of the pool's FLOPs")
+    p.add_argument("--target-flops", type=float, required=True, help="the budget N_opt is asked at")
+    p.add_argument("--seed-runs", type=int, default=8)
+    p.add_argument("--round-runs", type=int, default=4)
+    p.add_argument("--round-bootstrap", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--discrepancy", type=float, default=0.0,
+                   help="model-discrepancy sd of log loss per decade of compute below the target (next_runs.py)")
+    args = p.parse_args()
+    if not 0 < args.share <= 1 or not args.target_flops > 0:
+        print("error: --share must be in (0, 1] and --target-flops positive", file=sys.stderr)
+        return 2
+    try:
+        table = load_pool(args.runs)
+        result = replay(table, args.target_flops, args.share, args.seed_runs, args.round_runs, args.round_bootstrap,
+                        seed=args.seed, discrepancy=args.discrepancy)
+        full = point_n_opt(table, args.target_flops)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(result.pop("log")))
+    print(f"{result['runs_used']} of {len(table)} runs, {result['share_used']:.1%} of the pool's FLOPs; N_opt at "
+          f"{args.target_flops:.3g} FLOPs (Chinchilla form, C = 6 N D): {result['n_opt']:.4g} vs {full:.4g} from all runs")
+    print(json.dumps({"n_opt": result["n_opt"], "n_opt_full": full, "rel_diff": result["n_opt"] / full - 1,
+                      "share_used": result["share_used"], "runs_used": result["runs_used"], "rounds": result["rounds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The adaptive design's chooser (pipeline/decide/next_runs.py, rounds.py): picks, stop rules, next=K, bias check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.decide.next_runs import (
+    Candidates,
+    choose_next,
+    isoflop_candidates,
+    log_loss_at,
+    log_n_opt,
+    stop_reason,
+)
+from pipeline.decide.rounds import adaptive_round, fit_ensemble
+from pipeline.fit.isoflop import GRID_BIAS_WARN, fit_isoflop, grid_bias
+from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.table import RunsTable
+
+TRUTH = ParametricLaw(1.8172, 482.01, 2085.43, 0.3478, 0.3658)   # Besiroglu et al. 2024
+SD_LOG = 0.013
+TARGET = 3e20
+
+
+def isoflop_table(budgets=(1e17, 3e17), sizes=5, ratio=1.6, seed=0, law=TRUTH, sd=SD_LOG) -> RunsTable:
+    rng = np.random.default_rng(seed)
+    n, d, c = [], [], []
+    for budget in budgets:
+        centre = np.sqrt(budget / 120)
+        for k in np.arange(sizes) - (sizes - 1) / 2:
+            n.append(centre * ratio**k), d.append(budget / (6 * centre * ratio**k)), c.append(budget)
+    n, d, c = map(np.array, (n, d, c))
+    loss = law.loss(n, d) * np.exp(rng.normal(0, sd, n.size)) if sd else law.loss(n, d)
+    return RunsTable(run_id=tuple(f"r{i}" for i in range(n.size)), params={"total": n}, tokens=d, loss=loss,
+                     flops={"exact": 6 * n * d, "6n": 6 * n * d}, budget_flops=c, source="simulated")
+
+
+@pytest.fixture(scope="module")
+def seed_fit():
+    table = isoflop_table()
+    return table, fit_ensemble(table, TARGET, bootstrap=40, seed=1)
+
+
+def test_log_n_opt_is_the_closed_form():
+    samples = np.array([[TRUTH.E, TRUTH.A, TRUTH.B, TRUTH.alpha, TRUTH.beta]])
+    assert np.exp(log_n_opt(samples, 1e23))[0] == pytest.approx(TRUTH.optimal_allocation(1e23)[0], rel=1e-10)
+    assert np.exp(log_loss_at(samples, np.array([1e9]), np.array([2e10])))[0, 0] == pytest.approx(TRUTH.loss(1e9, 2e10))
+
+
+def test_the_chooser_picks_what_shrinks_the_interval_most_per_flop(seed_fit):
+    table, fit = seed_fit
+    cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_flops)
+    choice = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=1)
+    pick = choice["picks"][0]
+    # brute force over the candidates, each on its own: variance of log N_opt removed per FLOP
+    members = fit["samples"]
+    q = log_n_opt(members, TARGET)
+    lo, hi = np.percentile(q, [1, 99])
+    keep = (q >= lo) & (q <= hi)
+    f = log_loss_at(members[keep], cands.n, cands.d)
+    per_flop = [np.cov(q[keep], f[:, j])[0, 1] ** 2 / (np.var(f[:, j], ddof=1) + fit["sd_log"] ** 2) / cands.flops[j]
+                for j in range(len(cands))]
+    assert pick["index"] == int(np.argmax(per_flop))
+    assert choice["expected_width_after"] < choice["width_now"]
+    # extrapolating 1000x, a run at a budget larger than the seed's is worth its price: the pick is not a seed repeat
+    assert pick["kind"] in ("new budget", "new size")
+
+
+def test_the_same_run_at_a_lower_price_wins_and_a_repeat_is_worth_less(seed_fit):
+    _, fit = seed_fit
+    n, d = np.array([2e7, 2e7]), np.array([4e9, 4e9])
+    cands = Candidates(n, d, np.array([4.8e17, 1.2e17]), np.array([4.8e17, 4.8e17]), ("new budget", "new budget"))
+    choice = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=2)
+    first, second = choice["picks"]
+    assert first["index"] == 1 and second["index"] == 0                 # the cheaper copy first
+    assert second["shrink_per_flop"] < first["shrink_per_flop"] / 4      # 4x the price and already half-answered
+    assert choice["picks"][1]["expected_width_after"] < choice["picks"][0]["expected_width_after"] < choice["width_now"]
+
+
+def test_the_chooser_spends_no_more_than_it_is_given(seed_fit):
+    table, fit = seed_fit
+    cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_flops)
+    choice = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, flops_left=1e18)
+    assert 0 < choice["spent_flops"] <= 1e18 and choice["stopped"] in ("the FLOPs left are spent", "every candidate is chosen")
+
+
+def test_candidates_are_centred_on_the_current_optimum_and_include_repeats():
+    table = isoflop_table()
+    cands = isoflop_candidates(TRUTH, table.n, table.tokens, table.budget_flops, sizes_per_budget=5, min_budget=1e17)
+    for budget in np.unique(cands.budget[np.array(cands.kind) != "seed"]):
+        sizes = cands.n[(cands.budget == budget) & (np.array(cands.kind) != "seed")]
+        assert np.exp(np.mean(np.log(sizes))) == pytest.approx(TRUTH.optimal_allocation(budget)[0], rel=1e-9)
+    assert cands.budget.min() >= 1e17 and cands.kind.count("seed") == len(table)
+    assert {"new budget", "new size"} <= set(cands.kind)
+
+
+def test_stop_rules():
+    assert "stop_width=3" in stop_reason(2.5, 3.0, 1e18, 1e19, 1e17, 1, 6)
+    assert stop_reason(5.0, 3.0, 1e18, 1e19, 1e17, 1, 6) is None
+    assert "pilot compute spent" in stop_reason(5.0, 3.0, 9.5e18, 1e19, 1e18, 1, 6)
+    assert "max_rounds=6" in stop_reason(5.0, None, 1e18, 1e19, 1e17, 6, 6)
+
+
+def test_a_round_stops_when_narrow_enough_or_spent_and_otherwise_says_why_it_chose(seed_fit):
+    table, _ = seed_fit
+    spent = float(table.c.sum())
+    common = dict(rounds_done=0, max_rounds=6, round_runs=3, bootstrap=40, seed=1)
+    narrow = adaptive_round(table, TARGET, pilot_flops=10 * spent, stop_width=1e9, **common)
+    assert narrow["picks"] == [] and "within sweep.stop_width" in narrow["stop"]
+    spent_out = adaptive_round(table, TARGET, pilot_flops=spent * 1.01, stop_width=None, **common)
+    assert spent_out["picks"] == [] and "pilot compute spent" in spent_out["stop"]
+    go = adaptive_round(table, TARGET, pilot_flops=10 * spent, stop_width=1.5, **common)
+    assert go["stop"] is None and 1 <= len(go["picks"]) <= 3
+    assert sum(p["flops"] for p in go["picks"]) <= 9 * spent
+    assert all("shrinks N_opt's interval most per FLOP" in p["reason"] for p in go["picks"])
+    assert go["expected_width_after"] < go["fit"]["width"]
+
+
+def test_the_grid_bias_check_warns_with_the_size_only_for_a_wide_or_off_centre_grid():
+    centred = isoflop_table(budgets=(1e17, 3e17, 9e17), ratio=1.6, sd=0)
+    iso = fit_isoflop(centred, 1e21, bootstrap=0)
+    rows, warnings = grid_bias(centred, iso["budgets"], TRUTH)
+    assert rows and warnings == [] and max(abs(r["n_opt_bias"]) for r in rows) < GRID_BIAS_WARN
+    wide = isoflop_table(budgets=(1e17, 3e17, 9e17), ratio=5.0, sd=0)
+    iso = fit_isoflop(wide, 1e21, bootstrap=0)
+    rows, warnings = grid_bias(wide, iso["budgets"], TRUTH)
+    assert warnings and "biases N_opt by -" in warnings[0] and "spans 625x" in warnings[0]
+    assert all(r["n_opt_bias"] < -GRID_BIAS_WARN for r in rows)
+
+
+def test_fit_next_k_prints_and_writes_the_runs_with_the_expected_width(tmp_path, capsys):
+    from pipeline.fit.__main__ import main
+
+    table = isoflop_table(budgets=(1e17, 3e17, 9e17))
+    csv = tmp_path / "runs.csv"
+    csv.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{loss}\n" for n, d, loss in
+                                                    zip(table.n, table.tokens, table.loss, strict=True)))
+    code = main([f"runs={csv}", "budget.flops=1e21", "bootstrap=20", "next=2", f"out_dir={tmp_path / 'fit'}"],
+                {"cfg": False, "debug": False})
+    assert code == 0
+    out = capsys.readouterr().out
+    proposal = json.loads((tmp_path / "fit" / "next_runs.json").read_text())
+    assert len(proposal["picks"]) == 2 and proposal["expected_width_after"] < proposal["width_now"]
+    assert f"expected {proposal['expected_width_after']:.3g}x after them" in out
+    assert proposal["picks"][0]["reason"] in out
+    assert json.loads((tmp_path / "fit" / "recommendation.json").read_text())["next_runs"]["picks"]
