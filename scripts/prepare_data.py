@@ -11,16 +11,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+
+# No BLAS/OpenMP thread pools in this process, so corpus reading may fork its worker pool
+# (data.num_proc; pipeline/data/corpus.py forks only from a process that runs one OS thread).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from pipeline.config.load import to_schema
-from pipeline.config.schema import (
+from pipeline.config.load import to_schema  # noqa: E402
+from pipeline.config.schema import (  # noqa: E402
     CONF_DIR,  # noqa: E402
     DataConfig,
 )

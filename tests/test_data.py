@@ -7,6 +7,8 @@ preparations fast; the full standard-library preparation is marked slow.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before datasets / transformers are imported
@@ -309,3 +311,16 @@ def test_no_worker_processes_are_forked_from_a_threaded_process(tmp_path, monkey
     finally:
         release.set()
     assert seen == [None]
+
+
+def test_native_threads_count_as_threads_for_the_fork_guard():
+    """torch's OpenMP pool is invisible to threading.active_count(); a fork beside it hung a suite, so the
+    guard counts OS threads (/proc/self/task). Run in a fresh interpreter without BLAS pools (as
+    scripts/prepare_data.py runs): one thread, then torch's intra-op pool makes it several."""
+    code = ("import threading\nfrom pipeline.data.corpus import _only_thread\nbefore = _only_thread()\n"  # no pools yet
+            "import torch\ntorch.set_num_threads(2)\nx = torch.ones(512, 512)\n(x @ x).sum()\n"
+            "print(before, threading.active_count(), _only_thread())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "1", "False"]

@@ -141,6 +141,14 @@ def ordered_documents(cfg: DataConfig, source: Source, hf_cache_dir: Path) -> It
         yield text
 
 
+def _only_thread() -> bool:
+    """True when this process runs one OS thread (Python's and native ones: /proc/self/task on Linux)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no procfs (macOS): Python's own count is the best available
+        return threading.active_count() == 1
+
+
 def _permuted_local(cfg: DataConfig, source: Source, hf_cache_dir: Path) -> Iterator[str | None]:
     import datasets
 
@@ -148,9 +156,13 @@ def _permuted_local(cfg: DataConfig, source: Source, hf_cache_dir: Path) -> Iter
     # Several processes only pay off for many files; the stdlib's 1.8k small files load in ~1.5 s on one.
     # datasets forks its worker pool, and a fork copies only the calling thread: a lock another Python
     # thread held at that moment (a W&B or watchdog thread of a sweep that runs many runs in one process)
-    # stays locked in the child, which then hangs forever. So workers only from a single-threaded process.
+    # stays locked in the child, which then hangs forever. So workers only from a single-threaded process,
+    # counting native threads too (torch's and BLAS's pools, tokenizers' Rayon): a pytest process that had
+    # trained in-process passed `threading.active_count() == 1` with two native threads and its forked
+    # worker hung in a futex (seen in the suite, 2026-12-07). numpy's OpenBLAS pool counts too, so in
+    # practice the pool runs from scripts/prepare_data.py, which starts without BLAS/OpenMP pools.
     many_files = cfg.num_proc > 1 and len(source.files) >= 64 * cfg.num_proc
-    num_proc = cfg.num_proc if many_files and threading.active_count() == 1 else None
+    num_proc = cfg.num_proc if many_files and _only_thread() else None
     try:
         table = datasets.load_dataset(source.builder, data_files=source.files, split="train",
                                       cache_dir=str(hf_cache_dir), num_proc=num_proc, **options)
