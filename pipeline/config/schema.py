@@ -73,7 +73,9 @@ class TrainConfig:
     tokens: int | None = None
     tokens_per_param: float | None = None
     flops: float | None = None
-    # Left unset, these follow the cited rules in pipeline.hparams.
+    # Left unset, these follow the cited rules in pipeline.plan.hparams; hparam_rule picks the LR/batch rule:
+    # steplaw2025 | deepseek2024 | the path of an lr_law.json written by the LR probe's fit (docs/hparams.md).
+    hparam_rule: str = "steplaw2025"
     lr: float | None = None
     batch_tokens: int | None = None
     warmup_tokens: int | None = None
@@ -118,6 +120,7 @@ class TrackingConfig:
 class Design(str, Enum):
     isoflop = "isoflop"  # compute budgets x model sizes; D = C / exact FLOPs per token (Chinchilla Approach 2)
     grid = "grid"        # model sizes x token counts (absolute or tokens per parameter)
+    lr_probe = "lr_probe"  # a few sizes x learning rates around the rule's: calibrates the LR rule (docs/hparams.md)
 
 
 class LaunchMode(str, Enum):
@@ -149,6 +152,13 @@ class SweepConfig:
     # seed-to-seed noise from them and says when a budget's minimum is not resolved beyond it.
     seeds: int = 1
     max_retries: int = 1                    # failed runs are retried this many times, diverged never
+    # lr_probe (pipeline/plan/lr_probe.py): sizes spanning the isoflop design's range, each at these multiples
+    # of the LR rule's value, for a token count that keeps the probe within lr_probe_max_share of that design.
+    lr_probe_sizes: list[str] = field(default_factory=list)   # unset: lr_probe_n_sizes spanning the design
+    lr_probe_n_sizes: int = 3
+    lr_probe_factors: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    lr_probe_tokens: int | None = None       # unset: the most tokens the share allows (same for every size)
+    lr_probe_max_share: float = 0.25         # of the isoflop design's exact FLOPs
     dry_run: bool = False
 
 
