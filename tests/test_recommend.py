@@ -69,8 +69,12 @@ def test_concrete_model_is_exactly_counted_and_spends_the_budget(h100_two_weeks)
     assert h100_two_weeks["predicted_loss"] == pytest.approx(float(EPOCH.loss(model["params"]["total"], model["tokens"])))
     assert model["tokens"] % model["batch_tokens"] == 0 and model["steps"] == model["tokens"] // model["batch_tokens"]
     # pipeline.plan.hparams at C = 1.53e22: lr 0.3118 C^-0.125, batch 0.292 C^0.3271 tokens, beta2 0.95 above 2^20
-    assert model["lr"] == pytest.approx(0.3118 * 1.5313e22 ** -0.125, rel=1e-3)
-    assert model["batch_tokens"] == pytest.approx(0.2920 * 1.5313e22 ** 0.3271, rel=1e-3)
+    # Without pilots, the default rule (Step Law, Li et al. 2025) at the run's non-embedding N and its D:
+    assert model["lr"] == pytest.approx(1.79 * model["params"]["non_embedding"] ** -0.713 * model["tokens"] ** 0.307,
+                                        rel=1e-3)
+    assert model["batch_tokens"] == pytest.approx(0.58 * model["tokens"] ** 0.571, rel=1e-3)
+    assert model["hparam_rule"] == "steplaw2025" and model["lr_extrapolation_decades"] > 1   # 1.1e10 vs <= 1.1e9
+    assert "not measured" in model["lr_sensitivity"]
     assert model["beta2"] == 0.95 and model["warmup_tokens"] == model["params"]["total"]
     assert model["memory"]["parallelism"] == "fsdp" and model["memory"]["shards"] == 4
 

@@ -177,7 +177,8 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
         warnings.append(f"no intervals for law {law.name}: {why}")
 
     shape = pick_shape(law, budget_flops, n_opt, count, vocab_size=target["vocab_size"], seq_len=target["seq_len"])
-    model = launched_run(shape, budget_flops, count, convention=convention, schedule=pilot_schedule)
+    model = launched_run(shape, budget_flops, count, convention=convention, schedule=pilot_schedule,
+                         hparam_rule=(pilot_setup or {}).get("hparam_rule"))
     n_run, d_run = model["params"][convention], model["tokens"]
     size_error = n_run / n_opt - 1
     if abs(size_error) > 0.05:

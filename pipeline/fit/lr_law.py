@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.fit.lr_plot import plot_probe
 from pipeline.plan.lr_rules import HparamRule, PowerLaw, Scale
 from pipeline.records import FINISHED_STATUS, atomic_write_json, atomic_write_text, load_records
 
@@ -110,16 +111,21 @@ def fit_lr_law(curves: list[dict], name: str) -> dict:
         c_source = f"held at the base rule's ({base.name}): every probe run trained one token count"
     predicted = ln_a + b * ln_n + c * ln_d
     curvature = statistics.median(s["curvature"] for s in used)
+    summary = {"base_rule": base.name, "sizes": sizes, "d_exponent": c_source,
+               "residual_sd_ln_lr": float(np.std(ln_lr - predicted, ddof=0)),
+               "best_over_base_lr": [s["lr_opt"] / s["base_lr"] for s in used], "cost_2x_median": miss_cost(curvature)}
     rule = HparamRule(name=name, citation=f"LR probe {name} (pipeline/fit/lr_law.py)",
                       lr_law=PowerLaw(float(math.exp(ln_a)), exp_n=float(b), exp_d=float(c)),
                       batch_law=base.batch_law, n_convention=base.n_convention,
                       data_range={"N": (min(s["n"] for s in sizes), max(s["n"] for s in sizes)),
                                   "D": (min(s["d"] for s in sizes), max(s["d"] for s in sizes))},
-                      lr_curvature=float(curvature))
-    base_ratio = [s["lr_opt"] / s["base_lr"] for s in used]
-    return {"rule": rule.to_dict(), "base_rule": base.name, "sizes": sizes, "d_exponent": c_source,
-            "residual_sd_ln_lr": float(np.std(ln_lr - predicted, ddof=0)),
-            "best_over_base_lr": base_ratio, "cost_2x_median": miss_cost(curvature)}
+                      lr_curvature=float(curvature), lr_residual_sd=summary["residual_sd_ln_lr"], probe=summary)
+    return {"rule": rule.to_dict(), **summary}
+
+
+def law_of_rule(rule: dict) -> dict | None:
+    """The lr_law.json content back from a calibrated rule as recorded in a run (None for published rules)."""
+    return {**rule["probe"], "rule": rule} if rule.get("probe") else None
 
 
 def markdown(law: dict, figure: str | None) -> str:
@@ -166,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.results / "fit"
     out.mkdir(parents=True, exist_ok=True)
-    from pipeline.fit.lr_plot import plot_probe  # matplotlib only when writing
     figure = plot_probe(law, out / "lr_probe.png")
     atomic_write_json(out / "lr_law.json", law)
     atomic_write_text(out / "lr_probe.md", markdown(law, figure.name))

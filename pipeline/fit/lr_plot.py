@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.fit.lr_law import MISS_FACTOR
 from pipeline.fit.plots import save_figure
 
 
@@ -32,7 +31,7 @@ def plot_probe(law: dict, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final validation loss (nats/token)")
-    ax.set_title(f"LR probe: best LR per size (*), parabola in ln LR; a {MISS_FACTOR:g}x miss costs "
+    ax.set_title("LR probe: best LR per size (*), parabola in ln LR; a 2x miss costs "
                  f"{law['cost_2x_median']:.2%}", fontsize=9)
     ax.legend(fontsize=7)
     return save_figure(fig, path)

@@ -40,9 +40,6 @@ def _check_factors(factors: list[float]) -> list[float]:
     if len(factors) < MIN_FACTORS or len(set(factors)) != len(factors) or factors[0] <= 0:
         raise UserError(f"sweep.lr_probe_factors={factors}: list at least {MIN_FACTORS} distinct positive multiples "
                         "of the rule's LR, e.g. [0.25,0.5,1,2,4]")
-    if not factors[0] < 1 < factors[-1]:
-        raise UserError(f"sweep.lr_probe_factors={factors}: include multiples below and above 1 so the best LR "
-                        "can lie on either side of the rule's")
     return factors
 
 

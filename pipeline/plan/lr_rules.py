@@ -58,6 +58,8 @@ class HparamRule:
     n_convention: str = "non_embedding"    # which N the laws read: non_embedding | total
     data_range: dict = field(default_factory=dict)   # axis ("N", "D", "C") -> (lo, hi) of the data behind it
     lr_curvature: float | None = None      # relative loss per (ln LR)^2 at the optimum, where measured
+    lr_residual_sd: float | None = None    # sd of ln(best LR) about the law at the probed sizes, where measured
+    probe: dict | None = None              # a calibrated rule's probe: per-size curves and optima (lr_law.json)
 
     def n_of(self, scale: Scale) -> float:
         if self.n_convention == "non_embedding" and scale.n_params_non_embedding is not None:
@@ -104,16 +106,19 @@ class HparamRule:
         return None if self.lr_curvature is None else self.lr_curvature * math.log(factor) ** 2
 
     def to_dict(self) -> dict:
+        calibrated = {k: v for k, v in (("lr_residual_sd", self.lr_residual_sd), ("probe", self.probe)) if v is not None}
         return {"name": self.name, "citation": self.citation, "lr_law": vars(self.lr_law),
                 "batch_law": vars(self.batch_law), "n_convention": self.n_convention,
-                "data_range": {k: list(v) for k, v in self.data_range.items()}, "lr_curvature": self.lr_curvature}
+                "data_range": {k: list(v) for k, v in self.data_range.items()}, "lr_curvature": self.lr_curvature,
+                **calibrated}   # published rules: only the keys they have (their records and run ids stay put)
 
     @classmethod
     def from_dict(cls, values: dict) -> HparamRule:
         return cls(name=values["name"], citation=values["citation"], lr_law=PowerLaw(**values["lr_law"]),
                    batch_law=PowerLaw(**values["batch_law"]), n_convention=values.get("n_convention", "non_embedding"),
                    data_range={k: tuple(v) for k, v in values.get("data_range", {}).items()},
-                   lr_curvature=values.get("lr_curvature"))
+                   lr_curvature=values.get("lr_curvature"), lr_residual_sd=values.get("lr_residual_sd"),
+                   probe=values.get("probe"))
 
 
 RULES: dict[str, HparamRule] = {
@@ -137,6 +142,8 @@ def load_rule(name_or_path: str) -> HparamRule:
         return RULES[key]
     if key.endswith(".json"):
         path = Path(key)
+        if not path.is_absolute() and not path.exists():   # a committed calibration, named from the repository root
+            path = Path(__file__).resolve().parents[2] / key
         try:
             values = json.loads(path.read_text())
             return HparamRule.from_dict(values["rule"])
