@@ -92,3 +92,39 @@ def test_power_law_through_the_optima_is_recovered():
     assert law["rule"]["lr_law"]["exp_d"] == 0.307 and "held at" in law["d_exponent"]
     assert law["rule"]["data_range"]["N"] == [2e4, 2e5]
     assert all(s["resolved"] for s in law["sizes"])
+
+
+def _setup(rule, lrs_by_n: dict) -> dict:
+    runs = []
+    for (n, budget), lr in lrs_by_n.items():
+        runs.append({"lr": lr, "tokens": budget / (8 * n), "flops": budget, "n_total": 1.3 * n, "n_non_embedding": n,
+                     "budget": budget})
+    return {"hparam_rule": rule.to_dict(), "lr_runs": runs}
+
+
+def test_the_verdict_knows_when_the_pilots_lr_distorts_the_law():
+    from pipeline.fit.lr_check import hparam_check
+    from pipeline.plan.lr_rules import HparamRule, PowerLaw, Scale
+
+    rule = HparamRule(name="probe", citation="LR probe", lr_law=PowerLaw(0.002, exp_n=-0.2, exp_d=0.3),
+                      batch_law=PowerLaw(0.58, exp_d=0.571), data_range={"N": (1e4, 3e5), "D": (2e5, 2e5)},
+                      lr_curvature=0.05, lr_residual_sd=0.05)
+
+    def rule_lr(n, budget):
+        return rule.lr(Scale(flops=budget, n_params=1.3 * n, n_params_non_embedding=n, run_tokens=budget / (8 * n)))
+
+    grid = [(n, b) for b in (5e11, 1e12) for n in (3e4, 6e4, 1.2e5)]
+    tuned = hparam_check(_setup(rule, {k: rule_lr(*k) for k in grid}), sd_log=0.01)
+    assert tuned["distorts"] is False and tuned["max_penalty"] == pytest.approx(0.05 * 0.05**2)
+    # one size per budget 3x too high: 0.05 ln(3)^2 = 6% of the loss, far above a 1% noise, and unequal in the budget
+    skewed = hparam_check(_setup(rule, {k: rule_lr(*k) * (3 if k[0] == 6e4 else 1) for k in grid}), sd_log=0.01)
+    assert skewed["distorts"] is True and "unequally tuned" in skewed["warning"]
+    assert skewed["budget_spread"] == pytest.approx(0.05 * math.log(3) ** 2, rel=1e-6)
+    # a published rule far beyond its data, with no probe: the distortion is unknown and said so
+    unprobed = hparam_check(_setup(RULES["steplaw2025"], {k: 0.01 for k in grid}), sd_log=0.01)
+    assert unprobed["distorts"] == "unknown" and "sweep.design=lr_probe" in unprobed["warning"]
+    from pipeline.fit.checks import verdict
+    base = {"intervals": {"n_opt": [1e5, 1.1e5]}, "agreement": {"max_over_min": 1.05}, "minima": []}
+    assert "hyperparameters" not in verdict({**base, "hparams": tuned})
+    assert "hyperparameters distort the law" in verdict({**base, "hparams": skewed})
+    assert "may distort the law" in verdict({**base, "hparams": unprobed})
