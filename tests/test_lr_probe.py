@@ -49,6 +49,8 @@ def test_probe_over_its_share_is_refused_before_any_compute():
     with pytest.raises(UserError) as info:
         plan_sweep(probe_study(lr_probe_tokens=3_000_000), VOCAB)
     assert "lr_probe_max_share" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(UserError, match="cooldown_reuse=false"):
+        plan_sweep(probe_study(cooldown_reuse=True), VOCAB)
     with pytest.raises(UserError, match="at least 4 distinct"):
         plan_sweep(probe_study(lr_probe_factors=[0.5, 1, 2]), VOCAB)
 
