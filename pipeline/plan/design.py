@@ -179,6 +179,9 @@ def _check_static(study: Study) -> None:
     if sweep.sizes and len(set(map(str, sweep.sizes))) != len(sweep.sizes):
         dup = next(s for s in sweep.sizes if list(map(str, sweep.sizes)).count(str(s)) > 1)
         raise UserError(f"sweep.sizes lists {dup} twice: remove the duplicate size")
+    if sweep.design.value == "lr_probe" and sweep.cooldown_reuse:
+        raise UserError("sweep.design=lr_probe with sweep.cooldown_reuse=true would give every LR of a size one shared "
+                        "trunk (and so one LR): set sweep.cooldown_reuse=false for the probe")
     if sweep.design.value in ("isoflop", "lr_probe"):
         pilot_budgets(sweep, study.budget.flops, len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget)
 
