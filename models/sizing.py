@@ -1,28 +1,31 @@
 """From a target parameter count to a concrete `ModelShape`: the family's sizing rule.
 
-The rule, and why:
-- Width grid. d_model is a multiple of 64 from 256 up (matmul tiles, and head_dim 64 as in GPT-2/3
-  and LLaMA); below 256 a multiple of 16. CPU-scale models need the finer grid: with a 512-token vocab
-  a 64-wide model has 65K embedding + head parameters, so a 50K model must be ~32 wide, and 16 keeps
-  head_dim = d_model / 4 even (RoPE) and a whole number of fp32 SIMD lanes.
-- Heads. head_dim 64 from d_model 256 up; below, 4 heads (head_dim 4..60, reaching 64 at 256).
+The family is one chain of shapes in which depth and width only ever grow together, so that loss
+against N within one budget measures the scale, not the shape rule (a family whose shapes zigzag --
+1 layer x 32, then 2 x 32, 4 x 32, 2 x 48 -- puts neighbouring sizes on different curves):
+- Width grid. d_model is a multiple of 8 below 256 (head_dim = d_model / 4 stays even for RoPE; CPU
+  models need the fine grid because one width step is a large share of a tiny model), a multiple of
+  64 from 256 up (matmul tiles, head_dim 64 as in GPT-2/3 and LLaMA).
+- Heads. head_dim 64 from d_model 256 up; below, 4 heads.
 - MLP. SwiGLU with d_ff = 8/3 d_model, which keeps the MLP at the 8 d_model^2 parameters of a 4x GELU
   MLP (Shazeer 2020; LLaMA, Touvron et al. 2023), rounded up to the width grid's multiple.
-- Depth. Aspect ratio d_model / n_layer near 64 from d_model 256 up: GPT-2 small and GPT-3 760M sit at
-  64, and Kaplan et al. 2020 (Fig. 5) find loss within a few percent anywhere from 20 to 200. Below 256
-  wide the preferred aspect is 16, so CPU-scale models get several layers instead of one wide layer: a
-  one-layer transformer cannot form induction heads (Olsson et al. 2022) and learns differently, which
-  would put 1- and 5-layer models on different curves inside one IsoFLOP profile. Shapes between 8 and
-  256 are allowed, at a cost (Levine et al. 2020 show the best depth-width balance drifts with size;
-  the tiny CPU models need the freedom because one 16-wide step is 30-60% of their size).
-- Choice. Among the grid shapes whose count lies within `tolerance` (10%) of the target, minimise
-      (ln(N_shape / N_target))^2 + ASPECT_WEIGHT * (ln(aspect / preferred_aspect(d_model)))^2,
-  N in the requested convention. With ASPECT_WEIGHT = 0.01 an aspect off by 2x costs as much as a
-  7% count error: the count dominates and the aspect settles near-ties. Without the tolerance filter
-  the choice would be provably monotone (adding the two optimality inequalities of targets t1 < t2
-  leaves 2 (ln n1 - ln n2)(ln t1 - ln t2) >= 0); the filter can only break that at a gap's edge, and
-  tests/test_sizing.py checks monotonicity on a dense sweep of targets.
-  A request with no shape within `tolerance` raises `SizingError` instead of returning a poor match.
+- Aspect rule (the one rule that ties depth to width):  n_layer*(d) = 2 (d_model / 32) ** 0.57,
+  i.e. d_model / n_layer = 16 (d_model / 32) ** 0.43. The exponent is fitted to published shapes:
+  GPT-3 125M (768 wide, 12 layers), 1.3B (2048, 24), 6.7B (4096, 32) and LLaMA 7B (4096, 32) give
+  12.2, 21.5, 31.8 and 31.8 layers (Brown et al. 2020, Table 2.1; Touvron et al. 2023). Its aspect
+  (64 at 768 wide, 129 at 4096) lies in the 20-200 where Kaplan et al. 2020 (Fig. 5) find loss within
+  a few percent; the tiny CPU models get aspect 12-20 (2-4 layers instead of one wide layer: a
+  one-layer transformer cannot form induction heads, Olsson et al. 2022, and learns differently).
+- Chain. From (16 wide, 1 layer), each step adds either one width step or one layer, whichever lands
+  nearer the rule's depth (|ln(n_layer / n_layer*(d))|): a staircase along the rule in which depth and
+  width are both non-decreasing, so counts strictly increase and every count is a step of a few
+  percent (one layer or one width step) at GPU scale.
+- Choice. The chain shape whose count (in the requested convention) is nearest the target in log;
+  a request with no chain shape within `tolerance` (10%) raises `SizingError`, naming the nearest
+  achievable counts. Monotone in the target by construction.
+Parameter convention: where embeddings dominate (tiny models with a 512-token vocabulary: 57% of a
+57K model), sizing by total or by non-embedding parameters picks different chain shapes, but the
+chain is the same; see docs/hparams.md for how the demo keeps the convention from deciding the answer.
 """
 
 from __future__ import annotations
@@ -33,11 +36,9 @@ import re
 from models.accounting import param_count
 from models.shape import ModelShape
 
-PREFERRED_ASPECT = 64.0
-PREFERRED_ASPECT_NARROW = 16.0  # below d_model 256 (see "Depth" above)
-ASPECT_RANGE = (8.0, 256.0)
-ASPECT_WEIGHT = 0.01
+DEPTH_RULE = (2.0, 32.0, 0.57)   # n_layer*(d) = 2 * (d / 32) ** 0.57 (see "Aspect rule" above)
 TOLERANCE = 0.10
+NAME_TOLERANCE = 0.20
 SIZING_CONVENTIONS = ("total", "non_embedding")
 # The largest model the rule sizes (the config's own limit on model sizes): the grid is enumerated up to
 # the request, so an unbounded one (a 1e40-FLOP budget's N_opt ~1e19) would list shapes for hours.
@@ -73,7 +74,7 @@ class SizingError(ValueError):
 
 
 def width_multiple(d_model: int) -> int:
-    return 64 if d_model >= 256 else 16
+    return 64 if d_model >= 256 else 8
 
 
 def heads_for_width(d_model: int) -> int:
@@ -86,14 +87,13 @@ def ffn_width(d_model: int) -> int:
     return -(-(8 * d_model) // (3 * multiple)) * multiple
 
 
-def _widths():
-    d_model = 16
-    while True:
-        yield d_model
-        d_model += width_multiple(d_model)
+def rule_depth(d_model: int) -> float:
+    """The aspect rule's (real-valued) depth at this width."""
+    coef, width0, exponent = DEPTH_RULE
+    return coef * (d_model / width0) ** exponent
 
 
-def _make_shape(d_model: int, n_layer: int, vocab_size: int, seq_len: int, tie: bool) -> ModelShape:
+def family_shape(d_model: int, n_layer: int, vocab_size: int, seq_len: int, tie: bool = False) -> ModelShape:
     return ModelShape(
         n_layer=n_layer,
         d_model=d_model,
@@ -105,28 +105,36 @@ def _make_shape(d_model: int, n_layer: int, vocab_size: int, seq_len: int, tie: 
     )
 
 
-def _grid_shapes(vocab_size: int, seq_len: int, tie: bool, convention: str, max_count: float):
-    """(count, shape) for every grid shape within ASPECT_RANGE whose count is <= max_count."""
-    for d_model in _widths():
-        min_layers = max(1, math.ceil(d_model / ASPECT_RANGE[1]))
-        max_layers = max(1, math.floor(d_model / ASPECT_RANGE[0]))
-        if param_count(_make_shape(d_model, min_layers, vocab_size, seq_len, tie), convention) > max_count:
-            return  # counts grow with width at the shallowest allowed depth: no wider shape fits
-        for n_layer in range(min_layers, max_layers + 1):
-            shape = _make_shape(d_model, n_layer, vocab_size, seq_len, tie)
-            count = param_count(shape, convention)
-            if count > max_count:
-                break  # and with depth
-            yield count, shape
+def chain():
+    """(d_model, n_layer) of the family, smallest first: width and depth never decrease (module doc)."""
+    d_model, n_layer = 16, 1
+    while True:
+        yield d_model, n_layer
+        wider = d_model + width_multiple(d_model)
+        off_if_wider = abs(math.log(n_layer / rule_depth(wider)))
+        off_if_deeper = abs(math.log((n_layer + 1) / rule_depth(d_model)))
+        if off_if_wider <= off_if_deeper:
+            d_model = wider
+        else:
+            n_layer += 1
 
 
-def preferred_aspect(d_model: int) -> float:
-    return PREFERRED_ASPECT if d_model >= 256 else PREFERRED_ASPECT_NARROW
+def family_depth(d_model: int) -> int:
+    """The depth the chain gives this width on first reaching it (for per-width anchors)."""
+    for width, n_layer in chain():
+        if width >= d_model:
+            return n_layer
+    raise AssertionError("unreachable: the chain is infinite")
 
 
-def _score(count: int, shape: ModelShape, log_target: float) -> float:
-    aspect_term = math.log(shape.aspect_ratio / preferred_aspect(shape.d_model)) ** 2
-    return (math.log(count) - log_target) ** 2 + ASPECT_WEIGHT * aspect_term
+def _chain_shapes(vocab_size: int, seq_len: int, tie: bool, convention: str, max_count: float):
+    """(count, shape) along the chain while the count is <= max_count."""
+    for d_model, n_layer in chain():
+        shape = family_shape(d_model, n_layer, vocab_size, seq_len, tie)
+        count = param_count(shape, convention)
+        if count > max_count:
+            return
+        yield count, shape
 
 
 def shape_for_params(
@@ -137,10 +145,10 @@ def shape_for_params(
     tie_embeddings: bool = False,
     tolerance: float = TOLERANCE,
 ) -> ModelShape:
-    """The grid shape whose `convention` parameter count best matches n_params (see module doc).
+    """The chain shape whose `convention` parameter count is nearest n_params in log (see module doc).
 
-    Raises SizingError when no grid shape lies within `tolerance` (relative) of the request: below the
-    smallest model, or in one of the gaps of the coarse CPU-scale grid (the message names the nearest
+    Raises SizingError when no chain shape lies within `tolerance` (relative) of the request: below the
+    smallest model, or in one of the gaps between tiny chain shapes (the message names the nearest
     achievable counts).
     """
     if convention not in SIZING_CONVENTIONS:
@@ -161,27 +169,22 @@ def shape_for_params(
     if not 0 < tolerance < 1:
         raise SizingError(f"tolerance={tolerance!r} must lie in (0, 1): use e.g. 0.1 for 10%")
 
-    # A shape scoring better than any within `tolerance` lies within this factor of the target.
-    max_aspect_penalty = ASPECT_WEIGHT * max(math.log(ASPECT_RANGE[1] / PREFERRED_ASPECT_NARROW),
-                                             math.log(PREFERRED_ASPECT / ASPECT_RANGE[0])) ** 2
-    window = math.exp(math.sqrt(math.log1p(tolerance) ** 2 + max_aspect_penalty)) * 1.01
     log_target = math.log(n_params)
     best: tuple[float, int, ModelShape] | None = None
     below, above = 0, None  # nearest achievable counts, for the error message
-    for count, shape in _grid_shapes(vocab_size, seq_len, tie_embeddings, convention, n_params * window):
+    for count, shape in _chain_shapes(vocab_size, seq_len, tie_embeddings, convention, n_params * (1 + tolerance) * 2):
         if count <= n_params:
             below = max(below, count)
         else:
             above = count if above is None else min(above, count)
-        if abs(math.log(count / n_params)) <= math.log1p(tolerance):
-            score = _score(count, shape, log_target)
-            if best is None or score < best[0]:
-                best = (score, count, shape)
-    if best is not None and abs(math.log(best[1] / n_params)) <= math.log1p(tolerance):
+        distance = abs(math.log(count) - log_target)
+        if best is None or distance < best[0]:
+            best = (distance, count, shape)
+    if best is not None and best[0] <= math.log1p(tolerance):
         return best[2]
 
     if below == 0:
-        smallest = _make_shape(16, 1, vocab_size, seq_len, tie_embeddings)
+        smallest = family_shape(16, 1, vocab_size, seq_len, tie_embeddings)
         smallest_count = param_count(smallest, convention)
         raise SizingError(
             f"n_params={n_params:,.0f} ({convention}) is below the smallest model of the family "
@@ -196,11 +199,14 @@ def shape_for_params(
 
 
 def shape_for_name(name: str, vocab_size: int, seq_len: int) -> ModelShape:
-    """The shape for a named size of `NAMED_SIZES` (case-insensitive), counted as total parameters."""
+    """The shape for a named size of `NAMED_SIZES` (case-insensitive), counted as total parameters.
+
+    A name is a label, not a promise: the nearest chain shape within NAME_TOLERANCE (20%; the chain's
+    steps at CPU scale and near d_model 256-640 with a small vocabulary are up to ~1.5x apart)."""
     key = str(name).strip().lower()
     if key not in NAMED_SIZES:
         raise SizingError(f"unknown model size {name!r}: use one of {', '.join(NAMED_SIZES)} or a number like 2e5")
-    return shape_for_params(NAMED_SIZES[key], vocab_size, seq_len)
+    return shape_for_params(NAMED_SIZES[key], vocab_size, seq_len, tolerance=NAME_TOLERANCE)
 
 
 def parse_size(text: str) -> float:

@@ -80,12 +80,12 @@ def test_exact_over_6n_at_small_widths():
     shape = ModelShape(n_layer=16, d_model=1024, n_heads=16, d_ff=2752, vocab_size=32000, seq_len=2048)
     ratio = training_flops_per_token(shape) / training_flops_per_token(shape, method="6n")
     assert ratio == pytest.approx(1.2533, abs=1e-4)
-    # At CPU scale (vocab 512, seq 128) exact/6N_total is 1.08-1.25 across the ladder (50k: 1.19,
-    # 100k: 1.25, 1m: 1.17, 5m: 1.08) and exact/6N_non_embedding is 1.1-4.1: the pipeline therefore
-    # uses the exact count, and says which N it fitted.
+    # At CPU scale (vocab 512, seq 128) exact/6N_total is above 1 by up to a third (the "50k" name, two
+    # 32-wide layers: 1.306) and exact/6N_non_embedding is larger still: the pipeline therefore uses the
+    # exact count, and says which N it fitted.
     cpu_50k = shape_for_name("50k", 512, 128)
     cpu_ratio = training_flops_per_token(cpu_50k) / training_flops_per_token(cpu_50k, method="6n")
-    assert cpu_ratio == pytest.approx(1.192, abs=1e-3)
+    assert cpu_ratio == pytest.approx(1.306, abs=1e-3)
 
 
 @pytest.mark.parametrize("vocab_size,seq_len", [(512, 128), (50257, 2048)])

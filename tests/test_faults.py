@@ -126,7 +126,7 @@ def test_concurrent_runs_of_one_sweep_keep_every_file_intact(corpus_overrides, t
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outputs]
     records, rejected = load_records(tmp_path / "s")
     assert rejected == [] and len({r["run_id"] for r in records}) == 3
-    assert sorted(r["params"]["total"] for r in records) == [23120, 46176, 72928]
+    assert sorted(r["params"]["total"] for r in records) == [23120, 38520, 80840]  # the family chain's nearest shapes
     for record in records:
         assert record["status"] == "ok" and record["steps_done"] == 20
         lines = (Path(record["_dir"]) / "eval.jsonl").read_text().splitlines()

@@ -51,7 +51,12 @@ def test_exact_count_optimum_is_the_brute_force_argmin_and_differs_from_6nd():
     best = optimal_allocation(EPOCH, 1.5e22, count)
     grid = np.exp(np.linspace(math.log(best.n / 3), math.log(best.n * 3), 20001))
     brute = grid[np.argmin(EPOCH.loss(grid, 1.5e22 / count.flops_per_token(grid)))]
-    assert best.n == pytest.approx(brute, rel=2e-4)
+    # Within 0.3%: F(N) interpolates between the family chain's per-width anchors (models/sizing.py), whose
+    # kinks leave the fine search's parabola up to ~0.25% off the brute-force argmin on a flat bottom; the
+    # loss there is the minimum's to 1e-6.
+    assert best.n == pytest.approx(brute, rel=3e-3)
+    assert float(EPOCH.loss(best.n, best.d)) == pytest.approx(
+        float(EPOCH.loss(brute, 1.5e22 / count.flops_per_token(np.asarray(brute)))), rel=1e-6)
     assert best.d == pytest.approx(1.5e22 / count.flops_per_token(np.asarray(best.n)))
     assert best.loss == pytest.approx(float(EPOCH.loss(best.n, best.d)))
     # The exact count charges attention and the embeddings: F(N) > 6N, so fewer tokens than under 6ND.

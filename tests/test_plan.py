@@ -46,11 +46,11 @@ def test_isoflop_sizes_bracket_the_expected_optimum_and_grow_with_budget():
 
 
 def test_grid_is_the_complete_product():
-    study = replace(Study(), sweep=SweepConfig(design=Design.grid, sizes=["60k", "120k", "250k"],
+    study = replace(Study(), sweep=SweepConfig(design=Design.grid, sizes=["60k", "132k", "261k"],
                                                tokens=[1e6, 2e6], tokens_per_param=[]))
     runs = plan_sweep(study, VOCAB)
     pairs = {(r.job.model.size, r.job.train.tokens) for r in runs}
-    assert pairs == set(itertools.product(["60k", "120k", "250k"], [1_000_000, 2_000_000]))
+    assert pairs == set(itertools.product(["60k", "132k", "261k"], [1_000_000, 2_000_000]))
     for r in runs:  # rounded to whole batches of the size's batch rule
         assert abs(r.spec.tokens - r.job.train.tokens) <= r.spec.batch_tokens / 2
 

@@ -69,9 +69,13 @@ def test_concrete_model_is_exactly_counted_and_spends_the_budget(h100_two_weeks)
     assert h100_two_weeks["predicted_loss"] == pytest.approx(float(EPOCH.loss(model["params"]["total"], model["tokens"])))
     assert model["tokens"] % model["batch_tokens"] == 0 and model["steps"] == model["tokens"] // model["batch_tokens"]
     # pipeline.plan.hparams at C = 1.53e22: lr 0.3118 C^-0.125, batch 0.292 C^0.3271 tokens, beta2 0.95 above 2^20
-    assert model["lr"] == pytest.approx(0.3118 * 1.5313e22 ** -0.125, rel=1e-3)
-    assert model["rule_batch_tokens"] == pytest.approx(0.2920 * 1.5313e22 ** 0.3271, rel=1e-3)
-    # ... rounded to the nearest multiple of micro-batch x 32 GPUs (pipeline/plan/launch.py), and said so
+    # Without pilots, the default rule (Step Law, Li et al. 2025) at the run's non-embedding N and its D:
+    assert model["lr"] == pytest.approx(1.79 * model["params"]["non_embedding"] ** -0.713 * model["tokens"] ** 0.307,
+                                        rel=1e-3)
+    assert model["rule_batch_tokens"] == pytest.approx(0.58 * model["tokens"] ** 0.571, rel=1e-3)
+    assert model["hparam_rule"] == "steplaw2025" and model["lr_extrapolation_decades"] > 0.9   # ~1e10 non-embedding vs <= 1.1e9
+    assert "not measured" in model["lr_sensitivity"]
+    # ... the batch rounded to the nearest multiple of micro-batch x 32 GPUs (pipeline/plan/launch.py), and said so
     launch = model["launch"]
     unit = launch["micro_batch_size"] * launch["world_size"] * SEQ
     assert launch["world_size"] == 32 and model["batch_tokens"] % unit == 0
@@ -140,7 +144,7 @@ def test_full_run_config_parses_with_every_key(h100_two_weeks, tmp_path):
         assert isinstance(train["lr"], float) and isinstance(loaded["budget_flops"], float)
         assert train["schedule"] == "cosine" and train["precision"] == "bf16" and train["seed"] == 3
         assert loaded["sweep_name"] == "full_run" and loaded["data"] == data
-    assert "DeepSeek LLM 2024" in text and "sizing rule" in text
+    assert "Step Law" in text and "sizing rule" in text
 
 
 def test_full_run_takes_the_pilots_wsd_schedule_and_the_config_accepts_it(tmp_path):

@@ -61,6 +61,6 @@ def test_deepseek_rule_values():
 def test_overrides_win_and_are_labelled():
     hp = resolve_hyperparameters(flops=1e12, n_params=50_000, run_tokens=3_000_000, seq_len=128, lr=1e-3)
     assert hp.lr == 1e-3 and hp.lr_source == "override"
-    assert hp.batch_tokens % 128 == 0 and "DeepSeek" in hp.batch_source
+    assert hp.batch_tokens % 128 == 0 and "Step Law" in hp.batch_source   # the default rule fills the rest
     assert hp.warmup_tokens == 50_000  # Porian et al. 2024: N tokens
     assert hp.beta2 == 0.999           # small batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from models.accounting import param_count
 from models.sizing import (
     NAMED_SIZES,
     SizingError,
+    chain,
     ffn_width,
     ladder,
     parse_size,
@@ -29,35 +31,51 @@ def _one_line(call) -> str:
 
 
 @pytest.mark.parametrize("setting", [CPU, GPU], ids=["cpu_vocab", "gpu_vocab"])
-def test_named_ladder_within_ten_percent(setting):
+def test_named_ladder_within_twenty_percent(setting):
     checked = 0
     for name, n_params in NAMED_SIZES.items():
         if setting is GPU and n_params < 5e6:
             continue  # a 50k-token vocabulary alone needs 1.6M parameters at width 16
         shape = shape_for_name(name, **setting)
-        assert abs(param_count(shape) / n_params - 1) <= 0.10, (name, shape)
+        assert abs(param_count(shape) / n_params - 1) <= 0.20, (name, shape)  # NAME_TOLERANCE: the chain's steps
         checked += 1
     assert checked == (14 if setting is CPU else 8)  # all 13 sizes and "tiny", or 5m..3b
 
 
 def test_known_shapes():
     # Pinned so that a change to the rule shows up in review, not silently in a sweep.
-    assert shape_for_name("50k", **CPU).describe() == "L=1 d=32 H=4x8 ff=96 V=512 T=128"
+    assert shape_for_name("50k", **CPU).describe() == "L=2 d=32 H=4x8 ff=88 V=512 T=128"
     assert shape_for_name("tiny", **CPU) == shape_for_name("200k", **CPU)
-    assert shape_for_name("5m", **CPU).describe() == "L=11 d=192 H=4x48 ff=512 V=512 T=128"
-    assert shape_for_name("124m", **GPU).describe() == "L=12 d=640 H=10x64 ff=1728 V=50257 T=2048"
-    assert shape_for_name("1.3b", **GPU).describe() == "L=29 d=1792 H=28x64 ff=4800 V=50257 T=2048"
+    assert shape_for_name("tiny", **CPU).describe() == "L=3 d=64 H=4x16 ff=176 V=512 T=128"
+    assert shape_for_name("5m", **CPU).describe() == "L=6 d=248 H=4x62 ff=664 V=512 T=128"
+    assert shape_for_name("124m", **GPU).describe() == "L=11 d=640 H=10x64 ff=1728 V=50257 T=2048"
+    assert shape_for_name("1.3b", **GPU).describe() == "L=22 d=2048 H=32x64 ff=5504 V=50257 T=2048"
+
+
+def test_depth_and_width_grow_together_along_the_chain():
+    # The aspect rule n_layer*(d) = 2 (d/32)^0.57: GPT-3 125M (768 wide) has 12 layers, 6.7B (4096) 32.
+    steps = list(itertools.islice(chain(), 120))
+    assert steps[0] == (16, 1)
+    for (d0, l0), (d1, l1) in zip(steps, steps[1:], strict=False):
+        assert (d1 > d0 and l1 == l0) or (d1 == d0 and l1 == l0 + 1)   # one width step or one layer
+    depth = dict(steps)   # the deepest layer count reached at each width
+    assert depth[768] in (12, 13) and depth[256] == 7 and depth[64] == 3
+    for setting in (CPU, GPU):
+        shapes = [shape_for_params(n, **setting, tolerance=0.5) for n in ladder(2e6, 3e9, 1.25)]
+        assert [s.n_layer for s in shapes] == sorted(s.n_layer for s in shapes)
+        assert [s.d_model for s in shapes] == sorted(s.d_model for s in shapes)
+        assert len({s.n_layer for s in shapes}) > 5 and len({s.d_model for s in shapes}) > 10
 
 
 def test_grid_rules_hold_over_the_ladder():
     for name in NAMED_SIZES:
         shape = shape_for_name(name, **CPU)
-        multiple = 64 if shape.d_model >= 256 else 16
+        multiple = 64 if shape.d_model >= 256 else 8
         assert shape.d_model % multiple == 0 and shape.d_ff % multiple == 0
         assert shape.head_dim == (64 if shape.d_model >= 256 else shape.d_model // 4)
         assert 8 <= shape.aspect_ratio <= 256
     assert ffn_width(4096) == 10944  # 8/3 * 4096 = 10922.7, up to a multiple of 64
-    assert ffn_width(32) == 96  # 85.3, up to a multiple of 16
+    assert ffn_width(32) == 88  # 85.3, up to a multiple of 8
 
 
 @pytest.mark.parametrize(
@@ -71,18 +89,20 @@ def test_monotone_and_accurate_over_a_dense_sweep(setting, convention, lo):
         try:
             count = param_count(shape_for_params(target, **setting, convention=convention), convention)
         except SizingError:
-            continue  # a gap of the coarse tiny-width grid; covered by test_gaps_are_reported
+            continue  # a gap between chain steps; covered by test_gaps_are_reported
         assert count >= previous, (target, count, previous)
         assert abs(count / target - 1) <= 0.10
         previous, answered = count, answered + 1
-    assert answered >= 0.9 * (k + 1)
+    # The chain's steps are a few percent at GPU scale; with a 512-token vocabulary one width step of a
+    # tiny model (and 256 -> 320 wide) is 1.3-1.6x, so some 10% requests fall in a gap.
+    assert answered >= (0.97 if setting is GPU else 0.85) * (k + 1)
 
 
 def test_gaps_are_reported_with_the_nearest_sizes():
-    # Between one 32-wide layer (46,176) and two (59,552) no grid shape exists at vocab 512.
-    message = _one_line(lambda: shape_for_params(52_500, **CPU))
-    assert "46,176 below" in message and "59,552 above" in message
-    assert param_count(shape_for_params(52_500, **CPU, tolerance=0.2)) in (46_176, 59_552)
+    # Between two 24-wide layers (38,520) and two 32-wide (58,016) the chain has no shape at vocab 512.
+    message = _one_line(lambda: shape_for_params(47_000, **CPU))
+    assert "38,520 below" in message and "58,016 above" in message
+    assert param_count(shape_for_params(47_000, **CPU, tolerance=0.25)) in (38_520, 58_016)
 
 
 def test_tied_and_non_embedding_conventions():

@@ -57,7 +57,9 @@ class DataConfig:
 class ModelConfig:
     size: str = "tiny"               # a name from models.sizing.NAMED_SIZES or a parameter count ("2e5")
     convention: str = "total"        # which parameter count `size` means (total | non_embedding)
-    size_tolerance: float = 0.10     # the shape's count must lie this close to `size` (models/sizing.py)
+    # the shape's count must lie this close to `size` (models/sizing.py): the family chain's steps at CPU scale
+    # are up to 1.7x apart (2 x 16 -> 2 x 24 wide at vocabulary 512), so a request snaps within 25%
+    size_tolerance: float = 0.25
     n_layer: int | None = None    # an explicit shape (all four set) overrides `size`
     d_model: int | None = None
     n_heads: int | None = None
@@ -73,7 +75,9 @@ class TrainConfig:
     tokens: int | None = None
     tokens_per_param: float | None = None
     flops: float | None = None
-    # Left unset, these follow the cited rules in pipeline.hparams.
+    # Left unset, these follow the cited rules in pipeline.plan.hparams; hparam_rule picks the LR/batch rule:
+    # steplaw2025 | deepseek2024 | the path of an lr_law.json written by the LR probe's fit (docs/hparams.md).
+    hparam_rule: str = "steplaw2025"
     lr: float | None = None
     batch_tokens: int | None = None
     warmup_tokens: int | None = None
@@ -122,6 +126,7 @@ class Design(str, Enum):
     isoflop = "isoflop"  # compute budgets x model sizes; D = C / exact FLOPs per token (Chinchilla Approach 2)
     grid = "grid"        # model sizes x token counts (absolute or tokens per parameter)
     adaptive = "adaptive"  # IsoFLOP seed budgets, then rounds chosen from the fit (pipeline/decide/next_runs.py)
+    lr_probe = "lr_probe"  # a few sizes x learning rates around the rule's: calibrates the LR rule (docs/hparams.md)
 
 
 class LaunchMode(str, Enum):
@@ -164,6 +169,13 @@ class SweepConfig:
     min_budget_flops: float | None = None    # no new budget below this (unset: the smallest seed budget / budget_ratio)
     round_bootstrap: int = 40               # the ensemble between rounds (the final fit uses fit.bootstrap)
     max_retries: int = 1                    # failed runs are retried this many times, diverged never
+    # lr_probe (pipeline/plan/lr_probe.py): sizes spanning the isoflop design's range, each at these multiples
+    # of the LR rule's value, for a token count that keeps the probe within lr_probe_max_share of that design.
+    lr_probe_sizes: list[str] = field(default_factory=list)   # unset: lr_probe_n_sizes spanning the design
+    lr_probe_n_sizes: int = 3
+    lr_probe_factors: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    lr_probe_tokens: int | None = None       # unset: the most tokens the share allows (same for every size)
+    lr_probe_max_share: float = 0.25         # of the isoflop design's exact FLOPs
     dry_run: bool = False
 
 

@@ -34,9 +34,8 @@ from models.accounting import count_params, training_flops_per_token
 from models.shape import ModelShape
 from models.sizing import (
     SizingError,
-    ffn_width,
-    heads_for_width,
-    preferred_aspect,
+    family_depth,
+    family_shape,
     shape_for_params,
     width_multiple,
 )
@@ -81,8 +80,8 @@ def six_nd_count(why: str, convention: str = "total") -> FlopCount:
 class FamilyFlopsPerToken:
     """F(N) = N * rho(N): exact training FLOPs per token of the family's preferred shape near N.
 
-    One anchor per width of the sizing grid (models/sizing.py: 16-wide steps below 256, 64 above), at its
-    preferred depth (aspect 16 below 256, 64 above); rho is interpolated in log N between anchors sorted by
+    One anchor per width of the sizing grid (models/sizing.py: 8-wide steps below 256, 64 above), at the
+    family chain's depth for that width (the aspect rule n_layer = 2 (d/32)^0.57); rho is interpolated in log N between anchors sorted by
     N. The table grows on demand to cover the N asked for.
     """
 
@@ -95,9 +94,7 @@ class FamilyFlopsPerToken:
         self._grow(0.0)
 
     def shape_at_width(self, d_model: int) -> ModelShape:
-        n_layer = max(1, round(d_model / preferred_aspect(d_model)))
-        return ModelShape(n_layer=n_layer, d_model=d_model, n_heads=heads_for_width(d_model), d_ff=ffn_width(d_model),
-                          vocab_size=self.vocab_size, seq_len=self.seq_len, tie_embeddings=self.tie)
+        return family_shape(d_model, family_depth(d_model), self.vocab_size, self.seq_len, self.tie)
 
     def _grow(self, n_needed: float) -> None:
         while not self._anchors or self._anchors[-1][0] < n_needed * 1.5 or len(self._anchors) < 2:

@@ -21,8 +21,9 @@ from models.shape import ModelShape
 from pipeline.config.presets import FULL_RUN_PRESETS, KNOWN_VOCAB_SIZES, STUDY_PRESET
 from pipeline.decide.allocation import FlopCount
 from pipeline.errors import UserError
-from pipeline.plan.hparams import resolve_hyperparameters
+from pipeline.plan.hparams import DEFAULT_RULE, resolve_hyperparameters
 from pipeline.plan.launch import plan_launch
+from pipeline.plan.lr_rules import HparamRule
 
 MIN_LR_RATIO = 0.1                # cosine to 10% of peak (Chinchilla sec. 4 / App. B), as the pilots
 FULL_RUN_PRECISION = "bf16"       # bf16 autocast with fp32 master weights and AdamW moments, on GPUs
@@ -84,24 +85,42 @@ def schedule_text(schedule: dict) -> str:
     return f"one cosine cycle over exactly train.tokens to {schedule['min_lr_ratio']:.0%} of peak (Chinchilla)"
 
 
+def lr_sensitivity(rule: HparamRule) -> str:
+    """The loss cost of an LR off by 2x either way, where a probe measured the curvature."""
+    cost = rule.lr_loss_cost(2.0)
+    if cost is None:
+        return (f"not measured: {rule.name} has no LR probe behind it (sweep.design=lr_probe measures what a 2x miss "
+                "costs at the pilots' scale)")
+    return (f"an LR 2x too high or too low costs about {cost:.2%} of the loss at the probed sizes "
+            f"({rule.name}: k ln(2)^2, k the probe's median curvature in ln LR)")
+
+
 def launched_run(shape: ModelShape, budget_flops: float, count: FlopCount, *, convention: str,
-                 schedule: dict | None = None, world_size: int = 1, gpu_memory_gb: float = 80.0) -> dict:
-    """The shape's exact counts, its token count under `count`, its hyperparameters (the pilots' rules) and
-    its launch on `world_size` GPUs (pipeline.plan.launch): the rule's batch rounded to micro x accumulation
-    x world, and the steps counted in that batch."""
+                 schedule: dict | None = None, world_size: int = 1, gpu_memory_gb: float = 80.0,
+                 hparam_rule: dict | None = None) -> dict:
+    """The shape's exact counts, its token count under `count`, its hyperparameters and its launch on
+    `world_size` GPUs (pipeline.plan.launch). The hyperparameters are the pilots' LR/batch rule (`hparam_rule`,
+    as recorded in their runs; the default rule without pilots) at the run's own N and D; the rule's batch is
+    rounded to micro x accumulation x world, and the steps are counted in that batch."""
     seq_len = shape.seq_len
     params = count_params(shape)
     fpt = {m: training_flops_per_token(shape, seq_len, method=m) for m in ("exact", "6n")}
     per_token = count.of_shape(shape)
     target_tokens = budget_flops / per_token
-    rule = resolve_hyperparameters(flops=budget_flops, n_params=params[convention], run_tokens=int(target_tokens),
-                                   seq_len=seq_len)
+    given_rule = HparamRule.from_dict(hparam_rule) if hparam_rule else DEFAULT_RULE
+
+    def rules(**over):
+        return resolve_hyperparameters(flops=budget_flops, n_params=params[convention], run_tokens=int(target_tokens),
+                                       seq_len=seq_len, n_params_non_embedding=params["non_embedding"],
+                                       rule=given_rule, **over)
+
+    rule = rules()
     launch = plan_launch(shape, rule.batch_tokens // seq_len, world_size, gpu_memory_gb)
     # The same rules at the launched batch (an LR rule may depend on it); the batch's source says how it was rounded.
-    hp = resolve_hyperparameters(flops=budget_flops, n_params=params[convention], run_tokens=int(target_tokens),
-                                 seq_len=seq_len, batch_tokens=launch.global_batch_sequences * seq_len)
+    hp = rules(batch_tokens=launch.global_batch_sequences * seq_len)
     sources = {k: v for k, v in hp.to_dict().items() if k.endswith("_source")}
     sources["batch_source"] = f"{rule.batch_source}; {launch.batch_note}"
+    rule_law = HparamRule.from_dict(hp.rule_law)
     steps = max(1, round(target_tokens / hp.batch_tokens))  # whole steps, as the pilots round
     tokens = steps * hp.batch_tokens
     return {
@@ -115,6 +134,8 @@ def launched_run(shape: ModelShape, budget_flops: float, count: FlopCount, *, co
         "warmup_steps": math.ceil(hp.warmup_tokens / hp.batch_tokens), "beta2": hp.beta2, "steps": steps,
         "schedule": full_run_schedule(schedule), "precision": FULL_RUN_PRECISION,
         "hparam_sources": sources, "launch": launch.to_dict(),
+        "hparam_rule": hp.rule, "hparam_rule_range": hp.rule_range, "hparam_rule_law": hp.rule_law,
+        "lr_extrapolation_decades": hp.extrapolation_decades, "lr_sensitivity": lr_sensitivity(rule_law),
     }
 
 
@@ -130,7 +151,8 @@ def differences(pilots: dict | None, model: dict, target: dict) -> list[dict]:
              "full_run": f"{model['tokens']:,}", "why": "the full budget under the same count"},
             {"setting": "learning rate, batch, warmup, beta2", "pilots": "the rules at each pilot's compute",
              "full_run": f"lr {model['lr']:.3g}, batch {model['batch_tokens']:,} tokens",
-             "why": "the same rules (DeepSeek LLM 2024 eq. 1; Porian et al. 2024) at the full compute"}]
+             "why": f"the same rules ({model.get('hparam_rule', DEFAULT_RULE)}; Porian et al. 2024) at the full run's N and D, "
+                    f"{model.get('lr_extrapolation_decades', 0):.1f} decades beyond the LR rule's data"}]
     pilot_precision = pilots.get("precision")
     if pilot_precision != model["precision"]:
         rows.append({"setting": "precision", "pilots": pilot_precision or "unknown", "full_run": model["precision"],

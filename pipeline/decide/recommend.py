@@ -185,7 +185,8 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
                           gpu_memory_gb=gpu_memory_gb, n_gpus=budget.get("gpus"))
     world = launch_plan(memory, budget.get("gpus"))["processes"]  # the budget's GPUs, else the fewest that fit
     model = launched_run(shape, budget_flops, count, convention=convention, schedule=pilot_schedule,
-                         world_size=world, gpu_memory_gb=gpu_memory_gb)
+                         world_size=world, gpu_memory_gb=gpu_memory_gb,
+                         hparam_rule=(pilot_setup or {}).get("hparam_rule"))
     n_run, d_run = model["params"][convention], model["tokens"]
     size_error = n_run / n_opt - 1
     if abs(size_error) > 0.05:

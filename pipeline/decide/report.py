@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from pipeline.decide.lr_report import lr_section
 from pipeline.decide.recommend import schedule_text
 from pipeline.decide.rounds import design_section
 from pipeline.decide.target_report import target_lines
@@ -262,6 +263,9 @@ def _full_run_section(rec: dict) -> list[str]:
             ["tokens", f"{m['tokens']:,} ({m['tokens_rule']})"],
             ["learning rate", f"{m['lr']:.3g} ({m['hparam_sources']['lr_source']})"],
             ["batch", f"{m['batch_tokens']:,} tokens ({m['hparam_sources']['batch_source']})"],
+            ["LR rule's reach", f"{m.get('lr_extrapolation_decades', 0):.1f} decades beyond its data "
+                                f"({m.get('hparam_rule_range') or 'range not stated'})"],
+            ["LR sensitivity (+-2x)", m.get("lr_sensitivity", "not recorded")],
             ["warmup", f"{m['warmup_tokens']:,} tokens, {m['warmup_steps']:,} steps"],
             ["AdamW beta2", f"{m['beta2']} ({m['hparam_sources']['beta2_source']})"],
             ["steps / schedule", f"{m['steps']:,}, {schedule_text(m['schedule'])} ({m['schedule']['source']})"],
@@ -431,6 +435,7 @@ def render_report(out_dir, fit_result: dict | None, recommendation: dict, plots:
     images = [Path(p) for p in plots] + [p for p in own if p is not None]
     lines = (_headline(recommendation) + _budget_section(recommendation) + _full_run_section(recommendation)
              + target_lines(recommendation) + design_section(recommendation.get("design"))
+             + lr_section(recommendation, fit_result, out)
              + _fit_section(fit_result) + _warnings_section(recommendation, fit_result)
              + _tradeoff_sections(recommendation) + _published_section(recommendation))
     if images:

@@ -207,6 +207,10 @@ def verdict(result: dict) -> str:
     if unresolved:
         why.append(f"{unresolved} IsoFLOP minima not resolved beyond the noise")
     detail = "; ".join(why)
+    tuning = (result.get("hparams") or {}).get("distorts")
+    if tuning:   # pipeline/fit/lr_check.py: the LRs' penalty exceeds the noise, or is not measured
+        detail += ("; hyperparameters distort the law (LR off the probe's optimum by more than the noise)" if tuning is True
+                   else "; hyperparameters may distort the law (LR rule extrapolated, not probed)")
     if factor <= AGREE_FACTOR:
         return f"pilots agree within {factor - 1:.0%} on N_opt ({detail}): size the run from them"
     if factor <= USABLE_FACTOR:

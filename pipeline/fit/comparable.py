@@ -8,6 +8,8 @@ setting. Also the pilots' shared setup (tokenizer, unique tokens, precision, dev
 
 from __future__ import annotations
 
+import json
+
 from pipeline.errors import UserError
 
 # (name in messages, path in the record): settings that change what a loss means. The tokenizer and the
@@ -97,7 +99,13 @@ def pilot_setup(records: list[dict]) -> dict:
     def common(values):
         values = {v for v in values if v is not None}
         return values.pop() if len(values) == 1 else None
-    return {"tokenizer": common(_field(r, ("data", "tokenizer")) for r in records),
+    rules = {json.dumps(_field(r, ("hparams", "rule_law")), sort_keys=True) for r in records}
+    return {"hparam_rule": json.loads(rules.pop()) if len(rules) == 1 else None,   # the LR/batch rule, if shared
+            "lr_runs": [{"lr": r["hparams"]["lr"], "tokens": r["tokens"], "flops": r["flops"]["exact"],
+                         "n_total": r["params"]["total"], "n_non_embedding": r["params"]["non_embedding"],
+                         "budget": (r.get("target") or {}).get("budget_flops")}
+                        for r in records if (r.get("hparams") or {}).get("lr") and (r.get("flops") or {}).get("exact")],
+            "tokenizer": common(_field(r, ("data", "tokenizer")) for r in records),
             "unique_tokens": common(_field(r, ("data", "train_tokens_unique")) for r in records),
             "data_fingerprint": common(_field(r, ("data", "fingerprint")) for r in records),
             "precision": common(r.get("precision") for r in records),

@@ -38,6 +38,7 @@ from pipeline.fit.envelope import fit_envelope
 from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.isoflop import fit_isoflop, grid_bias
 from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.lr_check import hparam_check
 from pipeline.fit.noise import minimum_resolution, noise_model
 from pipeline.fit.parametric import HUBER_DELTA, bootstrap_parametric, derived_quantities, fit_parametric
 from pipeline.fit.selection import select_law
@@ -251,7 +252,8 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         known[convention] = {"parametric_a": parametric["a"], "parametric_n_opt": parametric["n_opt"],
                              "isoflop_a": isoflop["a"], "isoflop_n_opt": isoflop["n_opt"]}
     sensitivity = convention_sensitivity(clean, budget_flops, known)
-    for check in (checks_backtest, agreement):
+    hparams = hparam_check(table.setup, sd_log)   # do the pilots' LRs distort the law? (pipeline/fit/lr_check.py)
+    for check in (checks_backtest, agreement, hparams or {}):
         if check.get("warning"):
             warnings.append(check["warning"])
 
@@ -266,7 +268,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "backtest": checks_backtest, "agreement": agreement, "sensitivity": sensitivity,
         "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS
         "selection": {**selection, "candidates": candidate_rows}, "noise": noise, "minima": resolution,
-        "identifiability": identified, "bootstrap_requested": bootstrap, "warnings": warnings,
+        "identifiability": identified, "bootstrap_requested": bootstrap, "hparams": hparams, "warnings": warnings,
     }
     if identified.get("note"):
         warnings.append(identified["note"])

@@ -13,6 +13,8 @@ Designs
 * grid -- sizes x token counts (absolute `tokens`, or `tokens_per_param` x N).
 * adaptive -- the IsoFLOP plan of the first `seed_budgets` budgets only; later rounds are chosen from
   the fit (pipeline/decide/next_runs.py) and planned one run at a time (pipeline/plan/adaptive.py).
+* lr_probe -- a few sizes spanning the isoflop design's range x several multiples of the rule's LR,
+  at a cost bounded by a share of that design (pipeline/plan/lr_probe.py).
 Budgets come from `budgets_flops`, or from `pilot_share` of the full budget: `n_budgets` budgets
 `budget_ratio` apart whose runs together spend exactly that share.
 """
@@ -27,6 +29,7 @@ from enum import Enum
 from pipeline.config.schema import DataConfig, Schedule, Study
 from pipeline.data.tokenizer import load_hub_tokenizer
 from pipeline.errors import UserError
+from pipeline.plan.lr_probe import plan_probe, probe_cost_line
 from pipeline.plan.runspec import RunSpec, resolve_run
 
 # Dry-run time estimates only (never used for a decision): effective training FLOP/s assumed on a
@@ -48,6 +51,7 @@ class PlannedRun:
     model_over: dict      # what the planner set, as dicts (cooldown reuse re-plans from them)
     train_over: dict
     gpus: int = 1         # processes (GPUs) the run is planned for (gpus_for_run)
+    probe: dict | None = None  # lr_probe runs: the LR factor and the probe's cost (pipeline/plan/lr_probe.py)
 
     @property
     def run_id(self) -> str:
@@ -177,7 +181,10 @@ def _check_static(study: Study) -> None:
     if sweep.sizes and len(set(map(str, sweep.sizes))) != len(sweep.sizes):
         dup = next(s for s in sweep.sizes if list(map(str, sweep.sizes)).count(str(s)) > 1)
         raise UserError(f"sweep.sizes lists {dup} twice: remove the duplicate size")
-    if sweep.design.value in ("isoflop", "adaptive"):
+    if sweep.design.value == "lr_probe" and sweep.cooldown_reuse:
+        raise UserError("sweep.design=lr_probe with sweep.cooldown_reuse=true would give every LR of a size one shared "
+                        "trunk (and so one LR): set sweep.cooldown_reuse=false for the probe")
+    if sweep.design.value in ("isoflop", "adaptive", "lr_probe"):
         pilot_budgets(sweep, study.budget.flops, len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget)
 
 
@@ -219,7 +226,15 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
     sweep = study.sweep
     _check_static(study)
     runs: list[PlannedRun] = []
-    if sweep.design.value in ("isoflop", "adaptive"):
+    if sweep.design.value == "lr_probe":
+        main = plan_sweep(replace(study, sweep=replace(sweep, design=type(sweep.design)("isoflop"), lr_probe_sizes=[],
+                                                       cooldown_reuse=False, seeds=1)), vocab_size, world_size)
+        probe_over = {"size_tolerance": AUTO_SIZE_TOLERANCE} if not sweep.lr_probe_sizes else {}
+        planned = plan_probe(sweep, sum(r.spec.flops["exact"] for r in main), [r.spec.n_params for r in main],
+                             lambda size, train_over: _run(study, vocab_size, world_size,
+                                                           {"size": size, **probe_over}, train_over, None))
+        runs = [replace(run, probe=info) for run, info in planned]
+    elif sweep.design.value in ("isoflop", "adaptive"):
         per_budget = len(sweep.sizes) if sweep.sizes else sweep.sizes_per_budget
         budgets = pilot_budgets(sweep, study.budget.flops, per_budget)
         for budget in budgets[: sweep.seed_budgets] if sweep.design.value == "adaptive" else budgets:
@@ -289,6 +304,8 @@ def plan_table(runs: list[PlannedRun], device_type: str = "cpu", states: dict | 
         total_flops = spent
         lines.append(f"cooldown reuse: {spent:.3g} FLOPs spent for {pilots:.3g} FLOPs of independent runs "
                      f"({spent / pilots:.0%}, trunks included)")
+    if runs and runs[0].probe:
+        lines.append(probe_cost_line(runs[0].probe))
     multi = [r for r in runs if r.gpus > 1]
     if multi:
         lines.append(f"{len(multi)} runs (N >= {min(r.spec.n_params for r in multi):.3g}) train across "

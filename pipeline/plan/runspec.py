@@ -123,9 +123,13 @@ def resolve_run(job: Study, vocab_size: int, world_size: int = 1) -> RunSpec:
     else:
         raise UserError("no horizon: set one of train.tokens, train.tokens_per_param or train.flops")
     approx_flops = target_tokens * fpt["exact"]
-    hp = resolve_hyperparameters(flops=approx_flops, n_params=n_params, run_tokens=int(target_tokens),
-                                 seq_len=seq_len, lr=t.lr, batch_tokens=t.batch_tokens,
-                                 warmup_tokens=t.warmup_tokens, beta2=t.beta2)
+    try:
+        hp = resolve_hyperparameters(flops=approx_flops, n_params=n_params, run_tokens=int(target_tokens),
+                                     seq_len=seq_len, n_params_non_embedding=params["non_embedding"],
+                                     rule=t.hparam_rule, lr=t.lr, batch_tokens=t.batch_tokens,
+                                     warmup_tokens=t.warmup_tokens, beta2=t.beta2)
+    except ValueError as err:
+        raise UserError(f"train.hparam_rule={t.hparam_rule}: {err}") from err
     if t.world_size is not None and t.world_size != world_size:
         raise UserError(f"this run is configured for train.world_size={t.world_size} processes but runs on "
                         f"{world_size}: launch {t.world_size} processes, or set train.world_size={world_size} "
