@@ -39,12 +39,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.fit.bootstrap import bootstrap_law  # noqa: E402
 from pipeline.fit.envelope import fit_envelope  # noqa: E402
 from pipeline.fit.fit_all import fit_all  # noqa: E402
 from pipeline.fit.isoflop import fit_isoflop  # noqa: E402
 from pipeline.fit.laws import ParametricLaw  # noqa: E402
 from pipeline.fit.noise import noise_model  # noqa: E402
-from pipeline.fit.parametric import bootstrap_parametric, bootstrap_parametric_noise, fit_parametric  # noqa: E402
+from pipeline.fit.parametric import fit_parametric  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
 
 SEED_SD_LOG = 0.0435 / 3.3        # docs/cooldown_reuse.md: 0.0435 nats between seeds at losses ~3.3
@@ -102,7 +103,7 @@ def one_study(kind: str, args, rng) -> dict:
     try:
         fit = fit_parametric(table.n, table.tokens, table.loss)
         fitted = fit.law()
-        boot = bootstrap_parametric(table.n, table.tokens, table.loss, fit, target, args.bootstrap, int(rng.integers(1 << 30)))
+        boot = bootstrap_law(fit, table.n, table.tokens, table.loss, target, args.bootstrap, int(rng.integers(1 << 30)))
         out["parametric"] = {k: boot["intervals"].get(k) for k in truth}
         out["parametric"]["failed"] = boot["n_dropped"]
         out["parametric"]["point_n_opt"] = float(fitted.optimal_allocation(target)[0])
@@ -111,8 +112,8 @@ def one_study(kind: str, args, rng) -> dict:
     noise = noise_model(table, fitted)
     sd = noise["sd_log"] if noise else None
     if fitted is not None and sd:
-        boot = bootstrap_parametric_noise(table.n, table.tokens, table.loss, fit, target, sd, args.bootstrap,
-                                          int(rng.integers(1 << 30)))
+        boot = bootstrap_law(fit, table.n, table.tokens, table.loss, target, args.bootstrap,
+                             int(rng.integers(1 << 30)), sd_log=sd)
         out["parametric_noise"] = {k: boot["intervals"].get(k) for k in truth}
         out["parametric_noise"]["failed"] = boot["n_dropped"]
     if kind == "isoflop":

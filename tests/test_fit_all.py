@@ -9,8 +9,7 @@ import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, profile_optimum, table_from_design, write_sweep
 
 from pipeline.errors import UserError
-from pipeline.fit import fit_all as fitting
-from pipeline.fit import selection
+from pipeline.fit import checks, refits
 from pipeline.fit.fit_all import bootstrap_samples, fit_all, law_from_fit
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.parametric import FitError
@@ -78,9 +77,8 @@ def test_headline_falls_back_to_isoflop_when_the_parametric_fit_fails(monkeypatc
     def broken(*_args, **_kwargs):
         raise FitError("parametric fit did not converge (test)")
 
-    monkeypatch.setattr(fitting, "fit_parametric", broken)
-    monkeypatch.setattr(fitting, "fit_candidate", broken)          # every law candidate fails too
-    monkeypatch.setattr(selection, "fit_candidate", broken)
+    monkeypatch.setattr(refits, "finish", broken)                 # every law fit, Approach 3 and the candidates
+    monkeypatch.setattr(checks, "fit_parametric", broken)          # the convention-sensitivity refits too
     table = table_from_design(isoflop_design(noise=0.003))
     result = fit_all(table, TARGET_FLOPS, bootstrap=0, outliers="none")
     assert result["headline"] == "isoflop" and result["law"] is None and result["predicted_loss"] is None
