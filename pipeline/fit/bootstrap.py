@@ -80,10 +80,12 @@ def bootstrap_law(fit: CandidateFit | ParametricFit, n_params, tokens, loss, bud
     params, ok = law_rows(form.full(thetas[rows, best]))
     ok &= converged[rows, best]
     params = params[ok]
-    samples = derived_quantities(params, budget_flops) if ok.sum() else {}
-    if samples:
-        n_opt, d_opt = law.optimal_allocation(budget_flops)
-        samples["predicted_loss"] = params[:, 0] + params[:, 1] / n_opt ** params[:, 3] + params[:, 2] / d_opt ** params[:, 4]
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):   # a wild draw's optimum may be inf: kept
+        samples = derived_quantities(params, budget_flops) if ok.sum() else {}
+        if samples:
+            n_opt, d_opt = law.optimal_allocation(budget_flops)
+            samples["predicted_loss"] = (params[:, 0] + params[:, 1] / n_opt ** params[:, 3]
+                                         + params[:, 2] / d_opt ** params[:, 4])
     intervals, errors = summaries(samples) if ok.sum() >= 2 else ({}, {})
     return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_dropped": int((~ok).sum()),
             "n_failed": int((~ok).sum()), "seed": int(seed), "unit": unit,
