@@ -158,21 +158,26 @@ def search_range(budget_flops: float, count: FlopCount) -> tuple[float, float]:
     return lo, hi
 
 
-def minimise_at_budget(objective: Callable[[np.ndarray], np.ndarray], lo: float, hi: float) -> float | None:
-    """argmin over N in [lo, hi] of a vectorised objective(N), in log N; None when the minimum is at an edge.
+def minimise_log(objective: Callable[[np.ndarray], np.ndarray], lo: float, hi: float,
+                 interior_only: bool = False) -> float | None:
+    """argmin over N in [lo, hi] of a vectorised objective(N), searched in log N: the decision's one 1-D minimiser.
 
     Coarse log grid, then a finer grid between the coarse minimum's neighbours, then the vertex of the
-    parabola through the best fine point and its neighbours (kept only if it lies between them).
+    parabola through the best fine point and its neighbours (kept only if it lies between them). Non-finite
+    values count as +inf. `interior_only`: None when the coarse minimum is at an edge (the objective keeps
+    falling out of the range, e.g. no compute-optimal size); otherwise an edge minimum is refined like any
+    other (e.g. a binding size cap). None as well when no value is finite.
     """
     grid = np.exp(np.linspace(math.log(lo), math.log(hi), COARSE_POINTS))
-    values = objective(grid)
+    values = _as_finite(objective(grid))
     if not np.isfinite(values).any():
         return None
     i = int(np.argmin(values))
-    if i == 0 or i == len(grid) - 1:
+    if interior_only and (i == 0 or i == len(grid) - 1):
         return None
-    fine = np.exp(np.linspace(math.log(grid[i - 1]), math.log(grid[i + 1]), FINE_POINTS))
-    fvals = objective(fine)
+    left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    fine = np.exp(np.linspace(math.log(left), math.log(right), FINE_POINTS))
+    fvals = _as_finite(objective(fine))
     j = min(max(int(np.argmin(fvals)), 1), FINE_POINTS - 2)
     x = np.log(fine[j - 1:j + 2])
     y = fvals[j - 1:j + 2]
@@ -185,6 +190,16 @@ def minimise_at_budget(objective: Callable[[np.ndarray], np.ndarray], lo: float,
             if x[0] <= vertex <= x[2]:
                 return float(math.exp(vertex))
     return float(fine[int(np.argmin(fvals))])
+
+
+def _as_finite(values) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(values), values, np.inf)
+
+
+def elementwise(func: Callable[[float], float]) -> Callable[[np.ndarray], np.ndarray]:
+    """A scalar function of N as the vectorised objective minimise_log takes."""
+    return lambda ns: np.array([func(float(n)) for n in ns])
 
 
 def _closed_form(law, budget_flops: float, count: FlopCount) -> Allocation | None:
@@ -202,7 +217,8 @@ def optimal_allocation(law, budget_flops: float, count: FlopCount) -> Allocation
     if closed is not None:
         return closed
     lo, hi = search_range(budget_flops, count)
-    n = minimise_at_budget(lambda x: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi)
+    n = minimise_log(lambda x: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi,
+                     interior_only=True)
     if n is None:
         raise UserError(f"law {getattr(law, 'name', '?')} has no compute-optimal size between {lo:.3g} and {hi:.3g} "
                         f"parameters at {budget_flops:.3g} FLOPs (its loss keeps falling towards an edge): check the "
@@ -223,7 +239,8 @@ def allocation_samples(laws: Iterable, budget_flops: float, count: FlopCount) ->
             for key, value in zip(out, (closed.n, closed.d, closed.tokens_per_param, closed.loss), strict=True):
                 out[key].append(value)
             continue
-        n = minimise_at_budget(lambda x, law=law: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi)
+        n = minimise_log(lambda x, law=law: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi,
+                         interior_only=True)
         if n is None:
             dropped += 1
             continue
