@@ -42,10 +42,8 @@ from models.sizing import (
 )
 from pipeline.errors import UserError
 from pipeline.fit.intervals import INTERVAL_PERCENTILES, percentile_interval
+from pipeline.fit.laws import SEARCH_DECADES, minimise_log
 
-SEARCH_DECADES = 4.0        # N searched within 10^+-4 of sqrt(C / 6): tokens/param from ~1e-8 to ~1e8
-COARSE_POINTS = 161         # 20 per decade: 12% steps
-FINE_POINTS = 41            # within the bracket of the coarse minimum: 0.6% steps, then a parabola
 SHAPE_FACTORS = (1 / 1.35, 1 / 1.15, 1.0, 1.15, 1.35)  # neighbouring grid shapes tried around N_opt
 SHAPE_TOLERANCES = (0.10, 0.35)
 
@@ -156,50 +154,6 @@ def search_range(budget_flops: float, count: FlopCount) -> tuple[float, float]:
     lo = max(count.n_min, centre * 10.0 ** -SEARCH_DECADES)
     hi = max(lo * 10, centre * 10.0 ** SEARCH_DECADES)
     return lo, hi
-
-
-def minimise_log(objective: Callable[[np.ndarray], np.ndarray], lo: float, hi: float,
-                 interior_only: bool = False) -> float | None:
-    """argmin over N in [lo, hi] of a vectorised objective(N), searched in log N: the decision's one 1-D minimiser.
-
-    Coarse log grid, then a finer grid between the coarse minimum's neighbours, then the vertex of the
-    parabola through the best fine point and its neighbours (kept only if it lies between them). Non-finite
-    values count as +inf. `interior_only`: None when the coarse minimum is at an edge (the objective keeps
-    falling out of the range, e.g. no compute-optimal size); otherwise an edge minimum is refined like any
-    other (e.g. a binding size cap). None as well when no value is finite.
-    """
-    grid = np.exp(np.linspace(math.log(lo), math.log(hi), COARSE_POINTS))
-    values = _as_finite(objective(grid))
-    if not np.isfinite(values).any():
-        return None
-    i = int(np.argmin(values))
-    if interior_only and (i == 0 or i == len(grid) - 1):
-        return None
-    left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    fine = np.exp(np.linspace(math.log(left), math.log(right), FINE_POINTS))
-    fvals = _as_finite(objective(fine))
-    j = min(max(int(np.argmin(fvals)), 1), FINE_POINTS - 2)
-    x = np.log(fine[j - 1:j + 2])
-    y = fvals[j - 1:j + 2]
-    denom = (x[0] - x[1]) * (x[0] - x[2]) * (x[1] - x[2])
-    if np.all(np.isfinite(y)) and denom != 0:
-        a = (x[2] * (y[1] - y[0]) + x[1] * (y[0] - y[2]) + x[0] * (y[2] - y[1])) / denom
-        b = (x[2] ** 2 * (y[0] - y[1]) + x[1] ** 2 * (y[2] - y[0]) + x[0] ** 2 * (y[1] - y[2])) / denom
-        if a > 0:
-            vertex = -b / (2 * a)
-            if x[0] <= vertex <= x[2]:
-                return float(math.exp(vertex))
-    return float(fine[int(np.argmin(fvals))])
-
-
-def _as_finite(values) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    return np.where(np.isfinite(values), values, np.inf)
-
-
-def elementwise(func: Callable[[float], float]) -> Callable[[np.ndarray], np.ndarray]:
-    """A scalar function of N as the vectorised objective minimise_log takes."""
-    return lambda ns: np.array([func(float(n)) for n in ns])
 
 
 def _closed_form(law, budget_flops: float, count: FlopCount) -> Allocation | None:

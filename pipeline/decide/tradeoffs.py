@@ -12,12 +12,14 @@ import math
 
 import numpy as np
 
-from pipeline.decide.allocation import FlopCount, elementwise, minimise_log, optimal_allocation, six_nd_count
+from pipeline.decide.allocation import FlopCount, optimal_allocation, six_nd_count
 from pipeline.errors import UserError
 from pipeline.fit.laws import (
     TRAIN_FLOPS_PER_PARAM_TOKEN,
     KaplanFrontier,
     ParametricLaw,
+    elementwise,
+    minimise_log,
     published_law,
     tokens_per_param_rule,
 )

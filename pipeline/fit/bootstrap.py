@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.fit.candidates import CandidateFit, chinchilla_form
 from pipeline.fit.intervals import percentile_interval
-from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.laws import ParametricLaw, optimum_on_line
 from pipeline.fit.parametric import (
     SAMPLE_COLUMNS,
     HuberLogObjective,
@@ -55,8 +55,10 @@ def summaries(samples: dict[str, np.ndarray]) -> tuple[dict, dict]:
 
 
 def bootstrap_law(fit: CandidateFit | ParametricFit, n_params, tokens, loss, budget_flops: float,
-                  n_resamples: int = 1000, seed: int = 0, sd_log: float | None = None) -> dict:
-    """Refit `fit`'s form on `n_resamples` seeded draws (module doc); parametric with `sd_log`, else runs."""
+                  n_resamples: int = 1000, seed: int = 0, sd_log: float | None = None,
+                  flops_per_token=None) -> dict:
+    """Refit `fit`'s form on `n_resamples` seeded draws (module doc); parametric with `sd_log`, else runs.
+    N_opt, D_opt of every draw under the FLOP count `flops_per_token` (None: C = 6 N D), as the point's."""
     n, d, loss = _check_points(n_params, tokens, loss)
     if n_resamples < 2:
         raise UserError(f"bootstrap={n_resamples}: use 0 to skip it or at least 2 resamples")
@@ -81,9 +83,9 @@ def bootstrap_law(fit: CandidateFit | ParametricFit, n_params, tokens, loss, bud
     ok &= converged[rows, best]
     params = params[ok]
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):   # a wild draw's optimum may be inf: kept
-        samples = derived_quantities(params, budget_flops) if ok.sum() else {}
+        samples = derived_quantities(params, budget_flops, flops_per_token) if ok.sum() else {}
         if samples:
-            n_opt, d_opt = law.optimal_allocation(budget_flops)
+            n_opt, d_opt = optimum_on_line(law, budget_flops, flops_per_token)
             samples["predicted_loss"] = (params[:, 0] + params[:, 1] / n_opt ** params[:, 3]
                                          + params[:, 2] / d_opt ** params[:, 4])
     intervals, errors = summaries(samples) if ok.sum() >= 2 else ({}, {})

@@ -3,9 +3,14 @@
 Order: outlier rule -> Approach 3 (parametric, Chinchilla sec. 3.3) with its bootstrap ->
 Approach 2 (IsoFLOP, sec. 3.2) -> Approach 1 (envelope, sec. 3.1) -> backtest, agreement of the
 approaches, sensitivity to the parameter convention. The headline (N_opt, D_opt, loss) comes from
-Approach 3, whose closed-form allocation uses C = 6 N D (Chinchilla eq. 4); when Approach 3 cannot
-run it falls back to Approach 2 and says so. `bootstrap` resamples are drawn for every approach
-(runs for 3 and 1, runs within budgets for 2); all intervals are percentile 5-95%. The result is a
+the chosen law (Approach 3's form unless the selection chose another); when no law can be fitted it
+falls back to Approach 2 and says so. One FLOP count runs through the approaches' table: Approaches
+1 and 2 read the runs' own FLOPs (the table's flop method), so the law's allocation (N_opt =
+argmin L(N, C / F(N)), for the point, every bootstrap draw and every candidate) uses the same count:
+`flops_per_token` when the caller gives one (the CLI passes the decision's count), else the runs' C / D
+per size interpolated in log N; when every run costs 6 N D that is Chinchilla eq. 4's closed form.
+The law's bootstrap is parametric (pipeline/fit/bootstrap.py); Approach 2 redraws within budgets;
+all intervals are percentile 5-95%. The result is a
 JSON-able dict; the Approach-3 samples of (E, A, B, alpha, beta) travel inside it as lists
 (`bootstrap_samples(result)` gives the array, `law_from_fit(result)` the law and the array).
 
@@ -35,7 +40,7 @@ from pipeline.fit.checks import (
 )
 from pipeline.fit.envelope import fit_envelope
 from pipeline.fit.isoflop import fit_isoflop
-from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw, optimum_on_line
 from pipeline.fit.noise import minimum_resolution, noise_model
 from pipeline.fit.parametric import HUBER_DELTA, derived_quantities
 from pipeline.fit.refits import TableFits
@@ -72,7 +77,25 @@ def law_from_fit(result: dict) -> tuple[ParametricLaw, np.ndarray | None]:
     return fitted, samples if samples.size else None
 
 
-def _parametric(fits: TableFits, keep: np.ndarray, table: RunsTable, budget_flops: float, warnings: list) -> tuple:
+def runs_flops_per_token(table: RunsTable):
+    """The count Approaches 1 and 2 use, as F(N) for the law's allocation: the runs' FLOPs per token C_i / D_i,
+    as rho = F / N averaged per size and interpolated in log N (flat beyond the pilots' sizes). None when every
+    run costs 6 N D (within 1e-6): then Chinchilla eq. 4's closed form is that count exactly."""
+    rho = table.c / (table.tokens * table.n)
+    if np.allclose(rho, TRAIN_FLOPS_PER_PARAM_TOKEN, rtol=1e-6, atol=0):
+        return None
+    log_n, where = np.unique(np.log(table.n), return_inverse=True)
+    rho_at = np.bincount(where, weights=rho) / np.bincount(where)
+    return lambda n: np.asarray(n, dtype=float) * np.interp(np.log(np.asarray(n, dtype=float)), log_n, rho_at)
+
+
+def _allocation_rule(fpt) -> str:
+    return ("C = 6 N D (Chinchilla eq. 4)" if fpt is None else
+            "N_opt = argmin L(N, C / F(N)) under the FLOP count of Approaches 1 and 2 (module doc of fit_all)")
+
+
+def _parametric(fits: TableFits, keep: np.ndarray, table: RunsTable, budget_flops: float, fpt,
+                warnings: list) -> tuple:
     """(Approach 3's entry, its law dict or None): the Chinchilla form on the kept runs."""
     try:
         fit = fits.fit(chinchilla_form(), keep)
@@ -81,9 +104,9 @@ def _parametric(fits: TableFits, keep: np.ndarray, table: RunsTable, budget_flop
         return {"error": str(err)}, None
     law = fit.law()
     point = {k: float(v[0]) for k, v in derived_quantities(
-        np.array([[law.E, law.A, law.B, law.alpha, law.beta]]), budget_flops).items()}
+        np.array([[law.E, law.A, law.B, law.alpha, law.beta]]), budget_flops, fpt).items()}
     entry = {"a": point["a"], "b": point["b"], **{k: point[k] for k in HEADLINE_KEYS},
-             "allocation_rule": "C = 6 N D (Chinchilla eq. 4)"}
+             "allocation_rule": _allocation_rule(fpt)}
     law_dict = {**fit.to_dict(), "convention": table.convention, "huber_delta": HUBER_DELTA,
                 "objective_form": "sum of Huber(LSE(a - alpha ln N, b - beta ln D, e) - ln L)"}
     return entry, law_dict
@@ -110,7 +133,7 @@ def _isoflop(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, w
     return iso
 
 
-def _candidates(fits: TableFits, keep: np.ndarray, clean: RunsTable, budget_flops: float, selection: dict,
+def _candidates(fits: TableFits, keep: np.ndarray, clean: RunsTable, budget_flops: float, fpt, selection: dict,
                 fixed_E, pinned: str | None, bootstrap: int, seed: int, sd_log: float | None,
                 warnings: list) -> tuple[dict | None, dict | None, list]:
     """Every candidate refitted on the kept runs (N_opt, loss, intervals); (chosen law, its bootstrap, rows).
@@ -137,10 +160,11 @@ def _candidates(fits: TableFits, keep: np.ndarray, clean: RunsTable, budget_flop
                 warnings.append(f"the chosen law {chosen} could not be refitted on all runs ({err})")
             continue
         fitted = fit.law()
-        n_opt, d_opt = fitted.optimal_allocation(budget_flops)
+        n_opt, d_opt = optimum_on_line(fitted, budget_flops, fpt)
         row.update(n_opt=float(n_opt), predicted_loss=float(fitted.loss(n_opt, d_opt)), law=fitted.to_dict())
         if bootstrap > 0:
-            b = bootstrap_law(fit, clean.n, clean.tokens, clean.loss, budget_flops, bootstrap, seed, sd_log)
+            b = bootstrap_law(fit, clean.n, clean.tokens, clean.loss, budget_flops, bootstrap, seed, sd_log,
+                              flops_per_token=fpt)
             row.update(intervals={k: b["intervals"].get(k) for k in ("n_opt", "predicted_loss")},
                        n_failed=b["n_failed"])
             if form.name == chosen:
@@ -156,7 +180,7 @@ def _candidates(fits: TableFits, keep: np.ndarray, clean: RunsTable, budget_flop
 
 def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outliers: str = "auto",
             seed: int = 0, convention: str = "total", fixed_E: float | None = None,
-            candidate: str | None = None) -> dict:
+            candidate: str | None = None, flops_per_token=None) -> dict:
     """Fit all three approaches and the checks; see the module docstring for the result's layout.
 
     `outliers`: "auto" (the backtest chooses the rule on or off), "default" (the one-sided Hampel rule on) or
@@ -201,11 +225,12 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
                         "their size and tokens predict): kept; check their evaluation data for overlap with the "
                         "training data, or the law's form there (outliers.below_fit)")
 
-    parametric, law = _parametric(fits, keep, clean, budget_flops, warnings)
+    fpt = flops_per_token or runs_flops_per_token(clean)
+    parametric, law = _parametric(fits, keep, clean, budget_flops, fpt, warnings)
     law3 = ParametricLaw(*(law[k] for k in ("E", "A", "B", "alpha", "beta"))) if law else None
     noise = noise_model(clean, law3)
     sd_log = noise["sd_log"] if noise else None
-    chosen_law, chosen_boot, candidate_rows = _candidates(fits, keep, clean, budget_flops, selection, fixed_E,
+    chosen_law, chosen_boot, candidate_rows = _candidates(fits, keep, clean, budget_flops, fpt, selection, fixed_E,
                                                           candidate, bootstrap, seed, sd_log, warnings)
     fit3 = next((r for r in candidate_rows if r["candidate"] == "chinchilla" and "intervals" in r), None)
     if law is not None and fit3 is not None:   # Approach 3 = the chinchilla candidate, same bootstrap
@@ -216,7 +241,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
             chosen_law = {**law, "candidate": "chinchilla", "source": chosen_law["source"]}
         law = chosen_law
         point = {k: float(v[0]) for k, v in derived_quantities(
-            np.array([[law[k] for k in ("E", "A", "B", "alpha", "beta")]]), budget_flops).items()}
+            np.array([[law[k] for k in ("E", "A", "B", "alpha", "beta")]]), budget_flops, fpt).items()}
         headline_law = {**{k: point[k] for k in HEADLINE_KEYS}, "a": point["a"], "b": point["b"],
                         "intervals": (chosen_boot or {}).get("intervals", {})}
     else:
@@ -261,7 +286,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "intervals": headline.get("intervals", {}),
         "law": law, "approaches": approaches,
         "excluded": list(clean.excluded), "n_runs": len(clean), "source": table.source,
-        "convention": convention, "flop_method": table.flop_method,
+        "convention": convention, "flop_method": table.flop_method, "allocation_rule": _allocation_rule(fpt),
         "outliers": outlier_report, "extrapolation_factor": extrapolation,
         "backtest": checks_backtest, "agreement": agreement, "sensitivity": sensitivity,
         "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from pipeline.errors import UserError
-from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.laws import ParametricLaw, optimum_on_line
 from pipeline.fit.lbfgs import minimize_batched
 
 HUBER_DELTA = 1e-3
@@ -246,16 +246,17 @@ def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None) -> 
     return fit
 
 
-def derived_quantities(params: np.ndarray, budget_flops: float) -> dict[str, np.ndarray]:
+def derived_quantities(params: np.ndarray, budget_flops: float, flops_per_token=None) -> dict[str, np.ndarray]:
     """Per row of (E, A, B, alpha, beta): the law's constants and its optimum at `budget_flops`.
 
-    The allocation is ParametricLaw.optimal_allocation (Chinchilla eq. 4, C = 6 N D).
+    The allocation is pipeline.fit.laws.optimum_on_line: Chinchilla eq. 4's closed form under C = 6 N D
+    (`flops_per_token` None), else argmin L(N, C / F(N)) under that count F.
     """
     out: dict[str, list[float]] = {k: [] for k in ("E", "A", "B", "alpha", "beta", "a", "b", "n_opt", "d_opt",
                                                   "tokens_per_param", "predicted_loss")}
     for E, A, B, alpha, beta in params:
         law = ParametricLaw(E, A, B, alpha, beta)
-        n_opt, d_opt = law.optimal_allocation(budget_flops)
+        n_opt, d_opt = optimum_on_line(law, budget_flops, flops_per_token)
         for key, value in zip(out, (E, A, B, alpha, beta, law.a, law.b, n_opt, d_opt, d_opt / n_opt,
                                     law.loss(n_opt, d_opt)), strict=True):
             out[key].append(float(value))
