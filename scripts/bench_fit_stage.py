@@ -37,7 +37,7 @@ table = table.subset(np.argsort(np.argsort(-table.loss)) >= 5)
 wall, cpu = time.perf_counter(), time.process_time()
 result = fit_all(table, float(sys.argv[3]), bootstrap=0)
 print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "n_opt": result["n_opt"],
-                  "chosen": result["selection"]["chosen"], "n_runs": result["n_runs"]}))
+                  "chosen": result["selection"]["chosen"], "n_runs": len(table), "n_kept": result["n_runs"]}))
 """
 
 
@@ -68,7 +68,8 @@ def main() -> int:
         for _ in range(args.repeats):                 # alternate, so both sides see the same load
             for name, src in sides.items():
                 runs[name].append(time_once(src, args.csv))
-    print(f"# Fit stage on Chinchilla's {runs['this checkout'][0]['n_runs']} points, no bootstrap "
+    first = runs["this checkout"][0]
+    print(f"# Fit stage on Chinchilla's {first['n_runs']} points ({first['n_kept']} kept by the outlier rule), no bootstrap "
           f"(best of {args.repeats}; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
     print("| code | wall (s) | CPU (s) | N_opt(5.76e23) | chosen |")
     print("|---|---:|---:|---:|---|")

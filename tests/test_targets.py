@@ -68,6 +68,10 @@ def test_two_step_intervals_are_chained_pairs_and_cover_the_truth():
     # Chaining carries step 1's spread: wider than step 2's alone at the point-estimate bpb.
     step2_only = np.percentile([s(model.law.loss(n, d)) for s in model.sigmoid_samples], [5, 95])
     assert hi - lo > step2_only[1] - step2_only[0]
+    # The loss's parametric bootstrap, with its draws accounted for: used + dropped = drawn.
+    boot = model.summary()["bootstrap"]
+    assert boot["unit"].startswith("parametric") and "sigmoid" in boot["step2_unit"]
+    assert boot["used"] + boot["dropped"] == boot["draws"] == 60 and boot["used"] == len(model.law_samples)
 
 
 def test_metric_target_fits_its_own_law():

@@ -1,4 +1,4 @@
-"""Approach 3: fit L(N, D) = E + A/N^alpha + B/D^beta to the runs, and bootstrap it.
+"""Approach 3: fit L(N, D) = E + A/N^alpha + B/D^beta to the runs (its bootstrap: pipeline/fit/bootstrap.py).
 
 Procedure (Hoffmann et al. 2022, "Chinchilla", sec. 3.3 and App. D.2; corrected as in Besiroglu
 et al. 2024, arXiv:2404.10102, sec. 2-3):
