@@ -189,6 +189,8 @@ def test_ladder_command_predicts_hellaswag_accuracy(tmp_path):
     assert pred["value"] == pytest.approx(0.7311, abs=0.03)
     assert pred["interval"][0] < pred["value"] < pred["interval"][1]
     assert (tmp_path / "metric_hellaswag_acc.png").exists()
+    boot = rec["target_metric"]["fit"]["bootstrap"]       # every draw accounted for, and said in the report
+    assert boot["used"] + boot["dropped"] == 30 and f"{boot['used']} of 30 draws used" in (tmp_path / "report.md").read_text()
 
 
 def test_sweep_records_carry_metrics_points_and_chance(tmp_path):

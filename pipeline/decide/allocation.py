@@ -17,8 +17,8 @@ where F(N) is the training FLOPs per token of a model of N parameters (`FlopCoun
 * "6nd": F(N) = 6 N (Kaplan et al. 2020 sec. 2.1), for which the argmin is Chinchilla's closed form
   (eq. 4). Kept for published laws (fitted that way) and runs imported without a shape (no exact count).
 
-The minimisation is numeric (a log-spaced grid, then a parabola through the best three points of a finer
-grid), so it takes ANY law with a vectorised `.loss(n, d)`, and any `flops_per_token(n)`; `sample_intervals`
+The minimisation is numeric (pipeline/fit/laws.py: minimise_log, the tool's one 1-D minimiser: a log-spaced
+grid, then a parabola through the best three points of a finer grid), so it takes ANY law with a vectorised `.loss(n, d)`, and any `flops_per_token(n)`; `sample_intervals`
 applies exactly the same procedure to every bootstrap sample of the law.
 """
 
