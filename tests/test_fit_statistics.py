@@ -122,13 +122,15 @@ def test_failed_bootstrap_draws_are_dropped_and_counted_never_fatal(table, layou
         assert boot["n_used"] + boot["n_dropped"] == 50 and len(boot["samples"]) == boot["n_used"]
 
 
-def test_law_rows_refuses_constants_at_zero_or_infinity():
+def test_law_rows_refuses_A_or_B_at_zero_or_infinity_and_keeps_E_at_zero():
     theta = np.array([[np.log(400), np.log(1200), np.log(1.7), 0.3, 0.3],     # a law
                       [-800.0, np.log(1200), np.log(1.7), 0.3, 0.3],          # A = exp(-800) = 0.0
                       [np.log(400), 800.0, np.log(1.7), 0.3, 0.3],            # B = inf
-                      [np.log(400), np.log(1200), np.log(1.7), -0.1, 0.3]])   # alpha <= 0
+                      [np.log(400), np.log(1200), np.log(1.7), -0.1, 0.3],    # alpha <= 0
+                      [np.log(400), np.log(1200), -800.0, 0.3, 0.3]])         # E = 0: no floor, still a law
     params, ok = law_rows(theta)
-    assert ok.tolist() == [True, False, False, False] and params[0] == pytest.approx([1.7, 400, 1200, 0.3, 0.3])
+    assert ok.tolist() == [True, False, False, False, True] and params[0] == pytest.approx([1.7, 400, 1200, 0.3, 0.3])
+    assert params[4][0] == 0.0
 
 
 def test_loss_interval_is_at_the_point_optimum_not_each_draws_own(table):

@@ -46,12 +46,14 @@ def refit_batched(form: Form, base: HuberLogObjective, starts: np.ndarray, n_pro
 
 def law_rows(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of (E, A, B, alpha, beta) from rows of theta (a, b, e, alpha, beta), and which are laws at all:
-    E, A, B strictly inside float range (|log| < LOG_CONSTANT_LIMIT: not 0, not inf) and alpha, beta > 0.
-    The one guard every refit and resample passes (ParametricLaw refuses A = 0 with an error)."""
+    A, B strictly inside float range (|log| < LOG_CONSTANT_LIMIT: not 0, not inf), E finite, alpha, beta > 0.
+    The one guard every bootstrap draw passes (ParametricLaw refuses A = 0 with an error). E may underflow to
+    0: a draw whose floor ran off is a law without an irreducible term, a real part of the spread (dropping
+    those draws cut the loss interval's low tail: coverage 80% instead of ~90% on simulated studies)."""
     full = np.asarray(full, dtype=float).reshape(-1, 5)
     logs = full[:, :3]
-    ok = np.all(np.isfinite(full), axis=1) & np.all(np.abs(logs) < LOG_CONSTANT_LIMIT, axis=1)
-    ok &= (full[:, 3] > 0) & (full[:, 4] > 0)
+    ok = np.all(np.isfinite(full), axis=1) & np.all(np.abs(logs[:, :2]) < LOG_CONSTANT_LIMIT, axis=1)
+    ok &= (logs[:, 2] < LOG_CONSTANT_LIMIT) & (full[:, 3] > 0) & (full[:, 4] > 0)
     safe = np.where(ok[:, None], logs, 0.0)
     params = np.column_stack([np.exp(safe[:, 2]), np.exp(safe[:, 0]), np.exp(safe[:, 1]), full[:, 3], full[:, 4]])
     return np.where(ok[:, None], params, np.nan), ok
