@@ -18,6 +18,7 @@ from pipeline.fit.bootstrap import bootstrap_law
 from pipeline.fit.candidates import candidate_forms, fit_candidate, overtrain_form
 from pipeline.fit.fit_all import fit_all
 from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.parametric import derived_quantities
 from pipeline.fit.refits import TableFits, law_rows
 from pipeline.fit.selection import backtest_folds, choose, fold_test
 
@@ -153,3 +154,11 @@ def test_batched_subset_refits_match_grid_fits_on_the_subset(table):
             assert warm.objective <= grid.objective * (1 + 1e-9) + 1e-15
             np.testing.assert_allclose(warm.law().optimal_allocation(TARGET), grid.law().optimal_allocation(TARGET),
                                        rtol=1e-4)
+
+
+def test_a_draw_whose_optimum_is_at_zero_or_infinity_is_no_exception():
+    """G = (alpha A / (beta B))^(1/(alpha+beta)) can underflow for a wild draw: N_opt 0, D_opt inf. That draw is
+    dropped by the bootstrap (counted), and computing it must not raise (it ended a 30-study calibration run)."""
+    with np.errstate(all="ignore"):
+        q = derived_quantities(np.array([[1.7, 1e-300, 1e300, 0.01, 0.01], [1.7, 400, 1200, 0.3, 0.3]]), TARGET)
+    assert q["n_opt"][0] == 0.0 and np.isinf(q["d_opt"][0]) and np.isfinite(q["n_opt"][1])

@@ -82,9 +82,15 @@ def bootstrap_law(fit: CandidateFit | ParametricFit, n_params, tokens, loss, bud
     params, ok = law_rows(form.full(thetas[rows, best]))
     ok &= converged[rows, best]
     params = params[ok]
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):   # a wild draw's optimum may be inf: kept
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):   # a wild draw: its optimum at 0 or inf
         samples = derived_quantities(params, budget_flops, flops_per_token) if ok.sum() else {}
-        if samples:
+        if samples:   # a draw whose optimum is at 0 or infinity (G under/overflows) is no answer: dropped, counted
+            good = np.ones(len(params), dtype=bool)
+            for key in ("n_opt", "d_opt"):
+                good &= np.isfinite(samples[key]) & (samples[key] > 0)
+            ok[np.flatnonzero(ok)[~good]] = False
+            params, samples = params[good], {k: v[good] for k, v in samples.items()}
+        if samples and len(params):
             n_opt, d_opt = optimum_on_line(law, budget_flops, flops_per_token)
             samples["predicted_loss"] = (params[:, 0] + params[:, 1] / n_opt ** params[:, 3]
                                          + params[:, 2] / d_opt ** params[:, 4])

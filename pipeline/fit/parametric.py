@@ -256,7 +256,8 @@ def derived_quantities(params: np.ndarray, budget_flops: float, flops_per_token=
                                                   "tokens_per_param", "predicted_loss")}
     for E, A, B, alpha, beta in params:
         law = ParametricLaw(E, A, B, alpha, beta)
-        n_opt, d_opt = optimum_on_line(law, budget_flops, flops_per_token)
+        # numpy scalars: a wild law's optimum at 0 or inf gives inf/nan here (the bootstrap drops it), not an exception
+        n_opt, d_opt = (np.float64(v) for v in optimum_on_line(law, budget_flops, flops_per_token))
         for key, value in zip(out, (E, A, B, alpha, beta, law.a, law.b, n_opt, d_opt, d_opt / n_opt,
                                     law.loss(n_opt, d_opt)), strict=True):
             out[key].append(float(value))
