@@ -7,7 +7,7 @@ Huber objective and its analytic gradient, from each of Chinchilla's 4500 grid s
 al. 2022, App. D.2), keeping the best. Only this grid part of the baseline is timed: it has no
 bootstrap (1000 more loops of it would take hours).
 Ours: pipeline.fit.parametric.fit_parametric (the same 4500 starts, vectorised L-BFGS with
-successive halving, then scipy polish) and bootstrap_parametric (1000 resamples).
+successive halving, then scipy polish) and pipeline.fit.bootstrap.bootstrap_law over runs (1000 resamples).
 Prints both times, their ratio and both objectives; the fit must reach an objective <= the
 baseline's. Output of a run is kept in docs/fit_benchmark.md. Both run with one BLAS thread.
 """
@@ -31,7 +31,8 @@ from scipy.optimize import minimize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.fit.parametric import HUBER_DELTA, bootstrap_parametric, chinchilla_grid, fit_parametric  # noqa: E402
+from pipeline.fit.bootstrap import bootstrap_law  # noqa: E402
+from pipeline.fit.parametric import HUBER_DELTA, chinchilla_grid, fit_parametric  # noqa: E402
 from pipeline.fit.sources import load_table_file  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
@@ -84,7 +85,7 @@ def main() -> int:
     fit = fit_parametric(n, d, loss)
     grid_s = time.perf_counter() - start
     start = time.perf_counter()
-    boot = bootstrap_parametric(n, d, loss, fit, TARGET_FLOPS, n_resamples=args.bootstrap, seed=0) \
+    boot = bootstrap_law(fit, n, d, loss, TARGET_FLOPS, n_resamples=args.bootstrap, seed=0) \
         if args.bootstrap else None
     boot_s = time.perf_counter() - start
 

@@ -14,7 +14,8 @@ model). Designs:
 * grid -- `--sizes` sizes 2x apart x 4 token multipliers (5, 10, 20, 40 tokens per parameter),
   sized around the same guess at the top budget; Approach 2 does not apply.
 Target: `--factor` x the largest pilot run's FLOPs. For each approach that reports an interval:
-coverage of the nominal 90% interval of N_opt and of the predicted loss at the target, median width
+coverage of the nominal 90% interval of N_opt and of the predicted loss at the target (against the true
+law's loss at the (N, D) the approach's point estimate names: the run it would launch), median width
 (high/low ratio for N_opt, high-low in nats for the loss), and how many studies gave an interval.
 
 `--product` also runs the fit stage end to end (pipeline.fit.fit_all: outlier rule, law candidates
@@ -39,12 +40,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.fit.bootstrap import bootstrap_law  # noqa: E402
 from pipeline.fit.envelope import fit_envelope  # noqa: E402
 from pipeline.fit.fit_all import fit_all  # noqa: E402
 from pipeline.fit.isoflop import fit_isoflop  # noqa: E402
 from pipeline.fit.laws import ParametricLaw  # noqa: E402
 from pipeline.fit.noise import noise_model  # noqa: E402
-from pipeline.fit.parametric import bootstrap_parametric, bootstrap_parametric_noise, fit_parametric  # noqa: E402
+from pipeline.fit.parametric import fit_parametric  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
 
 SEED_SD_LOG = 0.0435 / 3.3        # docs/cooldown_reuse.md: 0.0435 nats between seeds at losses ~3.3
@@ -102,19 +104,21 @@ def one_study(kind: str, args, rng) -> dict:
     try:
         fit = fit_parametric(table.n, table.tokens, table.loss)
         fitted = fit.law()
-        boot = bootstrap_parametric(table.n, table.tokens, table.loss, fit, target, args.bootstrap, int(rng.integers(1 << 30)))
+        boot = bootstrap_law(fit, table.n, table.tokens, table.loss, target, args.bootstrap, int(rng.integers(1 << 30)))
         out["parametric"] = {k: boot["intervals"].get(k) for k in truth}
         out["parametric"]["failed"] = boot["n_dropped"]
         out["parametric"]["point_n_opt"] = float(fitted.optimal_allocation(target)[0])
+        out["parametric"]["truth_loss"] = float(law.loss(*fitted.optimal_allocation(target)))
     except UserError:
         out["parametric"] = {}
     noise = noise_model(table, fitted)
     sd = noise["sd_log"] if noise else None
     if fitted is not None and sd:
-        boot = bootstrap_parametric_noise(table.n, table.tokens, table.loss, fit, target, sd, args.bootstrap,
-                                          int(rng.integers(1 << 30)))
+        boot = bootstrap_law(fit, table.n, table.tokens, table.loss, target, args.bootstrap,
+                             int(rng.integers(1 << 30)), sd_log=sd)
         out["parametric_noise"] = {k: boot["intervals"].get(k) for k in truth}
         out["parametric_noise"]["failed"] = boot["n_dropped"]
+        out["parametric_noise"]["truth_loss"] = float(law.loss(*fitted.optimal_allocation(target)))
     if kind == "isoflop":
         iso = fit_isoflop(table, target, bootstrap=args.bootstrap, seed=int(rng.integers(1 << 30)), noise_sd_log=sd)
         boot = iso.get("bootstrap") or {}
@@ -127,6 +131,7 @@ def one_study(kind: str, args, rng) -> dict:
             result = fit_all(table, target, bootstrap=args.bootstrap, seed=int(rng.integers(1 << 30)))
             out["product"] = {k: result["intervals"].get(k) for k in truth}
             out["product"].update(failed=(result.get("bootstrap") or {}).get("n_failed", 0), point_n_opt=result["n_opt"],
+                                  truth_loss=float(law.loss(result["n_opt"], result["d_opt"])),
                                   chosen="{candidate} (outlier rule {outliers})".format(**result["selection"]["chosen"])
                                   if result["selection"].get("chosen") else "none scored: chinchilla used")
         except UserError:
@@ -138,8 +143,9 @@ def summarise(results: list[dict]) -> list[list]:
     rows = []
     for approach in ("product", "parametric", "parametric_noise", "isoflop", "envelope"):
         for key in ("n_opt", "predicted_loss"):
-            pairs = [(r["approaches"][approach].get(key), r["truth"][key]) for r in results
-                     if approach in r["approaches"]]
+            # the loss's truth is the true law at the (N, D) the approach's point names: the run it describes
+            pairs = [(r["approaches"][approach].get(key), r["approaches"][approach].get("truth_loss", r["truth"][key])
+                      if key == "predicted_loss" else r["truth"][key]) for r in results if approach in r["approaches"]]
             given = [(iv, t) for iv, t in pairs if iv]
             if not pairs or (key == "predicted_loss" and approach not in ("product", "parametric", "parametric_noise")):
                 continue

@@ -6,11 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from test_fit_synthetic import TRUE_LAW, isoflop_design, profile_optimum, table_from_design, write_sweep
+from test_fit_synthetic import (
+    EXACT_OVER_6N,
+    TRUE_LAW,
+    isoflop_design,
+    profile_optimum,
+    table_from_design,
+    write_sweep,
+)
 
 from pipeline.errors import UserError
-from pipeline.fit import fit_all as fitting
-from pipeline.fit import selection
+from pipeline.fit import checks, refits
 from pipeline.fit.fit_all import bootstrap_samples, fit_all, law_from_fit
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.parametric import FitError
@@ -44,11 +50,14 @@ def test_result_is_strict_json_with_the_documented_keys(sweep):
 def test_known_law_is_recovered_within_the_reported_intervals(sweep):
     _, result = sweep
     truth = {"alpha": TRUE_LAW.alpha, "beta": TRUE_LAW.beta, "a": TRUE_LAW.a,
-             "n_opt": TRUE_LAW.optimal_allocation(TARGET_FLOPS)[0]}
+             "n_opt": profile_optimum(TARGET_FLOPS)}          # under the runs' count, C = 1.1 x 6 N D
     for key, value in truth.items():
         lo, hi = result["intervals"][key]
         assert lo <= value <= hi, key
-    assert result["d_opt"] == pytest.approx(TARGET_FLOPS / (6 * result["n_opt"]))     # C = 6 N D (eq. 4)
+    # one FLOP count across the approaches: the law's optimum is on the runs' own budget line, as Approach 2's
+    assert result["d_opt"] == pytest.approx(TARGET_FLOPS / (EXACT_OVER_6N * 6 * result["n_opt"]))
+    assert result["approaches"]["parametric"]["d_opt"] == pytest.approx(
+        TARGET_FLOPS / (EXACT_OVER_6N * 6 * result["approaches"]["parametric"]["n_opt"]))
     iso = result["approaches"]["isoflop"]
     lo, hi = iso["intervals"]["n_opt"]
     assert lo <= profile_optimum(TARGET_FLOPS) <= hi and iso["n_budgets_used"] == 5
@@ -63,7 +72,7 @@ def test_law_from_fit_gives_the_law_and_its_samples(sweep):
     assert isinstance(law, ParametricLaw) and law.alpha == result["law"]["alpha"] and law.convention == "total"
     assert samples.shape == (result["bootstrap"]["n_used"], 5)
     np.testing.assert_array_equal(samples, bootstrap_samples(result))
-    assert law.optimal_allocation(TARGET_FLOPS)[0] == pytest.approx(result["n_opt"])
+    assert law.optimal_allocation(TARGET_FLOPS / EXACT_OVER_6N)[0] == pytest.approx(result["n_opt"], rel=1e-5)
 
 
 def test_plots_are_written(sweep, tmp_path):
@@ -78,9 +87,8 @@ def test_headline_falls_back_to_isoflop_when_the_parametric_fit_fails(monkeypatc
     def broken(*_args, **_kwargs):
         raise FitError("parametric fit did not converge (test)")
 
-    monkeypatch.setattr(fitting, "fit_parametric", broken)
-    monkeypatch.setattr(fitting, "fit_candidate", broken)          # every law candidate fails too
-    monkeypatch.setattr(selection, "fit_candidate", broken)
+    monkeypatch.setattr(refits, "finish", broken)                 # every law fit, Approach 3 and the candidates
+    monkeypatch.setattr(checks, "fit_parametric", broken)          # the convention-sensitivity refits too
     table = table_from_design(isoflop_design(noise=0.003))
     result = fit_all(table, TARGET_FLOPS, bootstrap=0, outliers="none")
     assert result["headline"] == "isoflop" and result["law"] is None and result["predicted_loss"] is None

@@ -13,10 +13,10 @@ from pipeline.fit.checks import (
     BACKTEST_WARN_REL_ERROR,
     apply_outlier_rule,
     approach_agreement,
-    backtest,
     convention_sensitivity,
 )
 from pipeline.fit.fit_all import fit_all
+from pipeline.fit.selection import chosen_backtest, select_law
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +64,24 @@ def test_outlier_rule_leaves_clean_runs_alone_and_rejects_unknown_rules(table):
 
 
 def test_backtest_predicts_the_held_out_top_budget(table):
-    result = backtest(table)
-    assert result["held_out"].startswith("top budget (1e+19") and result["n_held_out"] == 7
-    assert result["mean_rel_error"] < 0.005 and "warning" not in result
+    result = chosen_backtest(select_law(table, 1e21))     # the one backtest: the law selection's
+    assert result["held_out"].startswith("budget 1e+19") and result["n_held_out"] == 7
+    assert result["mean_rel_error"] < 0.005 and "warning" not in result and "error" not in result
 
 
 def test_backtest_warns_when_the_top_budget_breaks_the_law(table):
     loss = table.loss.copy()
     loss[table.budget_flops == 1e19] *= 1.08            # the largest runs do worse than the law says
-    result = backtest(replace(table, loss=loss))
+    result = chosen_backtest(select_law(replace(table, loss=loss), 1e21))
     assert result["mean_rel_error"] > BACKTEST_WARN_REL_ERROR and "misses them by" in result["warning"]
 
 
 def test_backtest_without_budgets_holds_out_the_top_fifth_by_flops(table):
     no_plan = replace(table, budget_flops=np.full(len(table), np.nan),
                       flops={"exact": table.c * np.exp(np.linspace(-1, 1, len(table)))})
-    result = backtest(no_plan)
-    assert result["held_out"] == "top 20% of runs by FLOPs" and result["n_held_out"] == 7
+    result = chosen_backtest(select_law(no_plan, 1e21))
+    assert result["held_out"] == f"runs {len(table) - 6}-{len(table)} of {len(table)} by compute"
+    assert result["n_held_out"] == 7
 
 
 def test_agreement_warns_only_when_intervals_do_not_overlap():

@@ -9,13 +9,13 @@ import pytest
 from test_fit_synthetic import TRUE_LAW, isoflop_design, table_from_design
 
 from pipeline.errors import UserError
+from pipeline.fit.bootstrap import bootstrap_law
 from pipeline.fit.checks import apply_outlier_rule
 from pipeline.fit.fit_all import fit_all
 from pipeline.fit.lbfgs import minimize_batched
 from pipeline.fit.parametric import (
     FitError,
     HuberLogObjective,
-    bootstrap_parametric,
     check_constants,
     chinchilla_grid,
     fit_parametric,
@@ -97,7 +97,7 @@ def test_chinchilla_points_give_epochs_law_at_an_objective_no_higher(chinchilla_
 def test_chinchilla_run_bootstrap_errors_are_the_size_of_epochs(chinchilla_result):
     table, result = chinchilla_result     # Epoch resampled runs: compare the run bootstrap with theirs
     fit = fit_parametric(table.n, table.tokens, table.loss)
-    boot = bootstrap_parametric(table.n, table.tokens, table.loss, fit, EPOCH_BUDGET_FLOPS, 1000, seed=0)
+    boot = bootstrap_law(fit, table.n, table.tokens, table.loss, EPOCH_BUDGET_FLOPS, 1000, seed=0)
     assert boot["n_resamples"] == 1000 and boot["n_used"] >= 990
     for key, theirs in EPOCH_SE.items():
         assert theirs / 2 <= boot["standard_errors"][key] <= theirs * 2, key
@@ -119,7 +119,7 @@ def test_default_outlier_rule_drops_the_gross_chinchilla_outliers():
 def test_known_law_is_recovered_within_its_bootstrap_interval():
     table = table_from_design(isoflop_design(noise=0.003, seed=1))
     fit = fit_parametric(table.n, table.tokens, table.loss)
-    boot = bootstrap_parametric(table.n, table.tokens, table.loss, fit, 1e21, n_resamples=200, seed=0)
+    boot = bootstrap_law(fit, table.n, table.tokens, table.loss, 1e21, n_resamples=200, seed=0)
     truth = {"alpha": TRUE_LAW.alpha, "beta": TRUE_LAW.beta, "a": TRUE_LAW.a,
              "n_opt": TRUE_LAW.optimal_allocation(1e21)[0]}
     for key, value in truth.items():

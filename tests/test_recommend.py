@@ -14,7 +14,7 @@ from models.shape import ModelShape
 from pipeline.decide.budget import resolve_budget
 from pipeline.decide.recommend import recommend, sample_intervals, write_full_run_config
 from pipeline.errors import UserError
-from pipeline.fit.laws import published_law
+from pipeline.fit.laws import ParametricLaw, published_law
 
 EPOCH = published_law("epoch")
 VOCAB, SEQ = 50304, 2048
@@ -109,6 +109,11 @@ def test_intervals_from_law_samples_bracket_the_point_estimate():
     assert lo < n_opt < hi and hi / lo > 1.1
     rec = recommend(EPOCH, resolve_budget({"flops": 1e22}), law_samples=samples, vocab_size=VOCAB, seq_len=SEQ)
     assert rec["intervals"]["predicted_loss"][0] < rec["predicted_loss"] < rec["intervals"]["predicted_loss"][1]
+    # the loss interval is the sample laws' loss at the launched (N, D), the run the headline's loss is for
+    n_run, d_run = rec["model"]["params"]["total"], rec["d_opt"]
+    at_run = [ParametricLaw(*row).loss(n_run, d_run) for row in samples[1:]]
+    assert rec["intervals"]["predicted_loss"] == pytest.approx(np.percentile(at_run, [5, 95]))
+    assert "launched run" in rec["intervals"]["predicted_loss_at"]
 
 
 def test_kaplan_frontier_sizes_by_non_embedding_and_skips_loss_analyses():

@@ -68,6 +68,10 @@ def test_two_step_intervals_are_chained_pairs_and_cover_the_truth():
     # Chaining carries step 1's spread: wider than step 2's alone at the point-estimate bpb.
     step2_only = np.percentile([s(model.law.loss(n, d)) for s in model.sigmoid_samples], [5, 95])
     assert hi - lo > step2_only[1] - step2_only[0]
+    # The loss's parametric bootstrap, with its draws accounted for: used + dropped = drawn.
+    boot = model.summary()["bootstrap"]
+    assert boot["unit"].startswith("parametric") and "sigmoid" in boot["step2_unit"]
+    assert boot["used"] + boot["dropped"] == boot["draws"] == 60 and boot["used"] == len(model.law_samples)
 
 
 def test_metric_target_fits_its_own_law():
@@ -185,6 +189,8 @@ def test_ladder_command_predicts_hellaswag_accuracy(tmp_path):
     assert pred["value"] == pytest.approx(0.7311, abs=0.03)
     assert pred["interval"][0] < pred["value"] < pred["interval"][1]
     assert (tmp_path / "metric_hellaswag_acc.png").exists()
+    boot = rec["target_metric"]["fit"]["bootstrap"]       # every draw accounted for, and said in the report
+    assert boot["used"] + boot["dropped"] == 30 and f"{boot['used']} of 30 draws used" in (tmp_path / "report.md").read_text()
 
 
 def test_sweep_records_carry_metrics_points_and_chance(tmp_path):

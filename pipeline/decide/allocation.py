@@ -17,8 +17,8 @@ where F(N) is the training FLOPs per token of a model of N parameters (`FlopCoun
 * "6nd": F(N) = 6 N (Kaplan et al. 2020 sec. 2.1), for which the argmin is Chinchilla's closed form
   (eq. 4). Kept for published laws (fitted that way) and runs imported without a shape (no exact count).
 
-The minimisation is numeric (a log-spaced grid, then a parabola through the best three points of a finer
-grid), so it takes ANY law with a vectorised `.loss(n, d)`, and any `flops_per_token(n)`; `sample_intervals`
+The minimisation is numeric (pipeline/fit/laws.py: minimise_log, the tool's one 1-D minimiser: a log-spaced
+grid, then a parabola through the best three points of a finer grid), so it takes ANY law with a vectorised `.loss(n, d)`, and any `flops_per_token(n)`; `sample_intervals`
 applies exactly the same procedure to every bootstrap sample of the law.
 """
 
@@ -41,10 +41,8 @@ from models.sizing import (
 )
 from pipeline.errors import UserError
 from pipeline.fit.intervals import INTERVAL_PERCENTILES, percentile_interval
+from pipeline.fit.laws import SEARCH_DECADES, minimise_log
 
-SEARCH_DECADES = 4.0        # N searched within 10^+-4 of sqrt(C / 6): tokens/param from ~1e-8 to ~1e8
-COARSE_POINTS = 161         # 20 per decade: 12% steps
-FINE_POINTS = 41            # within the bracket of the coarse minimum: 0.6% steps, then a parabola
 SHAPE_FACTORS = (1 / 1.35, 1 / 1.15, 1.0, 1.15, 1.35)  # neighbouring grid shapes tried around N_opt
 SHAPE_TOLERANCES = (0.10, 0.35)
 
@@ -155,35 +153,6 @@ def search_range(budget_flops: float, count: FlopCount) -> tuple[float, float]:
     return lo, hi
 
 
-def minimise_at_budget(objective: Callable[[np.ndarray], np.ndarray], lo: float, hi: float) -> float | None:
-    """argmin over N in [lo, hi] of a vectorised objective(N), in log N; None when the minimum is at an edge.
-
-    Coarse log grid, then a finer grid between the coarse minimum's neighbours, then the vertex of the
-    parabola through the best fine point and its neighbours (kept only if it lies between them).
-    """
-    grid = np.exp(np.linspace(math.log(lo), math.log(hi), COARSE_POINTS))
-    values = objective(grid)
-    if not np.isfinite(values).any():
-        return None
-    i = int(np.argmin(values))
-    if i == 0 or i == len(grid) - 1:
-        return None
-    fine = np.exp(np.linspace(math.log(grid[i - 1]), math.log(grid[i + 1]), FINE_POINTS))
-    fvals = objective(fine)
-    j = min(max(int(np.argmin(fvals)), 1), FINE_POINTS - 2)
-    x = np.log(fine[j - 1:j + 2])
-    y = fvals[j - 1:j + 2]
-    denom = (x[0] - x[1]) * (x[0] - x[2]) * (x[1] - x[2])
-    if np.all(np.isfinite(y)) and denom != 0:
-        a = (x[2] * (y[1] - y[0]) + x[1] * (y[0] - y[2]) + x[0] * (y[2] - y[1])) / denom
-        b = (x[2] ** 2 * (y[0] - y[1]) + x[1] ** 2 * (y[2] - y[0]) + x[0] ** 2 * (y[1] - y[2])) / denom
-        if a > 0:
-            vertex = -b / (2 * a)
-            if x[0] <= vertex <= x[2]:
-                return float(math.exp(vertex))
-    return float(fine[int(np.argmin(fvals))])
-
-
 def _closed_form(law, budget_flops: float, count: FlopCount) -> Allocation | None:
     """Under C = 6 N D a law's own closed form (Chinchilla eq. 4; Kaplan's frontier), when it has one: the
     same optimum as the numeric search, to the last digit, so published laws give their published numbers."""
@@ -199,7 +168,8 @@ def optimal_allocation(law, budget_flops: float, count: FlopCount) -> Allocation
     if closed is not None:
         return closed
     lo, hi = search_range(budget_flops, count)
-    n = minimise_at_budget(lambda x: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi)
+    n = minimise_log(lambda x: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi,
+                     interior_only=True)
     if n is None:
         raise UserError(f"law {getattr(law, 'name', '?')} has no compute-optimal size between {lo:.3g} and {hi:.3g} "
                         f"parameters at {budget_flops:.3g} FLOPs (its loss keeps falling towards an edge): check the "
@@ -220,7 +190,8 @@ def allocation_samples(laws: Iterable, budget_flops: float, count: FlopCount) ->
             for key, value in zip(out, (closed.n, closed.d, closed.tokens_per_param, closed.loss), strict=True):
                 out[key].append(value)
             continue
-        n = minimise_at_budget(lambda x, law=law: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi)
+        n = minimise_log(lambda x, law=law: _finite_loss(law, x, budget_flops / count.flops_per_token(x)), lo, hi,
+                         interior_only=True)
         if n is None:
             dropped += 1
             continue

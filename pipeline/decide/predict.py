@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.decide.tradeoffs import minimise_log
-from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw
+from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw, elementwise, minimise_log
 from pipeline.fit.targets import MetricModel, Target
 
 SEARCH_DECADES = 4.0     # the optimum is searched within 10^4 x either side of the loss-optimal N
@@ -42,7 +41,7 @@ def optimum_on_budget(model: MetricModel, budget_flops: float, n_center: float,
                       n_max: float | None = None, count=None) -> dict:
     """The best (N, D) on the budget line for `model` (max for accuracies, min otherwise), N <= n_max,
     searched over n_center x 10^(+-SEARCH_DECADES) with the decision's one 1-D minimiser
-    (pipeline/decide/tradeoffs.py: minimise_log; the laws are smooth and unimodal along the line)."""
+    (pipeline/fit/laws.py: minimise_log; the laws are smooth and unimodal along the line)."""
     sign = -1.0 if model.higher_is_better else 1.0
     lo, hi = n_center * 10.0 ** -SEARCH_DECADES, n_center * 10.0 ** SEARCH_DECADES
     if n_max is not None:
@@ -52,7 +51,7 @@ def optimum_on_budget(model: MetricModel, budget_flops: float, n_center: float,
     def cost(n: float) -> float:
         return sign * float(model.value(n, tokens_on_budget(n, budget_flops, count)))
 
-    n = minimise_log(cost, lo, hi)
+    n = minimise_log(elementwise(cost), lo, hi)
     d = float(tokens_on_budget(n, budget_flops, count))
     return {"params": n, "tokens": d, "value": float(model.value(n, d)), "interval": model.interval(n, d),
             "capped": bool(n_max is not None and n >= n_max * (1 - 1e-6))}

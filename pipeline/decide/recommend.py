@@ -39,6 +39,7 @@ from pipeline.decide.full_run_yaml import write_full_run_config  # noqa: F401 --
 from pipeline.decide.launch_config import launch_plan
 from pipeline.errors import UserError
 from pipeline.fit.checks import EXTRAPOLATION_WARN_FACTOR
+from pipeline.fit.intervals import percentile_interval
 from pipeline.fit.laws import PUBLISHED_LAWS, KaplanFrontier, ParametricLaw
 from pipeline.plan.hardware import DEFAULT_MFU, REFERENCE_GPU, reference_gpu_days
 from pipeline.plan.memory import memory_check
@@ -68,6 +69,16 @@ def sample_intervals(law_samples, budget_flops: float, count: FlopCount | None =
     count = count or six_nd_count("no count given: C = 6 N D")
     laws, dropped = laws_from_samples(law_samples, count.convention)
     return allocation_intervals(laws, budget_flops, count, dropped_before=dropped)
+
+
+def launched_loss_interval(law_samples, n: float, d: float) -> dict:
+    """The predicted loss's interval at the launched run's (N, D): each sample law's loss there (the headline's
+    loss is L(N_run, D_run), so its interval is too, not each sample's loss at its own optimum)."""
+    laws, _ = laws_from_samples(law_samples)
+    with np.errstate(over="ignore", divide="ignore"):
+        losses = [float(sample.loss(n, d)) for sample in laws]
+    return {"predicted_loss": percentile_interval(losses),
+            "predicted_loss_at": "the launched run's (N, D): each sample law's loss there"}
 
 
 def _compute_time(budget: dict) -> dict:
@@ -192,6 +203,8 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
     if abs(size_error) > 0.05:
         warnings.append(f"the nearest shape has {size_error:+.0%} parameters vs N_opt; D was recomputed for it")
     predicted = float(law.loss(n_run, d_run)) if parametric else None
+    if intervals is not None:
+        intervals.update(launched_loss_interval(law_samples, n_run, d_run))
     model["compute"] = _compute_time(budget)
     model["memory"] = memory
     for problem in model["launch"]["problems"]:

@@ -117,6 +117,11 @@ def target_lines(rec: dict) -> list[str]:
         lines = [f"## Target: {t['name']}", "", "The target is the validation loss: the recommendation above is its "
                  "optimum. Every other recorded metric at the recommended run:", ""]
     fit = t.get("fit") or {}
+    boot = fit.get("bootstrap")
+    if boot:      # every draw accounted for: the ones whose refit was no law are dropped, and said so
+        lines += [f"Bootstrap: {boot['used']} of {boot['draws']} draws used, {boot['dropped']} dropped (their refit "
+                  f"was no law); step 1 {boot['unit']}" + (f"; step 2 {boot['step2_unit']}" if boot.get("step2_unit")
+                                                           else "") + ".", ""]
     if fit.get("step2"):
         s = fit["step2"]
         lines += [f"Two-step prediction (Bhagia et al. 2024; Dubey et al. 2024): step 1 {fit['metric']} = "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from pipeline.decide.allocation import FlopCount, optimal_allocation, six_nd_count
 from pipeline.errors import UserError
@@ -19,6 +18,8 @@ from pipeline.fit.laws import (
     TRAIN_FLOPS_PER_PARAM_TOKEN,
     KaplanFrontier,
     ParametricLaw,
+    elementwise,
+    minimise_log,
     published_law,
     tokens_per_param_rule,
 )
@@ -40,17 +41,6 @@ def _count(law, count: FlopCount | None) -> FlopCount:
 
 def _fpt(count: FlopCount, n) -> np.ndarray:
     return count.flops_per_token(np.asarray(n, dtype=float))
-
-
-def minimise_log(func, lo: float, hi: float) -> float:
-    """argmin of func(N) over N in [lo, hi], searched in log N (bounded Brent after a coarse grid)."""
-    grid = np.exp(np.linspace(math.log(lo), math.log(hi), 81))
-    values = np.array([func(n) for n in grid])
-    i = int(np.nanargmin(values))
-    left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    result = minimize_scalar(lambda x: func(math.exp(x)), bounds=(math.log(left), math.log(right)),
-                             method="bounded", options={"xatol": 1e-9})
-    return math.exp(result.x) if result.fun <= values[i] else float(grid[i])
 
 
 # --- deviating from N_opt at a fixed budget -------------------------------------------------------------
@@ -120,7 +110,7 @@ def inference_aware(law: ParametricLaw, budget_flops: float, inference_tokens: f
         return fpt * float(tokens_for_loss(law, n, target)) + forward_share * fpt * inference_tokens
 
     compute_optimal_total = total_flops(n_opt)
-    n_best = n_opt if inference_tokens == 0 else minimise_log(total_flops, n_min * (1 + 1e-6), n_opt)
+    n_best = n_opt if inference_tokens == 0 else minimise_log(elementwise(total_flops), n_min * (1 + 1e-6), n_opt)
     d_best = float(tokens_for_loss(law, n_best, target))
     best_total = total_flops(n_best)
 
@@ -219,7 +209,7 @@ def data_constrained(law: ParametricLaw, budget_flops: float, unique_tokens: flo
         return constrained_loss(law, n, budget_flops / float(_fpt(count, n)), unique_tokens, u_n)
 
     lo = max(n_opt / 100, count.n_min)
-    n_best = minimise_log(loss_at, lo, n_opt * 100) if d_opt > unique_tokens else n_opt
+    n_best = minimise_log(elementwise(loss_at), lo, n_opt * 100) if d_opt > unique_tokens else n_opt
     d_best = budget_flops / float(_fpt(count, n_best))
     loss_best = loss_at(n_best)
     return {

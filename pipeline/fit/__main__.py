@@ -145,7 +145,8 @@ def main(overrides: list[str], flags: dict) -> int:
     else:
         fit_result = fit_all(table, budget_flops=budget["flops"], bootstrap=study.bootstrap,
                              outliers=study.outliers, seed=study.seed, convention=study.convention,
-                             fixed_E=study.law_fit.fixed_E, candidate=study.law_fit.candidate)
+                             fixed_E=study.law_fit.fixed_E, candidate=study.law_fit.candidate,
+                             flops_per_token=None if count.name == "6nd" else count.flops_per_token)
         law, law_samples = law_from_fit(fit_result)
         design = adaptive_design(study)
         if design:

@@ -27,8 +27,9 @@ Fitting, the same for every form (Chinchilla App. D.2 as corrected by Besiroglu 
 (delta 1e-3) on log residuals, summed; the free parameters are a linear map of the full
 theta = (a, b, e, alpha, beta) (A = e^a, B = e^b, E = e^e), so the objective and its exact gradient
 are Approach 3's (the gradient is mapped back); multi-start from the Chinchilla grid projected on
-the free parameters; successive halving, then scipy L-BFGS-B polish; bootstrap over runs from the
-full-data optimum and the best basins' starts; failed resamples counted, never dropped silently.
+the free parameters; successive halving, then scipy L-BFGS-B polish. Refits on subsets of the runs
+(backtest folds, the outlier rule) and the bootstrap start from the grid search's basins instead
+(pipeline/fit/refits.py, pipeline/fit/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from scipy.optimize import minimize
 
 from pipeline.errors import UserError
 from pipeline.fit.laws import ParametricLaw
-from pipeline.fit.lbfgs import minimize_batched
 from pipeline.fit.parametric import (
     HUBER_DELTA,
     MOVED_TOL,
@@ -50,10 +50,8 @@ from pipeline.fit.parametric import (
     _check_points,
     _distinct_best,
     _screen,
-    _summaries,
     check_constants,
     chinchilla_grid,
-    derived_quantities,
 )
 
 FULL_NAMES = ("a", "b", "e", "alpha", "beta")   # theta of pipeline.fit.parametric: A = e^a, B = e^b, E = e^e
@@ -156,32 +154,37 @@ class CandidateFit:
 
     def to_dict(self) -> dict:
         return {"candidate": self.form.name, "free": list(self.form.free), "objective": self.objective,
-                "n_points": self.n_points, "converged": self.converged, "source": self.form.source,
+                "n_points": self.n_points, "converged": self.converged, "moved": True, "source": self.form.source,
                 **self.law().to_dict()}
 
 
-def fit_candidate(form: Form, n_params, tokens, loss, convention: str = "total") -> CandidateFit:
-    """Fit one form (see the module doc); raises FitError like fit_parametric when it cannot."""
-    n, d, loss = _check_points(n_params, tokens, loss)
-    if n.size < form.n_free + 1:
-        raise UserError(f"candidate {form.name}: {n.size} runs for {form.n_free} parameters: add runs")
-    objective = FormObjective(form, HuberLogObjective(n, d, loss))
+def grid_search(form: Form, objective: FormObjective) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chinchilla's grid projected on the form, screened by successive halving: (thetas, objectives, the
+    grid start of each), every survivor run to convergence (pipeline.fit.parametric._screen)."""
     starts = form.starts()
     theta, fun, index = _screen(objective, starts)
+    return theta, fun, starts[index]
+
+
+def finish(form: Form, objective, theta: np.ndarray, fun: np.ndarray, origins: np.ndarray, n: np.ndarray,
+           d: np.ndarray, convention: str = "total", n_polish: int = POLISH_STARTS) -> CandidateFit:
+    """The best of batched L-BFGS results, polished and checked: scipy's L-BFGS-B at tight tolerances from the
+    `n_polish` best distinct points, then the checks every fit passes (it moved from its grid start `origins`,
+    converged, E, A, B in float range, alpha, beta > 0); raises FitError otherwise."""
     best = None
-    picks = _distinct_best(theta, fun, POLISH_STARTS)
+    picks = _distinct_best(theta, fun, n_polish)
     for i in picks:
         res = minimize(objective.single, theta[i], jac=True, method="L-BFGS-B",
                        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000, "maxcor": 20})
         if best is None or res.fun < best[0].fun:
-            best = (res, index[i])
+            best = (res, i)
     if best is None:
         raise FitError(f"candidate {form.name}: every start gave a non-finite objective")
     res, start_index = best
     f, g = objective.single(res.x)
     grad_scale = HUBER_DELTA * len(n) * max(np.max(np.log(n)), np.max(np.log(d)))
     converged = bool(res.success or np.max(np.abs(g)) <= 1e-7 * grad_scale)
-    if not np.max(np.abs(res.x - starts[start_index])) > MOVED_TOL:
+    if not np.max(np.abs(res.x - origins[start_index])) > MOVED_TOL:
         raise FitError(f"candidate {form.name}: the best solution did not move from its start: add runs")
     if not converged:
         raise FitError(f"candidate {form.name} did not converge ({res.message})")
@@ -189,45 +192,20 @@ def fit_candidate(form: Form, n_params, tokens, loss, convention: str = "total")
     check_constants(f"candidate {form.name}", full[2], full[0], full[1])
     if not (full[3] > 0 and full[4] > 0):
         raise FitError(f"candidate {form.name}: alpha={full[3]:.3g}, beta={full[4]:.3g}: loss does not fall with N and D")
-    return CandidateFit(form, np.asarray(res.x, dtype=float), f, int(n.size), starts[index[picks]], converged,
-                        convention)
+    return CandidateFit(form, np.asarray(res.x, dtype=float), f, int(n.size), origins[picks], converged, convention)
 
 
-def bootstrap_candidate(fit: CandidateFit, n_params, tokens, loss, budget_flops: float,
-                        n_resamples: int, seed: int = 0, sd_log: float | None = None) -> dict:
-    """Refit `fit.form` on `n_resamples` bootstrap samples, batched; percentile 5-95% intervals.
-
-    With `sd_log` (the noise model, pipeline/fit/noise.py): parametric -- every run's loss redrawn as
-    the fitted law times log-normal noise of that sd (the calibrated choice for pilot studies, see
-    pipeline.fit.parametric.bootstrap_parametric_noise and docs/calibration.md). Without it: runs
-    resampled (multinomial counts = a weighted objective). Starts at the full-data optimum and the
-    best basins' grid starts; a resample whose best point did not converge, has alpha or beta <= 0
-    or non-finite constants counts as failed (n_failed), never dropped silently.
-    """
+def check_size(form: Form, n_params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs as arrays, refused (UserError) when they are not positive finite or too few for the form."""
     n, d, loss = _check_points(n_params, tokens, loss)
-    rng = np.random.default_rng(seed)
-    starts = np.vstack([fit.theta[None, :], fit.basin_starts])
-    k = len(starts)
-    if sd_log is not None:
-        redrawn = fit.law().loss(n, d)[None, :] * np.exp(sd_log * rng.standard_normal((n_resamples, n.size)))
-        base = HuberLogObjective(n, d, np.repeat(redrawn, k, axis=0))
-        unit = f"parametric: the fitted law x log-normal noise, sd(log loss) {sd_log:.4f}"
-    else:
-        counts = rng.multinomial(len(n), np.full(len(n), 1.0 / len(n)), size=n_resamples).astype(float)
-        base = HuberLogObjective(n, d, loss, weights=np.repeat(counts, k, axis=0))
-        unit = "runs (multinomial resample of the fitted runs)"
-    objective = FormObjective(fit.form, base)
-    res = minimize_batched(objective, np.tile(starts, (n_resamples, 1)), max_iter=2000)
-    fun = np.where(np.isfinite(res.fun), res.fun, np.inf).reshape(n_resamples, k)
-    pick = np.arange(n_resamples) * k + np.argmin(fun, axis=1)
-    full = fit.form.full(res.theta[pick])
-    with np.errstate(over="ignore"):
-        params = np.column_stack([np.exp(full[:, 2]), np.exp(full[:, 0]), np.exp(full[:, 1]), full[:, 3], full[:, 4]])
-    ok = res.converged[pick] & (full[:, 3] > 0) & (full[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
-    samples = derived_quantities(params[ok], budget_flops) if ok.sum() else {}
-    intervals, errors = _summaries(samples) if ok.sum() >= 2 else ({}, {})
-    return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_failed": int((~ok).sum()),
-            "n_dropped": int((~ok).sum()), "seed": int(seed), "unit": unit,
-            "interval": "percentile 5-95% (90% bootstrap interval)",
-            "intervals": intervals, "standard_errors": errors,
-            "sample_columns": ["E", "A", "B", "alpha", "beta"], "samples": params[ok]}
+    if n.size < form.n_free + 1:
+        raise UserError(f"candidate {form.name}: {n.size} runs for {form.n_free} parameters: add runs")
+    return n, d, loss
+
+
+def fit_candidate(form: Form, n_params, tokens, loss, convention: str = "total") -> CandidateFit:
+    """Fit one form from its whole grid (see the module doc); raises FitError like fit_parametric when it cannot."""
+    n, d, loss = check_size(form, n_params, tokens, loss)
+    objective = FormObjective(form, HuberLogObjective(n, d, loss))
+    theta, fun, origins = grid_search(form, objective)
+    return finish(form, objective, theta, fun, origins, n, d, convention)

@@ -1,4 +1,5 @@
-"""Checks around the fit: the outlier rule, a backtest, approach agreement, accounting sensitivity.
+"""Checks around the fit: the outlier rule, approach agreement, accounting sensitivity (the backtest is the
+law selection's, pipeline/fit/selection.py).
 
 Every check returns plain data for the report, with a `warning` string when a person should look.
 """
@@ -47,35 +48,36 @@ OUTLIER_MIN_RUNS = 10        # with fewer runs than 2x the law's 5 parameters, r
 # fit makes the MAD tiny, and a 1e-3 floor dropped 3 of 10 healthy demo runs.
 MAD_FLOOR = 5e-3
 
-# Backtest: mean |relative error| on held-out largest-compute runs above 2% warns. Chinchilla's own
-# points, fitted without their top 10-20% of compute, predict those at ~1.0% mean relative error.
-BACKTEST_HOLDOUT_SHARE = 0.2
+# Backtest (pipeline/fit/selection.py): mean |relative error| on held-out largest-compute runs above 2% warns.
+# Chinchilla's own points, fitted without their top 10-20% of compute, predict those at ~1.0% mean relative error.
 BACKTEST_WARN_REL_ERROR = 0.02
 
 
-def apply_outlier_rule(table: RunsTable, rule: str = "default") -> tuple[RunsTable, dict]:
-    """(table without outliers, {"rule", "dropped": [...], "below_fit": [...], "note"?}).
+def outlier_keep(table: RunsTable, rule: str = "default", first_fit=None) -> tuple[np.ndarray, dict]:
+    """(mask of the runs kept, {"rule", "dropped": [...], "below_fit": [...], "note"?}).
 
     Each entry is {run_id, loss, residual, z}: residual = log(law) - log(loss), z its robust score;
     `dropped` are the runs far above the law (z < -OUTLIER_MAD_K), `below_fit` the runs far below it,
-    which are kept (see the comment on OUTLIER_MAD_K).
+    which are kept (see the comment on OUTLIER_MAD_K). `first_fit`: a callable giving the first fit's
+    ParametricLaw (or raising UserError), when the caller has it (pipeline/fit/refits.py); else it is fitted.
     """
     if rule not in OUTLIER_RULES:
         raise UserError(f"outliers='{rule}' is not a rule: use one of {', '.join(OUTLIER_RULES)}")
+    keep = np.ones(len(table), dtype=bool)
     if rule == "none":
-        return table, {"rule": "none (every finished run is fitted)", "dropped": [], "below_fit": []}
+        return keep, {"rule": "none (every finished run is fitted)", "dropped": [], "below_fit": []}
     description = (f"drop runs whose loss lies above a first Approach-3 fit by more than {OUTLIER_MAD_K:g} x "
                    f"1.4826 x (1 + {LAW_PARAMS}/(n - {LAW_PARAMS})) MAD of the log-loss residuals (one-sided "
                    "Hampel identifier: failures raise a loss)")
     if len(table) < OUTLIER_MIN_RUNS:
-        return table, {"rule": description, "dropped": [], "below_fit": [],
-                       "note": f"not applied: {len(table)} runs < {OUTLIER_MIN_RUNS}"}
+        return keep, {"rule": description, "dropped": [], "below_fit": [],
+                      "note": f"not applied: {len(table)} runs < {OUTLIER_MIN_RUNS}"}
     try:
-        fit = fit_parametric(table.n, table.tokens, table.loss)
+        law = first_fit() if first_fit is not None else fit_parametric(table.n, table.tokens, table.loss).law()
     except UserError as err:
-        return table, {"rule": description, "dropped": [], "below_fit": [],
-                       "note": f"not applied: first fit failed ({err})"}
-    resid = np.log(fit.law().loss(table.n, table.tokens)) - np.log(table.loss)
+        return keep, {"rule": description, "dropped": [], "below_fit": [],
+                      "note": f"not applied: first fit failed ({err})"}
+    resid = np.log(law.loss(table.n, table.tokens)) - np.log(table.loss)
     median = np.median(resid)
     scale = max(1.4826 * (1 + LAW_PARAMS / (len(table) - LAW_PARAMS)) * np.median(np.abs(resid - median)), MAD_FLOOR)
     z = (resid - median) / scale
@@ -85,43 +87,13 @@ def apply_outlier_rule(table: RunsTable, rule: str = "default") -> tuple[RunsTab
                  "z": float(z[i])} for i in np.flatnonzero(mask)]
 
     out = z < -OUTLIER_MAD_K
-    return table.subset(~out, reason="outlier (see outliers.rule)"), {
-        "rule": description, "dropped": entries(out), "below_fit": entries(z > OUTLIER_MAD_K)}
+    return ~out, {"rule": description, "dropped": entries(out), "below_fit": entries(z > OUTLIER_MAD_K)}
 
 
-def backtest(table: RunsTable) -> dict:
-    """Refit Approach 3 without the largest-compute runs and predict them.
-
-    Held out: the top IsoFLOP budget when the runs form 3+ budgets of 3+ runs each (2+ budgets
-    remain to fit), else the top BACKTEST_HOLDOUT_SHARE of runs by FLOPs.
-    """
-    groups = table.budget_groups()
-    budgets, runs_per_budget = np.unique(groups, return_counts=True)
-    if budgets.size >= 3 and runs_per_budget.min() >= 3:
-        held = groups == budgets[-1]
-        how = f"top budget ({budgets[-1]:.3g} FLOPs)"
-    else:
-        held = table.c >= np.quantile(table.c, 1 - BACKTEST_HOLDOUT_SHARE)
-        how = f"top {BACKTEST_HOLDOUT_SHARE:.0%} of runs by FLOPs"
-    if (~held).sum() < OUTLIER_MIN_RUNS // 2 or held.sum() == 0:
-        return {"error": f"too few runs to hold any out ({len(table)})", "held_out": how}
-    try:
-        fit = fit_parametric(table.n[~held], table.tokens[~held], table.loss[~held])
-    except UserError as err:
-        return {"error": f"refit without the {how} failed: {err}", "held_out": how}
-    predicted = fit.law().loss(table.n[held], table.tokens[held])
-    abs_err = np.abs(predicted - table.loss[held])
-    rel_err = abs_err / table.loss[held]
-    out = {"held_out": how, "n_held_out": int(held.sum()), "n_fitted": int((~held).sum()),
-           "run_ids": [r for r, h in zip(table.run_id, held, strict=True) if h],
-           "mean_abs_error": float(abs_err.mean()), "max_abs_error": float(abs_err.max()),
-           "mean_rel_error": float(rel_err.mean()), "max_rel_error": float(rel_err.max()),
-           "law": {k: getattr(fit, k) for k in ("E", "A", "B", "alpha", "beta")},
-           "warn_threshold_rel_error": BACKTEST_WARN_REL_ERROR}
-    if rel_err.mean() > BACKTEST_WARN_REL_ERROR:
-        out["warning"] = (f"backtest: the law fitted without the {how} misses them by {rel_err.mean():.1%} on "
-                          f"average (> {BACKTEST_WARN_REL_ERROR:.0%}): extrapolation is uncertain")
-    return out
+def apply_outlier_rule(table: RunsTable, rule: str = "default", first_fit=None) -> tuple[RunsTable, dict]:
+    """(table without outliers, report): `outlier_keep` applied."""
+    keep, report = outlier_keep(table, rule, first_fit)
+    return (table if keep.all() else table.subset(keep, reason="outlier (see outliers.rule)")), report
 
 
 def approach_agreement(approaches: dict) -> dict:

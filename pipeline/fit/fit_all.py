@@ -3,9 +3,14 @@
 Order: outlier rule -> Approach 3 (parametric, Chinchilla sec. 3.3) with its bootstrap ->
 Approach 2 (IsoFLOP, sec. 3.2) -> Approach 1 (envelope, sec. 3.1) -> backtest, agreement of the
 approaches, sensitivity to the parameter convention. The headline (N_opt, D_opt, loss) comes from
-Approach 3, whose closed-form allocation uses C = 6 N D (Chinchilla eq. 4); when Approach 3 cannot
-run it falls back to Approach 2 and says so. `bootstrap` resamples are drawn for every approach
-(runs for 3 and 1, runs within budgets for 2); all intervals are percentile 5-95%. The result is a
+the chosen law (Approach 3's form unless the selection chose another); when no law can be fitted it
+falls back to Approach 2 and says so. One FLOP count runs through the approaches' table: Approaches
+1 and 2 read the runs' own FLOPs (the table's flop method), so the law's allocation (N_opt =
+argmin L(N, C / F(N)), for the point, every bootstrap draw and every candidate) uses the same count:
+`flops_per_token` when the caller gives one (the CLI passes the decision's count), else the runs' C / D
+per size interpolated in log N; when every run costs 6 N D that is Chinchilla eq. 4's closed form.
+The law's bootstrap is parametric (pipeline/fit/bootstrap.py); Approach 2 redraws within budgets;
+all intervals are percentile 5-95%. The result is a
 JSON-able dict; the Approach-3 samples of (E, A, B, alpha, beta) travel inside it as lists
 (`bootstrap_samples(result)` gives the array, `law_from_fit(result)` the law and the array).
 
@@ -23,25 +28,25 @@ import math
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.fit.candidates import bootstrap_candidate, candidate_forms, fit_candidate
+from pipeline.fit.bootstrap import bootstrap_law
+from pipeline.fit.candidates import candidate_forms, chinchilla_form
 from pipeline.fit.checks import (
-    BACKTEST_WARN_REL_ERROR,
     OUTLIER_MAD_K,
     OUTLIER_RULES,
-    apply_outlier_rule,
     approach_agreement,
-    backtest,
     convention_sensitivity,
+    outlier_keep,
     verdict,
 )
 from pipeline.fit.envelope import fit_envelope
 from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.isoflop import fit_isoflop, grid_bias
-from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw, optimum_on_line
 from pipeline.fit.lr_check import hparam_check
 from pipeline.fit.noise import minimum_resolution, noise_model
-from pipeline.fit.parametric import HUBER_DELTA, bootstrap_parametric, derived_quantities, fit_parametric
-from pipeline.fit.selection import select_law
+from pipeline.fit.parametric import HUBER_DELTA, derived_quantities
+from pipeline.fit.refits import TableFits
+from pipeline.fit.selection import chosen_backtest, select_law
 from pipeline.fit.table import RunsTable
 from pipeline.records import jsonable
 
@@ -74,28 +79,39 @@ def law_from_fit(result: dict) -> tuple[ParametricLaw, np.ndarray | None]:
     return fitted, samples if samples.size else None
 
 
-def _parametric(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, warnings: list) -> tuple:
-    """(approach entry, law dict, bootstrap dict or None)."""
+def runs_flops_per_token(table: RunsTable):
+    """The count Approaches 1 and 2 use, as F(N) for the law's allocation: the runs' FLOPs per token C_i / D_i,
+    as rho = F / N averaged per size and interpolated in log N (flat beyond the pilots' sizes). None when every
+    run costs 6 N D (within 1e-6): then Chinchilla eq. 4's closed form is that count exactly."""
+    rho = table.c / (table.tokens * table.n)
+    if np.allclose(rho, TRAIN_FLOPS_PER_PARAM_TOKEN, rtol=1e-6, atol=0):
+        return None
+    log_n, where = np.unique(np.log(table.n), return_inverse=True)
+    rho_at = np.bincount(where, weights=rho) / np.bincount(where)
+    return lambda n: np.asarray(n, dtype=float) * np.interp(np.log(np.asarray(n, dtype=float)), log_n, rho_at)
+
+
+def _allocation_rule(fpt) -> str:
+    return ("C = 6 N D (Chinchilla eq. 4)" if fpt is None else
+            "N_opt = argmin L(N, C / F(N)) under the FLOP count of Approaches 1 and 2 (module doc of fit_all)")
+
+
+def _parametric(fits: TableFits, keep: np.ndarray, table: RunsTable, budget_flops: float, fpt,
+                warnings: list) -> tuple:
+    """(Approach 3's entry, its law dict or None): the Chinchilla form on the kept runs."""
     try:
-        fit = fit_parametric(table.n, table.tokens, table.loss)
+        fit = fits.fit(chinchilla_form(), keep)
     except UserError as err:
         warnings.append(f"Approach 3 (parametric) failed: {err}")
-        return {"error": str(err)}, None, None
-    params = np.array([[fit.E, fit.A, fit.B, fit.alpha, fit.beta]])
-    point = {k: float(v[0]) for k, v in derived_quantities(params, budget_flops).items()}
+        return {"error": str(err)}, None
+    law = fit.law()
+    point = {k: float(v[0]) for k, v in derived_quantities(
+        np.array([[law.E, law.A, law.B, law.alpha, law.beta]]), budget_flops, fpt).items()}
     entry = {"a": point["a"], "b": point["b"], **{k: point[k] for k in HEADLINE_KEYS},
-             "allocation_rule": "C = 6 N D (Chinchilla eq. 4)"}
-    law = {**fit.to_dict(), "convention": table.convention, "huber_delta": HUBER_DELTA,
-           "objective_form": "sum of Huber(LSE(a - alpha ln N, b - beta ln D, e) - ln L)"}
-    boot = None
-    if bootstrap > 0:
-        boot = bootstrap_parametric(table.n, table.tokens, table.loss, fit, budget_flops, bootstrap, seed)
-        entry["intervals"] = boot["intervals"]
-        entry["standard_errors"] = boot["standard_errors"]
-        if boot["n_dropped"] > BOOTSTRAP_DROP_WARN_SHARE * bootstrap:
-            warnings.append(f"Approach 3 bootstrap: {boot['n_dropped']} of {bootstrap} resamples gave no valid "
-                            "fit: the intervals understate the uncertainty")
-    return entry, law, boot
+             "allocation_rule": _allocation_rule(fpt)}
+    law_dict = {**fit.to_dict(), "convention": table.convention, "huber_delta": HUBER_DELTA,
+                "objective_form": "sum of Huber(LSE(a - alpha ln N, b - beta ln D, e) - ln L)"}
+    return entry, law_dict
 
 
 def _isoflop(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, warnings: list,
@@ -119,9 +135,13 @@ def _isoflop(table: RunsTable, budget_flops: float, bootstrap: int, seed: int, w
     return iso
 
 
-def _candidates(clean: RunsTable, budget_flops: float, selection: dict, fixed_E, bootstrap: int, seed: int,
-                sd_log: float | None, warnings: list) -> tuple[dict | None, dict | None, list]:
-    """Every candidate refitted on the kept runs (N_opt, loss, intervals); (chosen law, its bootstrap, rows)."""
+def _candidates(fits: TableFits, keep: np.ndarray, clean: RunsTable, budget_flops: float, fpt, selection: dict,
+                fixed_E, pinned: str | None, bootstrap: int, seed: int, sd_log: float | None,
+                warnings: list) -> tuple[dict | None, dict | None, list]:
+    """Every candidate refitted on the kept runs (N_opt, loss, intervals); (chosen law, its bootstrap, rows).
+
+    A pinned candidate (`law_fit.candidate`) that cannot be fitted to the kept runs is refused, never
+    replaced by another law."""
     chosen = (selection.get("chosen") or {}).get("candidate", "chinchilla")
     rule = (selection.get("chosen") or {}).get("outliers")
     scores = {r["candidate"]: r for r in selection["rows"] if r["outliers"] == rule} if rule else {}
@@ -132,24 +152,28 @@ def _candidates(clean: RunsTable, budget_flops: float, selection: dict, fixed_E,
                "top_budget_error": (scores.get(form.name) or {}).get("top_budget_error"),
                "expected_error_at_target": (scores.get(form.name) or {}).get("expected_error_at_target")}
         try:
-            fit = fit_candidate(form, clean.n, clean.tokens, clean.loss, clean.convention)
+            fit = fits.fit(form, keep)
         except UserError as err:
             rows.append({**row, "error": str(err)})
+            if form.name == chosen and pinned is not None:
+                raise UserError(f"law_fit.candidate={pinned}: the pinned law could not be fitted to the {len(clean)} "
+                                f"runs ({err}): unset law_fit.candidate to let the backtest choose") from err
             if form.name == chosen:
                 warnings.append(f"the chosen law {chosen} could not be refitted on all runs ({err})")
             continue
         fitted = fit.law()
-        n_opt, d_opt = fitted.optimal_allocation(budget_flops)
+        n_opt, d_opt = optimum_on_line(fitted, budget_flops, fpt)
         row.update(n_opt=float(n_opt), predicted_loss=float(fitted.loss(n_opt, d_opt)), law=fitted.to_dict())
         if bootstrap > 0:
-            b = bootstrap_candidate(fit, clean.n, clean.tokens, clean.loss, budget_flops, bootstrap, seed, sd_log)
+            b = bootstrap_law(fit, clean.n, clean.tokens, clean.loss, budget_flops, bootstrap, seed, sd_log,
+                              flops_per_token=fpt)
             row.update(intervals={k: b["intervals"].get(k) for k in ("n_opt", "predicted_loss")},
                        n_failed=b["n_failed"])
             if form.name == chosen:
                 boot = b
                 if b["n_failed"] > BOOTSTRAP_DROP_WARN_SHARE * bootstrap:
                     warnings.append(f"law {chosen} bootstrap: {b['n_failed']} of {bootstrap} resamples gave no valid "
-                                    "fit: the intervals understate the uncertainty")
+                                    "fit (dropped and counted): the intervals understate the uncertainty")
         if form.name == chosen:
             law = {**fit.to_dict(), "convention": clean.convention, "huber_delta": HUBER_DELTA}
         rows.append(row)
@@ -158,7 +182,7 @@ def _candidates(clean: RunsTable, budget_flops: float, selection: dict, fixed_E,
 
 def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outliers: str = "auto",
             seed: int = 0, convention: str = "total", fixed_E: float | None = None,
-            candidate: str | None = None) -> dict:
+            candidate: str | None = None, flops_per_token=None) -> dict:
     """Fit all three approaches and the checks; see the module docstring for the result's layout.
 
     `outliers`: "auto" (the backtest chooses the rule on or off), "default" (the one-sided Hampel rule on) or
@@ -175,15 +199,25 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     identified = require_identifiable(table, fixed_E)  # before any fit: can these runs tell the law at all?
     if outliers != "auto" and outliers not in OUTLIER_RULES:
         raise UserError(f"outliers='{outliers}' is not a rule: use auto, {', '.join(OUTLIER_RULES)}")
+    fits = TableFits(table)            # every law fit below shares one grid search per form (refits.py)
     selection = select_law(table, budget_flops, fixed_E=fixed_E, candidate=candidate,
-                           outliers=None if outliers == "auto" else outliers)
+                           outliers=None if outliers == "auto" else outliers, fits=fits)
     rule = (selection.get("chosen") or {}).get("outliers") or ("default" if outliers == "auto" else outliers)
-    clean, outlier_report = apply_outlier_rule(table, rule)
+
+    def first_fit():
+        return fits.fit(chinchilla_form()).law()
+
+    keep, outlier_report = outlier_keep(table, rule, first_fit)
+    clean = table if keep.all() else table.subset(keep, reason="outlier (see outliers.rule)")
     outlier_report["setting"] = outliers
     if rule == "none":   # say which runs the rule would have dropped, and which lie far below the law
-        would = apply_outlier_rule(table, "default")[1]
+        would = outlier_keep(table, "default", first_fit)[1]
         outlier_report.update(would_drop=would["dropped"], below_fit=would["below_fit"])
     warnings: list[str] = []
+    failed_backtest = (selection.get("chosen") or {}).get("backtest_failed")
+    if failed_backtest:
+        warnings.append(f"the backtest of law {selection['chosen']['candidate']} failed ({failed_backtest}): its "
+                        "extrapolation is unchecked, and no other law was chosen in its place by default")
     if table.excluded:
         warnings.append(f"{len(table.excluded)} runs excluded before fitting (see excluded)")
     copies = sum("duplicate_of" in e for e in table.excluded)   # RunsTable.without_duplicates
@@ -198,12 +232,13 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
                         "their size and tokens predict): kept; check their evaluation data for overlap with the "
                         "training data, or the law's form there (outliers.below_fit)")
 
-    parametric, law, boot = _parametric(clean, budget_flops, 0, seed, warnings)
+    fpt = flops_per_token or runs_flops_per_token(clean)
+    parametric, law = _parametric(fits, keep, clean, budget_flops, fpt, warnings)
     law3 = ParametricLaw(*(law[k] for k in ("E", "A", "B", "alpha", "beta"))) if law else None
     noise = noise_model(clean, law3)
     sd_log = noise["sd_log"] if noise else None
-    chosen_law, chosen_boot, candidate_rows = _candidates(clean, budget_flops, selection, fixed_E, bootstrap, seed,
-                                                          sd_log, warnings)
+    chosen_law, chosen_boot, candidate_rows = _candidates(fits, keep, clean, budget_flops, fpt, selection, fixed_E,
+                                                          candidate, bootstrap, seed, sd_log, warnings)
     fit3 = next((r for r in candidate_rows if r["candidate"] == "chinchilla" and "intervals" in r), None)
     if law is not None and fit3 is not None:   # Approach 3 = the chinchilla candidate, same bootstrap
         parametric["intervals"] = (chosen_boot["intervals"] if chosen_law and chosen_law["candidate"] == "chinchilla"
@@ -211,16 +246,14 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     if chosen_law is not None:
         if chosen_law["candidate"] == "chinchilla" and law is not None:   # the same fit: keep Approach 3's details
             chosen_law = {**law, "candidate": "chinchilla", "source": chosen_law["source"]}
-        law, boot = chosen_law, chosen_boot
-        if chosen_boot:
-            chosen_boot = {**chosen_boot, "n_dropped": chosen_boot["n_failed"]}
+        law = chosen_law
         point = {k: float(v[0]) for k, v in derived_quantities(
-            np.array([[law[k] for k in ("E", "A", "B", "alpha", "beta")]]), budget_flops).items()}
+            np.array([[law[k] for k in ("E", "A", "B", "alpha", "beta")]]), budget_flops, fpt).items()}
         headline_law = {**{k: point[k] for k in HEADLINE_KEYS}, "a": point["a"], "b": point["b"],
                         "intervals": (chosen_boot or {}).get("intervals", {})}
-        boot = chosen_boot
     else:
         headline_law = None
+    boot = chosen_boot if chosen_law is not None else None
     isoflop = _isoflop(clean, budget_flops, bootstrap, seed, warnings, sd_log)
     if law3 is not None and isoflop.get("budgets"):   # Approach 2's own bias on this grid, under the fitted law
         warnings += grid_bias(clean, isoflop["budgets"], law3)[1]
@@ -239,7 +272,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
                         f"isoflop: {isoflop['error']}")
     extrapolation = budget_flops / float(np.max(clean.c))
 
-    checks_backtest = _chosen_backtest(selection) if selection.get("chosen") else backtest(clean)
+    checks_backtest = chosen_backtest(selection)
     agreement = approach_agreement({k: v for k, v in approaches.items() if k != "envelope"})
     resolution = minimum_resolution(isoflop.get("budgets", []), sd_log)
     unresolved = [r for r in resolution if not r["resolved"]]
@@ -263,7 +296,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "intervals": headline.get("intervals", {}),
         "law": law, "approaches": approaches,
         "excluded": list(clean.excluded), "n_runs": len(clean), "source": table.source,
-        "convention": convention, "flop_method": table.flop_method,
+        "convention": convention, "flop_method": table.flop_method, "allocation_rule": _allocation_rule(fpt),
         "outliers": outlier_report, "extrapolation_factor": extrapolation,
         "backtest": checks_backtest, "agreement": agreement, "sensitivity": sensitivity,
         "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS
@@ -274,23 +307,3 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         warnings.append(identified["note"])
     result["verdict"] = verdict(result)
     return jsonable(result)
-
-
-def _chosen_backtest(selection: dict) -> dict:
-    """The backtest of the chosen candidate, stated as the expected error of the loss at the target."""
-    chosen = selection["chosen"]
-    row = next(r for r in selection["rows"] if r["candidate"] == chosen["candidate"]
-               and r["outliers"] == chosen["outliers"])
-    top = row["folds"][0] if row["folds"] else {}
-    out = {"candidate": chosen["candidate"], "outliers": chosen["outliers"], "held_out": top.get("label"),
-           "mean_rel_error": row["top_budget_error"], "rolling_mean_rel_error": row["score"],
-           "folds": row["folds"], "expected_error_at_target": row["expected_error_at_target"],
-           "target_decades": selection["target_decades"], "warn_threshold_rel_error": BACKTEST_WARN_REL_ERROR}
-    expected = row["expected_error_at_target"]
-    if row["top_budget_error"] is not None and (row["top_budget_error"] > BACKTEST_WARN_REL_ERROR or
-                                                (expected is not None and expected > BACKTEST_WARN_REL_ERROR)):
-        out["warning"] = (f"backtest of law {chosen['candidate']}: refitted without the {top.get('label')}, it misses "
-                          f"them by {row['top_budget_error']:.1%}; extrapolated {selection['target_decades']:.1f} "
-                          "decades to the target, expect the predicted loss to be off by about "
-                          + (f"{expected:.1%}" if expected is not None else "as much or more"))
-    return out

@@ -18,12 +18,17 @@ only as a comparison: its compute-efficient frontier N_opt = 1.3e9 * (C / PF-day
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pipeline.errors import UserError
 
+COARSE_POINTS = 161         # minimise_log: 20 per decade over 8 decades, 12% steps
+FINE_POINTS = 41            # within the bracket of the coarse minimum: 0.6% steps, then a parabola
+SEARCH_DECADES = 4.0        # optimum_on_line searches N within 10^+-4 of sqrt(C / 6)
 TRAIN_FLOPS_PER_PARAM_TOKEN = 6.0  # forward 2 + backward 4 multiply-adds-as-2 per parameter per token
 PF_DAY_FLOPS = 1e15 * 86_400.0
 
@@ -137,3 +142,62 @@ def tokens_per_param_rule(budget_flops, tokens_per_param: float = 20.0,
     """The '20 tokens per parameter' rule of thumb (Chinchilla Table 3): D = r N, C = k N D."""
     n_opt = np.sqrt(np.asarray(budget_flops, dtype=float) / (flops_per_param_token * tokens_per_param))
     return n_opt, tokens_per_param * n_opt
+
+
+# --- the one 1-D minimiser (the fit's allocations under a count, and every search of the decision) ----------
+def minimise_log(objective: Callable[[np.ndarray], np.ndarray], lo: float, hi: float,
+                 interior_only: bool = False) -> float | None:
+    """argmin over N in [lo, hi] of a vectorised objective(N), searched in log N: the decision's one 1-D minimiser.
+
+    Coarse log grid, then a finer grid between the coarse minimum's neighbours, then the vertex of the
+    parabola through the best fine point and its neighbours (kept only if it lies between them). Non-finite
+    values count as +inf. `interior_only`: None when the coarse minimum is at an edge (the objective keeps
+    falling out of the range, e.g. no compute-optimal size); otherwise an edge minimum is refined like any
+    other (e.g. a binding size cap). None as well when no value is finite.
+    """
+    grid = np.exp(np.linspace(math.log(lo), math.log(hi), COARSE_POINTS))
+    values = _as_finite(objective(grid))
+    if not np.isfinite(values).any():
+        return None
+    i = int(np.argmin(values))
+    if interior_only and (i == 0 or i == len(grid) - 1):
+        return None
+    left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    fine = np.exp(np.linspace(math.log(left), math.log(right), FINE_POINTS))
+    fvals = _as_finite(objective(fine))
+    j = min(max(int(np.argmin(fvals)), 1), FINE_POINTS - 2)
+    x = np.log(fine[j - 1:j + 2])
+    y = fvals[j - 1:j + 2]
+    denom = (x[0] - x[1]) * (x[0] - x[2]) * (x[1] - x[2])
+    if np.all(np.isfinite(y)) and denom != 0:
+        a = (x[2] * (y[1] - y[0]) + x[1] * (y[0] - y[2]) + x[0] * (y[2] - y[1])) / denom
+        b = (x[2] ** 2 * (y[0] - y[1]) + x[1] ** 2 * (y[2] - y[0]) + x[0] ** 2 * (y[1] - y[2])) / denom
+        if a > 0:
+            vertex = -b / (2 * a)
+            if x[0] <= vertex <= x[2]:
+                return float(math.exp(vertex))
+    return float(fine[int(np.argmin(fvals))])
+
+
+def _as_finite(values) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(values), values, np.inf)
+
+
+def elementwise(func: Callable[[float], float]) -> Callable[[np.ndarray], np.ndarray]:
+    """A scalar function of N as the vectorised objective minimise_log takes."""
+    return lambda ns: np.array([func(float(n)) for n in ns])
+
+
+def optimum_on_line(law: ParametricLaw, budget_flops: float, flops_per_token: Callable | None = None) -> tuple:
+    """(N_opt, D_opt) minimising L(N, C / F(N)): Chinchilla eq. 4's closed form when F is None (C = 6 N D),
+    else numerically in log N (minimise_log) with D = C / F(N); (nan, nan) when the minimum is at the search's edge."""
+    if flops_per_token is None:
+        return tuple(float(v) for v in law.optimal_allocation(budget_flops))
+    centre = math.sqrt(budget_flops / TRAIN_FLOPS_PER_PARAM_TOKEN)
+    with np.errstate(all="ignore"):
+        n = minimise_log(lambda x: law.loss(x, budget_flops / flops_per_token(x)),
+                         centre * 10.0 ** -SEARCH_DECADES, centre * 10.0 ** SEARCH_DECADES, interior_only=True)
+    if n is None:
+        return float("nan"), float("nan")
+    return n, float(budget_flops / flops_per_token(np.asarray(n)))

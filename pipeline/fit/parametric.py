@@ -1,4 +1,4 @@
-"""Approach 3: fit L(N, D) = E + A/N^alpha + B/D^beta to the runs, and bootstrap it.
+"""Approach 3: fit L(N, D) = E + A/N^alpha + B/D^beta to the runs (its bootstrap: pipeline/fit/bootstrap.py).
 
 Procedure (Hoffmann et al. 2022, "Chinchilla", sec. 3.3 and App. D.2; corrected as in Besiroglu
 et al. 2024, arXiv:2404.10102, sec. 2-3):
@@ -24,8 +24,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from pipeline.errors import UserError
-from pipeline.fit.intervals import percentile_interval
-from pipeline.fit.laws import ParametricLaw
+from pipeline.fit.laws import ParametricLaw, optimum_on_line
 from pipeline.fit.lbfgs import minimize_batched
 
 HUBER_DELTA = 1e-3
@@ -39,7 +38,10 @@ SCREEN_MIN_KEEP = 64
 POLISH_STARTS = 8           # distinct best candidates finished with scipy at tight tolerances
 MOVED_TOL = 1e-6            # a best solution closer than this to its start "did not move"
 LOG_CONSTANT_LIMIT = 700.0  # exp(+-709.8) bounds float64: log E, log A, log B beyond this are no law
-EXP_FLOOR = -300.0          # see HuberLogObjective._chunk
+# The objective takes exp of log(A/N^alpha), log(B/D^beta) and log E with their exponents clipped to +-300:
+# exp stays off its overflow and denormal slow path (35x slower), and no law a loss of nats could fit has a
+# term beyond e^+-300 (1e+-130); a wild line-search trial there just gets a huge residual and is rejected.
+EXP_LIMIT = 300.0
 
 
 class FitError(UserError):
@@ -73,24 +75,33 @@ class HuberLogObjective:
 
     def _chunk(self, theta: np.ndarray, weights: np.ndarray | None, log_loss: np.ndarray | None = None):
         a, b, e, alpha, beta = (theta[:, i:i + 1] for i in range(5))
-        t_n = a - alpha * self.log_n                       # log(A / N^alpha)
-        t_d = b - beta * self.log_d                        # log(B / D^beta)
-        top = np.maximum(np.maximum(t_n, t_d), e)
-        # Terms more than EXP_FLOOR below the largest are < 1e-130 of it; flooring them changes nothing
-        # in double precision but keeps exp() off its denormal/underflow slow path (35x slower).
-        exp_n, exp_d, exp_e = (np.exp(np.maximum(t - top, EXP_FLOOR)) for t in (t_n, t_d, e))
-        total = exp_n + exp_d + exp_e
-        resid = top + np.log(total) - (self.log_loss if log_loss is None else log_loss)
-        abs_r = np.abs(resid)
-        huber = np.where(abs_r <= self.delta, 0.5 * resid * resid, self.delta * (abs_r - 0.5 * self.delta))
-        # d huber / d resid, times d LSE / d t_i = softmax weight exp_i / total
-        dres = np.clip(resid, -self.delta, self.delta) / total
+        lo, hi = -EXP_LIMIT, EXP_LIMIT
+        # exp of each term's exponent clipped to +-EXP_LIMIT (see its comment): no max-subtraction pass needed
+        exp_n = np.multiply(alpha, -self.log_n)            # log(A / N^alpha), then its exp, in place
+        exp_n += a
+        np.exp(np.minimum(np.maximum(exp_n, lo, out=exp_n), hi, out=exp_n), out=exp_n)
+        exp_d = np.multiply(beta, -self.log_d)             # log(B / D^beta)
+        exp_d += b
+        np.exp(np.minimum(np.maximum(exp_d, lo, out=exp_d), hi, out=exp_d), out=exp_d)
+        exp_e = np.exp(np.minimum(np.maximum(e, lo), hi))  # (k, 1)
+        total = exp_n + exp_d
+        total += exp_e
+        resid = np.log(total)
+        resid -= self.log_loss if log_loss is None else log_loss
+        clipped = np.minimum(np.maximum(resid, -self.delta), self.delta)
+        huber = resid - 0.5 * clipped                      # Huber = c (r - c/2), c = clip(r, -delta, delta)
+        huber *= clipped
+        dres = clipped                                     # d huber / d resid = c, times d LSE / d t_i = exp_i / total
+        dres /= total
         if weights is not None:
-            huber = huber * weights
-            dres = dres * weights
-        g_n, g_d = dres * exp_n, dres * exp_d
-        grad = np.stack([g_n.sum(1), g_d.sum(1), (dres * exp_e).sum(1),
-                         -(g_n @ self.log_n), -(g_d @ self.log_d)], axis=1)
+            huber *= weights
+            dres *= weights
+        exp_n *= dres                                      # now the gradient terms of a and alpha
+        exp_d *= dres
+        grad = np.empty((len(theta), 5))
+        grad[:, 0], grad[:, 1] = exp_n.sum(1), exp_d.sum(1)
+        grad[:, 2] = dres.sum(1) * exp_e[:, 0]
+        grad[:, 3], grad[:, 4] = -(exp_n @ self.log_n), -(exp_d @ self.log_d)
         return huber.sum(1), grad
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,104 +246,19 @@ def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None) -> 
     return fit
 
 
-def _summaries(samples: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    intervals = {k: percentile_interval(v) for k, v in samples.items()}
-    with np.errstate(over="ignore", invalid="ignore"):  # a few wild resamples make a spread infinite: say so
-        errors = {k: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for k, v in samples.items()}
-    return intervals, errors
-
-
-def derived_quantities(params: np.ndarray, budget_flops: float) -> dict[str, np.ndarray]:
+def derived_quantities(params: np.ndarray, budget_flops: float, flops_per_token=None) -> dict[str, np.ndarray]:
     """Per row of (E, A, B, alpha, beta): the law's constants and its optimum at `budget_flops`.
 
-    The allocation is ParametricLaw.optimal_allocation (Chinchilla eq. 4, C = 6 N D).
+    The allocation is pipeline.fit.laws.optimum_on_line: Chinchilla eq. 4's closed form under C = 6 N D
+    (`flops_per_token` None), else argmin L(N, C / F(N)) under that count F.
     """
     out: dict[str, list[float]] = {k: [] for k in ("E", "A", "B", "alpha", "beta", "a", "b", "n_opt", "d_opt",
                                                   "tokens_per_param", "predicted_loss")}
     for E, A, B, alpha, beta in params:
         law = ParametricLaw(E, A, B, alpha, beta)
-        n_opt, d_opt = law.optimal_allocation(budget_flops)
+        # numpy scalars: a wild law's optimum at 0 or inf gives inf/nan here (the bootstrap drops it), not an exception
+        n_opt, d_opt = (np.float64(v) for v in optimum_on_line(law, budget_flops, flops_per_token))
         for key, value in zip(out, (E, A, B, alpha, beta, law.a, law.b, n_opt, d_opt, d_opt / n_opt,
                                     law.loss(n_opt, d_opt)), strict=True):
             out[key].append(float(value))
     return {k: np.asarray(v) for k, v in out.items()}
-
-
-def resample_counts(n_runs: int, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples, n_runs) multiplicities of each run in each seeded bootstrap resample (with replacement)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=n_resamples).astype(float)
-
-
-def bootstrap_parametric(n_params, tokens, loss, fit: ParametricFit, budget_flops: float,
-                         n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Refit the law on `n_resamples` resamples of the runs (with replacement), seeded.
-
-    Each resample is a vector of run counts (multinomial), i.e. a weighted Huber objective. All
-    resamples run in one batched L-BFGS, each from the full-data optimum and from the grid starts
-    that led to the full fit's best distinct solutions (so a resample whose best basin moved can
-    still find it); the lowest objective per resample is kept. Resamples whose best point did not
-    converge, has alpha, beta <= 0 or ran off to an infinite A, B or E are dropped and counted. Intervals are percentile 5-95%
-    (a 90% interval); standard errors are the samples' standard deviations (Besiroglu et al. 2024
-    report bootstrap standard errors the same way).
-    """
-    n, d, loss = _check_points(n_params, tokens, loss)
-    if n_resamples < 2:
-        raise UserError(f"bootstrap={n_resamples}: use 0 to skip it or at least 2 resamples")
-    counts = resample_counts(len(n), n_resamples, seed)
-    starts = np.array([fit.theta, *fit.basin_starts])
-    n_starts = len(starts)
-    objective = HuberLogObjective(n, d, loss, weights=np.repeat(counts, n_starts, axis=0))
-    res = minimize_batched(objective, np.tile(starts, (n_resamples, 1)), max_iter=2000)
-    fun = np.where(np.isfinite(res.fun), res.fun, np.inf).reshape(n_resamples, n_starts)
-    pick = np.arange(n_resamples) * n_starts + np.argmin(fun, axis=1)
-    theta = res.theta[pick]
-    with np.errstate(over="ignore"):  # a resample that ran off to A or B = inf is dropped below
-        params = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
-                                  theta[:, 3], theta[:, 4]])
-    # A or B underflowing to 0 (a resample that switched a term off) is no law either (ParametricLaw refuses it).
-    ok = (res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
-          & (params[:, 1] > 0) & (params[:, 2] > 0))
-    params = params[ok]
-    samples = derived_quantities(params, budget_flops)
-    intervals, errors = _summaries(samples)
-    return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_dropped": int((~ok).sum()),
-            "seed": int(seed), "interval": "percentile 5-95% (90% bootstrap interval)",
-            "intervals": intervals, "standard_errors": errors,
-            "sample_columns": list(SAMPLE_COLUMNS), "samples": params,
-            "kept_resamples": np.flatnonzero(ok)}  # which of the seeded resamples the samples are (targets.py)
-
-
-def bootstrap_parametric_noise(n_params, tokens, loss, fit: ParametricFit, budget_flops: float, sd_log: float,
-                               n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Parametric bootstrap: redraw every run's loss as the fitted law times log-normal noise of
-    `sd_log` (the noise model, pipeline/fit/noise.py) and refit, batched as bootstrap_parametric.
-
-    With few runs (a CPU pilot study has 15-25 for 5 parameters) resampling runs leaves resamples
-    with a handful of distinct points, whose refits run off (E -> 0, A, B -> inf) and blow the
-    interval up; redrawing the noise keeps the design. scripts/calibrate_intervals.py compares both.
-    Failed resamples are counted in n_dropped, never silently.
-    """
-    n, d, loss = _check_points(n_params, tokens, loss)
-    rng = np.random.default_rng(seed)
-    mean = fit.law().loss(n, d)
-    redrawn = mean[None, :] * np.exp(sd_log * rng.standard_normal((n_resamples, n.size)))
-    starts = np.array([fit.theta, *fit.basin_starts])
-    n_starts = len(starts)
-    objective = HuberLogObjective(n, d, np.repeat(redrawn, n_starts, axis=0))
-    res = minimize_batched(objective, np.tile(starts, (n_resamples, 1)), max_iter=2000)
-    fun = np.where(np.isfinite(res.fun), res.fun, np.inf).reshape(n_resamples, n_starts)
-    pick = np.arange(n_resamples) * n_starts + np.argmin(fun, axis=1)
-    theta = res.theta[pick]
-    with np.errstate(over="ignore"):
-        params = np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]),
-                                  theta[:, 3], theta[:, 4]])
-    ok = res.converged[pick] & (theta[:, 3] > 0) & (theta[:, 4] > 0) & np.all(np.isfinite(params), axis=1)
-    params = params[ok]
-    samples = derived_quantities(params, budget_flops)
-    intervals, errors = _summaries(samples) if len(params) >= 2 else ({}, {})
-    return {"n_resamples": int(n_resamples), "n_used": int(ok.sum()), "n_dropped": int((~ok).sum()),
-            "seed": int(seed), "unit": f"parametric: the fitted law x log-normal noise, sd(log loss) {sd_log:.4f}",
-            "interval": "percentile 5-95% (90% bootstrap interval)",
-            "intervals": intervals, "standard_errors": errors,
-            "sample_columns": list(SAMPLE_COLUMNS), "samples": params}

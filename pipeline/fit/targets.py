@@ -16,10 +16,14 @@ Targets:
   floor is the task's chance level, fixed, not fitted (the paper fits it; with few small models the
   floor is where the points are least informative).
 
-Intervals carried through both steps: resample r of the runs (the same seeded multinomial counts,
-pipeline.fit.parametric.resample_counts) refits step 1 and, with each run's points weighted by its
-count, step 2; the prediction of resample r is sigmoid_r(law_r(N, D)); the interval is the 5-95
-percentile of those (pipeline.fit.intervals). A resample whose step-1 fit is dropped drops its pair.
+Intervals carried through both steps, by the same parametric bootstrap as the loss (pipeline/fit/bootstrap.py):
+draw r redraws every run's metric as step 1's law times log-normal noise of the metric's own noise model
+(pipeline/fit/noise.py: seed spread, else the law's residuals) and refits step 1; for an accuracy it also
+redraws every step-2 point as the fitted sigmoid plus normal noise of step 2's residual sd (3 parameters off
+the degrees of freedom) and refits step 2; the prediction of draw r is sigmoid_r(law_r(N, D)); the interval
+is the 5-95 percentile of those (pipeline.fit.intervals). A draw whose step-1 refit is no law is dropped
+with its pair and counted (`bootstrap.dropped` in the summary). Without a noise estimate (6 runs or fewer,
+no seeds) step 1 resamples runs instead, and says so (`bootstrap.unit`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from pipeline.errors import UserError
+from pipeline.fit.bootstrap import bootstrap_law
 from pipeline.fit.checks import apply_outlier_rule
 from pipeline.fit.intervals import percentile_interval
 from pipeline.fit.laws import ParametricLaw
-from pipeline.fit.parametric import bootstrap_parametric, fit_parametric, resample_counts
+from pipeline.fit.noise import noise_model
+from pipeline.fit.parametric import fit_parametric
 from pipeline.fit.table import RunsTable
 
 STEP2_SKIP_SHARE = 0.10
@@ -224,6 +230,7 @@ class MetricModel:
     sigmoid: Sigmoid | None = None
     sigmoid_samples: list | None = None          # S Sigmoids, paired with law_samples row by row
     points: dict | None = None                   # what was fitted, for plots: {"n", "d", "value"[, "bpb", "acc"]}
+    bootstrap: dict | None = None                # {"draws", "used", "dropped", "unit"} of the samples
 
     @property
     def name(self) -> str:
@@ -255,7 +262,8 @@ class MetricModel:
 
     def summary(self) -> dict:
         out = {"target": self.name, "kind": self.target.kind, "metric": self.target.metric,
-               "law": self.law.to_dict(), "bootstrap_pairs": 0 if self.law_samples is None else len(self.law_samples)}
+               "law": self.law.to_dict(), "bootstrap_pairs": 0 if self.law_samples is None else len(self.law_samples),
+               "bootstrap": self.bootstrap}
         if self.sigmoid is not None:
             out["step2"] = {**self.sigmoid.to_dict(), "accuracy_column": self.target.accuracy,
                             "n_points": len(self.points["bpb"]) if self.points else None}
@@ -297,29 +305,32 @@ def fit_metric(table: RunsTable, target: Target, *, bootstrap: int = 1000, seed:
                             f"those runs from {table.source}")
     key = (target.metric, bootstrap, seed, outliers)
     if step1_cache is not None and key in step1_cache:
-        clean, law, samples, kept = step1_cache[key]
+        clean, law, samples, boot = step1_cache[key]
     else:
-        clean, law, samples, kept = _step1(table, target.metric, bootstrap, seed, outliers)
+        clean, law, samples, boot = _step1(table, target.metric, bootstrap, seed, outliers)
         if step1_cache is not None:
-            step1_cache[key] = (clean, law, samples, kept)
+            step1_cache[key] = (clean, law, samples, boot)
     points = {"n": clean.n, "d": clean.tokens, "value": clean.loss, "run_id": clean.run_id}
     if target.kind != "accuracy":
-        return MetricModel(target, law, samples, points=points)
+        return MetricModel(target, law, samples, points=points, bootstrap=boot)
 
     chance = chance_level(table, target.task)
     check_accuracy(table.metrics[target.accuracy], target.accuracy, chance, table)
-    bpb, acc, run = step2_points(clean, target)
+    bpb, acc, _ = step2_points(clean, target)
     sigmoid = fit_sigmoid(bpb, acc, chance)
     sig_samples = None
     if samples is not None:
-        counts = resample_counts(len(clean), bootstrap, seed)[kept]     # the very resamples step 1 kept
-        sig_samples = [fit_sigmoid(bpb, acc, chance, weights=c[run], start=sigmoid) for c in counts]
+        sd_acc = float(np.sqrt(np.sum((acc - sigmoid(bpb)) ** 2) / max(acc.size - 3, 1)))
+        rng = np.random.default_rng([seed, 2])        # step 2's own stream, paired with step 1's draws by order
+        redrawn = sigmoid(bpb)[None, :] + sd_acc * rng.standard_normal((len(samples), acc.size))
+        sig_samples = [fit_sigmoid(bpb, a, chance, start=sigmoid) for a in redrawn]
+        boot = {**boot, "step2_unit": f"parametric: the fitted sigmoid + normal noise, sd {sd_acc:.4f} (accuracy)"}
     points.update(bpb=bpb, acc=acc, final_acc=clean.metrics[target.accuracy])
-    return MetricModel(target, law, samples, sigmoid, sig_samples, points)
+    return MetricModel(target, law, samples, sigmoid, sig_samples, points, bootstrap=boot)
 
 
 def _step1(table: RunsTable, metric: str, bootstrap: int, seed: int, outliers: str):
-    """(runs fitted, law, bootstrap samples or None, indices of the seeded resamples they are).
+    """(runs fitted, law, bootstrap samples or None, {"draws", "used", "dropped", "unit"} or None).
 
     `outliers=auto` lets the loss fit's backtest choose the rule (pipeline/fit/selection.py); a metric's law
     is fitted with the rule on under auto, the rule that predicted better on every public set tried
@@ -330,9 +341,11 @@ def _step1(table: RunsTable, metric: str, bootstrap: int, seed: int, outliers: s
     law = replace(fit.law(clean.convention), name=metric, source=f"Approach 3 fit of {metric} to {len(clean)} runs")
     if bootstrap < 2:
         return clean, law, None, None
-    boot = bootstrap_parametric(clean.n, clean.tokens, clean.loss, fit, budget_flops=1.0,
-                                n_resamples=bootstrap, seed=seed)
-    return clean, law, np.asarray(boot["samples"], dtype=float), np.asarray(boot["kept_resamples"], dtype=int)
+    noise = noise_model(clean, fit.law())
+    boot = bootstrap_law(fit, clean.n, clean.tokens, clean.loss, budget_flops=1.0, n_resamples=bootstrap, seed=seed,
+                         sd_log=noise["sd_log"] if noise else None)
+    summary = {"draws": bootstrap, "used": boot["n_used"], "dropped": boot["n_dropped"], "unit": boot["unit"]}
+    return clean, law, (np.asarray(boot["samples"], dtype=float) if boot["n_used"] else None), summary
 
 
 def fit_targets(table: RunsTable, target_text: str, *, bootstrap: int, seed: int, outliers: str,
