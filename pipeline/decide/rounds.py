@@ -20,7 +20,8 @@ from pipeline.decide.next_runs import (
     stop_reason,
 )
 from pipeline.errors import UserError
-from pipeline.fit.candidates import bootstrap_candidate, chinchilla_form, fit_candidate
+from pipeline.fit.bootstrap import bootstrap_law
+from pipeline.fit.candidates import chinchilla_form, fit_candidate
 from pipeline.fit.noise import noise_model
 
 
@@ -34,7 +35,7 @@ def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0)
     noise = noise_model(table, law)
     if not noise:
         raise UserError(f"{len(table)} runs leave no degrees of freedom to measure the noise: add runs or seeds")
-    boot = bootstrap_candidate(fit, table.n, table.tokens, table.loss, target_flops, bootstrap, seed, noise["sd_log"])
+    boot = bootstrap_law(fit, table.n, table.tokens, table.loss, target_flops, bootstrap, seed, sd_log=noise["sd_log"])
     return {"law": law, "samples": boot["samples"], "sd_log": noise["sd_log"], "noise_source": noise["source"],
             "n_opt": float(law.optimal_allocation(target_flops)[0]), "interval": boot["intervals"].get("n_opt"),
             "n_failed": boot["n_failed"]}
