@@ -95,9 +95,21 @@ def test_a_gross_row_leaves_the_truth_inside_the_interval(table):
     assert "error" not in result["backtest"] and result["outliers"]["dropped"]
 
 
-def test_a_pinned_law_that_cannot_be_fitted_is_refused_not_replaced(table):
-    with pytest.raises(UserError, match=r"law_fit.candidate=fixed_E: the pinned law could not be fitted .* unset"):
+def test_a_pinned_law_that_cannot_be_fitted_is_refused_not_replaced(table, monkeypatch):
+    # fixed_E above every loss never reaches a fit: refused with what to change (pipeline/fit/identifiability.py)
+    with pytest.raises(UserError, match=r"law_fit.fixed_E=1e\+308 is not below the lowest pilot loss .* unset it"):
         fit_all(table, TARGET, bootstrap=0, candidate="fixed_E", fixed_E=1e308)
+    # a valid pin whose refit on the kept runs fails anyway (injected here) is refused too, never replaced
+    real = TableFits.fit
+
+    def failing(self, form, mask=None):
+        if form.name.startswith("fixed_E"):   # the form is named with its E, e.g. fixed_E=1.75
+            raise UserError("law fit did not converge (ABNORMAL)")
+        return real(self, form, mask)
+
+    monkeypatch.setattr(TableFits, "fit", failing)
+    with pytest.raises(UserError, match=r"law_fit.candidate=fixed_E: the pinned law could not be fitted .* unset"):
+        fit_all(table, TARGET, bootstrap=0, candidate="fixed_E", fixed_E=0.5 * float(table.loss.min()))
 
 
 def test_a_pinned_law_that_fits_is_the_headline(table):
@@ -162,3 +174,14 @@ def test_a_draw_whose_optimum_is_at_zero_or_infinity_is_no_exception():
     with np.errstate(all="ignore"):
         q = derived_quantities(np.array([[1.7, 1e-300, 1e300, 0.01, 0.01], [1.7, 400, 1200, 0.3, 0.3]]), TARGET)
     assert q["n_opt"][0] == 0.0 and np.isinf(q["d_opt"][0]) and np.isfinite(q["n_opt"][1])
+
+
+def test_a_tight_answer_whose_backtest_failed_is_not_a_basis_for_sizing_the_run():
+    """Issue 26: the verdict says 'size the run' only when the answer is checked, not merely narrow."""
+    from pipeline.fit.checks import verdict
+
+    tight = {"intervals": {"n_opt": [0.98e9, 1.02e9]}, "agreement": {"max_over_min": 1.01}, "minima": []}
+    assert verdict(tight).endswith("size the run from them")
+    failed = {**tight, "selection": {"chosen": {"candidate": "chinchilla", "backtest_failed": "did not converge"}}}
+    text = verdict(failed)
+    assert "backtest failed" in text and "size the run from them" not in text and "add budgets" in text

@@ -183,6 +183,12 @@ def verdict(result: dict) -> str:
     if tuning:   # pipeline/fit/lr_check.py: the LRs' penalty exceeds the noise, or is not measured
         detail += ("; hyperparameters distort the law (LR off the probe's optimum by more than the noise)" if tuning is True
                    else "; hyperparameters may distort the law (LR rule extrapolated, not probed)")
+    failed = ((result.get("selection") or {}).get("chosen") or {}).get("backtest_failed")
+    if failed:   # pipeline/fit/selection.py: kept as the incumbent, but nothing checked its extrapolation
+        detail += "; the chosen law's backtest failed, so its extrapolation is unchecked"
+    if factor <= AGREE_FACTOR and (failed or tuning is True):   # tight, but not shown to be right
+        return (f"pilots agree within {factor - 1:.0%} on N_opt ({detail}): not yet a basis for sizing the run; "
+                + ("add budgets so the law can be backtested" if failed else "train the pilots at the probed LR"))
     if factor <= AGREE_FACTOR:
         return f"pilots agree within {factor - 1:.0%} on N_opt ({detail}): size the run from them"
     if factor <= USABLE_FACTOR:
