@@ -262,3 +262,17 @@ def test_the_verdict_matches_the_options_given():
     assert verdict({"bootstrap_requested": 0}).endswith("fit with bootstrap > 0")
     line = verdict({"bootstrap_requested": 200})
     assert "the bootstrap gave no interval from its 200 resamples" in line and "bootstrap > 0" not in line
+
+
+def test_rules_that_state_each_runs_own_value_compare_by_the_rule_not_the_value():
+    """The demo's runs differ in batch, so their beta2 rule's text names different batches: one rule, comparable.
+    A beta2 given by hand against the rule's is another setting, and refused."""
+    from pipeline.fit.comparable import check_comparable
+
+    def record(beta2_source):
+        return {"hparams": {"beta2_source": beta2_source, "warmup_source": "Porian et al. 2024: N tokens, <=25% of run"}}
+
+    rule = "Porian et al. 2024: beta2 0.999 for {}-token batches (small batches need beta2 near 1)"
+    check_comparable([record(rule.format(1152)), record(rule.format(2304))], "runs")
+    with pytest.raises(UserError, match="beta2 rule"):
+        check_comparable([record(rule.format(1152)), record("train.beta2=0.98 (given)")], "runs")

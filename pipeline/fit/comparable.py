@@ -9,6 +9,7 @@ setting. Also the pilots' shared setup (tokenizer, unique tokens, precision, dev
 from __future__ import annotations
 
 import json
+import re
 
 from pipeline.errors import UserError
 
@@ -63,10 +64,19 @@ def pilot_schedule(records: list[dict], source: str) -> dict | None:
     return dict(key) if key else None
 
 
+# Rules whose recorded text states the run's own values ("beta2 0.999 for 1152-token batches", "N tokens"):
+# the rule is the same when the text is the same with its numbers masked. The LR and batch rules' texts
+# carry only the rule's constants, so they compare as written.
+PER_RUN_VALUE_SOURCES = ("warmup_source", "beta2_source")
+_NUMBER = re.compile(r"\d[\d.,]*(?:e[+-]?\d+)?")
+
+
 def _field(rec: dict, path: tuple[str, ...]):
     node = rec
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, str) and path[-1] in PER_RUN_VALUE_SOURCES:
+        return _NUMBER.sub("#", node)
     return node
 
 
