@@ -12,7 +12,7 @@ from pipeline.fit.candidates import candidate_forms, fit_candidate, overtrain_fo
 from pipeline.fit.checks import apply_outlier_rule, verdict
 from pipeline.fit.isoflop import fit_isoflop
 from pipeline.fit.laws import ParametricLaw
-from pipeline.fit.noise import minimum_resolution, seed_noise
+from pipeline.fit.noise import minimum_resolution, profile_zigzags, seed_noise
 from pipeline.fit.selection import select_law
 from pipeline.fit.sources import load_table_file
 from pipeline.fit.table import RunsTable
@@ -94,6 +94,33 @@ def test_seed_noise_is_measured_from_repeated_points_and_minima_resolution_uses_
     profile = {"budget_flops": 1e18, "loss": [3.10, 3.05, 3.06], "counts": [1, 1, 1]}
     assert not minimum_resolution([profile], 0.02)[0]["resolved"]          # 0.01 nats apart, noise 0.06
     assert minimum_resolution([{**profile, "loss": [3.30, 3.05, 3.30]}], 0.02)[0]["resolved"]
+
+
+def _seeded_profiles(seed: int) -> list[dict]:
+    """The synthetic IsoFLOP design (5 budgets x 5 sizes), every point trained with 2 seeds, noise sd 0.005."""
+    rng = np.random.default_rng(seed)
+    return [{**r, "run_id": f"{r['run_id']}-s{k}", "loss": r["loss"] * np.exp(rng.normal(0, 0.005))}
+            for r in isoflop_design(noise=0.0, seed=0, sizes=5) for k in range(2)]
+
+
+def test_a_zigzag_beyond_the_seed_noise_is_flagged_at_its_size_and_smooth_profiles_rarely_are():
+    from test_fit_synthetic import TRUE_LAW
+    noise = {"sd_log": 0.005, "source": "test"}
+    smooth = [profile_zigzags(table_from_design(_seeded_profiles(seed)), TRUE_LAW, noise) for seed in range(20)]
+    assert all(z["measured"] for z in smooth)
+    assert np.median([z["sd_log"] for z in smooth]) == pytest.approx(0.005, rel=0.2)
+    assert sum(bool(z["flagged"]) for z in smooth) <= 5       # 15 interior sizes each, 3 sd: ~4% per size
+
+    rows = _seeded_profiles(0)
+    budget = rows[0]["budget"]
+    bad = sorted({r["n"] for r in rows if r["budget"] == budget})[2]   # the first budget's middle size, 4% up
+    zig = [{**r, "loss": r["loss"] * 1.04} if r["budget"] == budget and r["n"] == bad else r for r in rows]
+    found = profile_zigzags(table_from_design(zig), TRUE_LAW, noise)
+    assert found["largest"]["n"] == pytest.approx(bad, rel=1e-3) and found["largest"]["budget_flops"] == budget
+    assert found["largest"]["zigzag_log"] == pytest.approx(np.log(1.04), abs=0.01) and found["largest"]["z"] > 5
+    assert pytest.approx(bad, rel=1e-3) in [e["n"] for e in found["flagged"]]
+    one_seed = profile_zigzags(table_from_design(zig[::2]), TRUE_LAW, {"sd_log": 0.02, "source": "residuals"})
+    assert not one_seed["measured"] and one_seed["sd_log"] == 0.02 and "upper estimate" in one_seed["sd_source"]
 
 
 def test_verdict_reads_the_interval_and_the_spread():

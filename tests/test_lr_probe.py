@@ -13,6 +13,7 @@ from pipeline.errors import UserError
 from pipeline.fit.lr_law import fit_lr_law, fit_parabola, miss_cost
 from pipeline.plan.design import plan_sweep
 from pipeline.plan.hparams import RULES
+from pipeline.plan.lr_probe import probe_cost_line
 
 VOCAB = 512
 
@@ -43,6 +44,22 @@ def test_probe_plan_is_sizes_times_lrs_within_its_share():
     assert runs[0].probe["spent_flops"] == pytest.approx(spent)
     assert runs[0].probe["share"] == pytest.approx(spent / main_flops)
     assert 0.15 < spent / main_flops <= 0.25                            # the default bound, nearly used
+
+
+def test_a_second_horizon_probes_the_smallest_size_longer_within_the_same_share():
+    runs = plan_sweep(probe_study(lr_probe_long_factor=4), VOCAB)
+    main = plan_sweep(probe_study(design=Design.isoflop), VOCAB)
+    main_flops = sum(r.spec.flops["exact"] for r in main)
+    assert len(runs) == 20                                            # 3 sizes x 5 LRs + the smallest again x 5
+    smallest = min((r.spec for r in runs), key=lambda s: s.n_params).shape
+    horizons = sorted({r.spec.tokens for r in runs if r.spec.shape == smallest})
+    others = {r.spec.tokens for r in runs if r.spec.shape != smallest}
+    assert len(horizons) == 2 and others == {horizons[0]}
+    assert horizons[1] / horizons[0] == pytest.approx(4, rel=0.02)
+    assert 0.15 < sum(r.spec.flops["exact"] for r in runs) / main_flops <= 0.25
+    assert "the smallest size also 4x that" in probe_cost_line(runs[0].probe)
+    with pytest.raises(UserError, match="lr_probe_long_factor"):
+        plan_sweep(probe_study(lr_probe_long_factor=0.5), VOCAB)
 
 
 def test_probe_over_its_share_is_refused_before_any_compute():
@@ -94,6 +111,22 @@ def test_power_law_through_the_optima_is_recovered():
     assert law["rule"]["lr_law"]["exp_d"] == 0.307 and "held at" in law["d_exponent"]
     assert law["rule"]["data_range"]["N"] == [2e4, 2e5]
     assert all(s["resolved"] for s in law["sizes"])
+
+
+def test_a_second_horizon_measures_the_d_exponent():
+    base = RULES["steplaw2025"]
+    curves = []
+    for n, d in ((2e4, 5e5), (6e4, 5e5), (2e5, 5e5), (2e4, 2e6)):   # the smallest size also at 4x the tokens
+        best = 0.3 * n**-0.35 * d**0.12
+        lrs, losses = synthetic_curve(best, centre=best * 1.3)
+        points = [{"lr": lr, "loss": loss, "status": "ok"} for lr, loss in zip(lrs, losses, strict=True)]
+        curves.append({"shape": {"n": n}, "tokens": d, "params": {"total": 2 * n, "non_embedding": n},
+                       "flops": 6 * 2 * n * d, "rule": base.to_dict(), "points": points})
+    law = fit_lr_law(curves, "synthetic")
+    assert law["d_exponent"] == "fitted"
+    assert law["rule"]["lr_law"]["exp_d"] == pytest.approx(0.12, abs=0.03)
+    assert law["rule"]["lr_law"]["exp_n"] == pytest.approx(-0.35, abs=0.03)
+    assert law["rule"]["data_range"]["D"] == [5e5, 2e6]
 
 
 def _setup(rule, lrs_by_n: dict) -> dict:

@@ -176,6 +176,9 @@ class SweepConfig:
     lr_probe_factors: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     lr_probe_tokens: int | None = None       # unset: the most tokens the share allows (same for every size)
     lr_probe_max_share: float = 0.25         # of the isoflop design's exact FLOPs
+    # A second horizon: the smallest probed size also trains lr_probe_long_factor x the probe's tokens at every
+    # factor, so the fit measures the LR's D exponent instead of borrowing the base rule's (null: one horizon).
+    lr_probe_long_factor: float | None = None
     dry_run: bool = False
 
 

@@ -14,6 +14,7 @@ from pipeline.decide.lr_report import lr_section
 from pipeline.decide.recommend import schedule_text
 from pipeline.decide.rounds import design_section
 from pipeline.decide.target_report import target_lines
+from pipeline.fit.noise import ZIGZAG_Z
 from pipeline.fit.plots import save_figure
 from pipeline.records import atomic_write_text
 
@@ -358,6 +359,13 @@ def _selection_lines(fit: dict) -> list[str]:
         lines.append("IsoFLOP minima resolved beyond the noise: " + ", ".join(
             f"{m['budget_flops']:.2g} {'yes' if m['resolved'] else 'no'}"
             + (f" ({m['gap_in_sd']:.1f} sd)" if "gap_in_sd" in m else "") for m in minima) + ".")
+    zig = fit.get("zigzags")
+    if zig:
+        w = zig["largest"]
+        lines.append(f"Loss against N within each budget (second difference of the residuals about the law): largest "
+                     f"interior zigzag {w['zigzag_log']:+.2%} at N {w['n']:.3g}, {w['budget_flops']:.2g} FLOPs = "
+                     f"{w['z']:+.1f} sd of the noise {zig['sd_log']:.3g} ({md_escape(zig['sd_source'])}); "
+                     f"{len(zig['flagged'])} beyond {ZIGZAG_Z:g} sd.")
     return lines + [""] if lines else []
 
 

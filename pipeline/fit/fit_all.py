@@ -43,7 +43,7 @@ from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.isoflop import fit_isoflop, grid_bias
 from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw, optimum_on_line
 from pipeline.fit.lr_check import hparam_check
-from pipeline.fit.noise import minimum_resolution, noise_model
+from pipeline.fit.noise import ZIGZAG_Z, minimum_resolution, noise_model, profile_zigzags
 from pipeline.fit.parametric import HUBER_DELTA, derived_quantities
 from pipeline.fit.refits import TableFits
 from pipeline.fit.selection import chosen_backtest, select_law
@@ -280,6 +280,14 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         warnings.append(f"{len(unresolved)} of {len(resolution)} IsoFLOP minima are not resolved beyond the noise "
                         f"(sd of log loss {sd_log:.3g}, {noise['source'] if noise else 'none'}): the lowest loss does "
                         "not beat its neighbours by 2 noise sd; train those sizes with more seeds (sweep.seeds)")
+    zigzags = profile_zigzags(clean, law3, noise)
+    if zigzags and zigzags["flagged"]:
+        w = max(zigzags["flagged"], key=lambda e: abs(e["z"]))
+        warnings.append(f"loss against N zigzags within a budget: {len(zigzags['flagged'])} interior sizes break from "
+                        f"both neighbours by more than {ZIGZAG_Z:g} noise sd (largest: N {w['n']:.3g} at "
+                        f"{w['budget_flops']:.2g} FLOPs, {w['zigzag_log']:+.1%} in loss, {w['z']:+.1f} sd of "
+                        f"{zigzags['sd_log']:.3g}); a law fitted through them measures the shape rule or the seed, "
+                        "not the scale: train those sizes with more seeds (sweep.seeds)")
     known = {}
     if law is not None and "error" not in isoflop:
         known[convention] = {"parametric_a": parametric["a"], "parametric_n_opt": parametric["n_opt"],
@@ -300,7 +308,7 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         "outliers": outlier_report, "extrapolation_factor": extrapolation,
         "backtest": checks_backtest, "agreement": agreement, "sensitivity": sensitivity,
         "bootstrap": boot,              # with "samples": (n_used, 5) rows of SAMPLE_COLUMNS
-        "selection": {**selection, "candidates": candidate_rows}, "noise": noise, "minima": resolution,
+        "selection": {**selection, "candidates": candidate_rows}, "noise": noise, "minima": resolution, "zigzags": zigzags,
         "identifiability": identified, "bootstrap_requested": bootstrap, "hparams": hparams, "warnings": warnings,
     }
     if identified.get("note"):

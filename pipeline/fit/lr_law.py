@@ -132,7 +132,7 @@ def markdown(law: dict, figure: str | None) -> str:
     """The report's LR section: loss vs LR per probed size, the fitted optimum, the cost of a 2x miss."""
     rule = HparamRule.from_dict(law["rule"])
     lines = ["## Learning rate: the probe and the calibrated rule", "",
-             f"Each probed size trained one token count at several multiples of the {law['base_rule']} rule's LR; a "
+             f"Each probed size (and token count) trained at several multiples of the {law['base_rule']} rule's LR; a "
              "parabola in ln LR through the lowest run and its neighbours gives the best LR and the loss a 2x miss costs.",
              "", "| N (non-emb.) | N total | D tokens | LRs probed | losses | best LR | loss at best | 2x miss costs |",
              "|---|---|---|---|---|---|---|---|"]

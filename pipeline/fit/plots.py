@@ -54,7 +54,8 @@ def _legend_outside(ax, n_entries: int) -> None:
 
 def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     """Loss vs N per budget, the parabolas of Approach 2 and their vertices; filled points are the ones
-    each parabola used, hollow ones lie outside its window, x marks a run the outlier rule dropped."""
+    each parabola used, hollow ones lie outside its window, x marks a run the outlier rule dropped; error bars
+    are +-1 sd of the noise the zigzag check reads the profiles against."""
     fig = Figure(figsize=(8.5, 4.5))
     ax = fig.add_subplot()
     groups = table.budget_groups()
@@ -63,6 +64,8 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     profiles = {p["planned_budget_flops"]: p for p in result["approaches"]["isoflop"].get("budgets", [])}
     dropped = {d["run_id"] for d in (result.get("outliers") or {}).get("dropped", [])}
     out = np.array([r in dropped for r in table.run_id], dtype=bool)
+    zigzags = result.get("zigzags") or {}
+    noise_sd = zigzags.get("sd_log")
     for budget, colour in zip(budgets, colours, strict=True):
         rows = (groups == budget) & ~out
         prof = profiles.get(float(budget))
@@ -70,6 +73,9 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
         if prof and prof.get("window_log_n"):
             lo, hi = prof["window_log_n"]
             inside = rows & (np.log(table.n) >= lo - 1e-9) & (np.log(table.n) <= hi + 1e-9)
+        if noise_sd:   # each run's +-1 sd of the noise, to read a zigzag against (pipeline/fit/noise.py)
+            ax.errorbar(table.n[rows], table.loss[rows], yerr=table.loss[rows] * noise_sd, fmt="none", ecolor=colour,
+                        elinewidth=0.8, alpha=0.6)
         ax.scatter(table.n[inside], table.loss[inside], color=colour, s=18, label=f"C = {budget:.2g}")
         ax.scatter(table.n[rows & ~inside], table.loss[rows & ~inside], facecolors="none", edgecolors=colour, s=18,
                    label=None if inside.any() else f"C = {budget:.2g}")
@@ -83,8 +89,10 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel(f"N ({table.convention} parameters)")
     ax.set_ylabel("final validation loss")
-    ax.set_title("IsoFLOP profiles (Approach 2): filled = in the parabola's window, hollow = outside; stars: vertices",
-                 fontsize=8)
+    bars = (f"; bars: +-1 sd of the noise ({'measured seed noise' if zigzags.get('measured') else 'law residuals'}, "
+            f"{noise_sd:.3g} in log loss)") if noise_sd else ""
+    ax.set_title("IsoFLOP profiles (Approach 2): filled = in the parabola's window, hollow = outside; stars: vertices"
+                 + bars, fontsize=8)
     _legend_outside(ax, budgets.size + int(out.any()))
     return save_figure(fig, path)
 

@@ -11,7 +11,9 @@ Cost, stated and bounded: every probe run trains the same token count D_probe (`
 or the most the share allows), so the probe spends  n_factors * D_probe * sum over sizes of F(size)
 exact FLOPs, refused above `sweep.lr_probe_max_share` (default 25%) of the isoflop design's FLOPs.
 With one D for all sizes the D exponent cannot be separated from N's; the fit then keeps the base
-rule's D exponent and says so (docs/hparams.md).
+rule's D exponent and says so (docs/hparams.md). `sweep.lr_probe_long_factor` = k adds a second
+horizon: the smallest size (the cheapest per token) also trains k x D_probe tokens at every factor, so
+the fit measures the D exponent; D_probe then shrinks so that both horizons fit the share.
 """
 
 from __future__ import annotations
@@ -61,15 +63,22 @@ def plan_probe(sweep, main_flops: float, main_params: list[int], make_run: Calla
         if any(run.spec.shape == make_run(s, {"tokens": 10**6}).spec.shape for s in per_token):
             raise UserError(f"LR probe sizes {sizes} give the same model twice: space sweep.lr_probe_sizes further apart")
         per_token[size] = run.spec.flops_per_token["exact"]
+    long_factor = sweep.lr_probe_long_factor
+    if long_factor is not None and not long_factor > 1:
+        raise UserError(f"sweep.lr_probe_long_factor={long_factor}: the second horizon must be longer than the probe's "
+                        "tokens, e.g. 4 (or null for one horizon)")
+    smallest = min(sizes, key=per_token.get)
+    horizons = [(size, 1.0) for size in sizes] + ([(smallest, float(long_factor))] if long_factor else [])
     if sweep.lr_probe_tokens is not None:
         tokens = int(sweep.lr_probe_tokens)
-    else:
-        tokens = int(share * main_flops / (len(factors) * sum(per_token.values())) * 0.97)  # room for step rounding
+    else:   # the most tokens the share allows, with room for step rounding
+        tokens = int(share * main_flops / (len(factors) * sum(per_token[s] * k for s, k in horizons)) * 0.97)
     runs = []
-    for size in sizes:
-        base = make_run(size, {"tokens": tokens})
+    for size, k in horizons:
+        horizon = int(tokens * k)
+        base = make_run(size, {"tokens": horizon})
         for factor in factors:
-            train_over = {"tokens": tokens, "lr": float(f"{base.spec.hparams.lr * factor:.6g}")}
+            train_over = {"tokens": horizon, "lr": float(f"{base.spec.hparams.lr * factor:.6g}")}
             run = make_run(size, train_over)
             runs.append((run, factor))
     spent = sum(r.spec.flops["exact"] for r, _ in runs)
@@ -77,14 +86,17 @@ def plan_probe(sweep, main_flops: float, main_params: list[int], make_run: Calla
         raise UserError(f"the LR probe costs {spent:.3g} FLOPs, {spent / main_flops:.0%} of the isoflop design's "
                         f"{main_flops:.3g} (sweep.lr_probe_max_share={share}): lower sweep.lr_probe_tokens "
                         f"(now {tokens:,}), probe fewer sizes or factors, or raise the share")
-    return [(run, {"factor": factor, "base_lr": run.spec.hparams.lr / factor, "tokens": tokens,
+    return [(run, {"factor": factor, "base_lr": run.spec.hparams.lr / factor, "tokens": run.spec.tokens,
+                   "probe_tokens": tokens, "long_factor": long_factor,
                    "spent_flops": spent, "main_flops": main_flops, "share": spent / main_flops})
             for run, factor in runs]
 
 
 def probe_cost_line(probe: dict) -> str:
     return (f"LR probe: {probe['spent_flops']:.3g} FLOPs = {probe['share']:.1%} of the isoflop design's "
-            f"{probe['main_flops']:.3g} (bound: sweep.lr_probe_max_share), {probe['tokens']:,} tokens per run; "
+            f"{probe['main_flops']:.3g} (bound: sweep.lr_probe_max_share), {probe['probe_tokens']:,} tokens per run"
+            + (f", the smallest size also {probe['long_factor']:g}x that (the LR's D exponent)"
+               if probe.get("long_factor") else "") + "; "
             "fit it with python -m pipeline.fit.lr_law <sweep results dir>")
 
 
