@@ -95,6 +95,22 @@ def test_run_ids_are_deterministic_and_semantic():
     assert plan_sweep(tags_changed, VOCAB)[0].run_id == a[0].run_id
 
 
+def test_centre_seeds_repeat_only_each_budgets_centre_size():
+    study = isoflop_study()
+    one = plan_sweep(study, VOCAB)
+    two = plan_sweep(replace(study, sweep=replace(study.sweep, centre_seeds=2)), VOCAB)
+    budgets = sorted({r.spec.budget_flops for r in one})
+    assert len(two) == len(one) + len(budgets) and len({r.run_id for r in two}) == len(two)
+    for budget in budgets:
+        mine = sorted((r for r in one if r.spec.budget_flops == budget), key=lambda r: r.spec.n_params)
+        centre = mine[len(mine) // 2].spec
+        repeats = [r for r in two if r.spec.budget_flops == budget and r.spec.n_params == centre.n_params]
+        assert sorted(r.job.train.seed for r in repeats) == [study.train.seed, study.train.seed + 1]
+        assert {r.spec.tokens for r in repeats} == {centre.tokens}
+        others = [r for r in two if r.spec.budget_flops == budget and r.spec.n_params != centre.n_params]
+        assert {r.job.train.seed for r in others} == {study.train.seed}
+
+
 def test_seeds_repeat_every_run_with_its_own_seed_and_identity():
     study = isoflop_study()
     one = plan_sweep(study, VOCAB)
@@ -103,3 +119,15 @@ def test_seeds_repeat_every_run_with_its_own_seed_and_identity():
     first = three[:3]
     assert [r.job.train.seed for r in first] == [study.train.seed + k for k in range(3)]
     assert len({(r.spec.n_params, r.spec.tokens) for r in first}) == 1      # same point, three seeds
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"centre_seeds": 0}, "centre_seeds=0 must be >= 1"),
+    ({"centre_seeds": 2, "seeds": 2}, "set only one of them"),
+    ({"centre_seeds": 2, "cooldown_reuse": True}, "centre_seeds > 1 with sweep.cooldown_reuse"),
+])
+def test_centre_seeds_conflicts_are_refused_in_one_line(sweep, message):
+    from pipeline.config.validate import validate_study
+    with pytest.raises(UserError, match=message) as info:
+        validate_study(isoflop_study(**sweep))
+    assert "\n" not in str(info.value)

@@ -157,6 +157,9 @@ class SweepConfig:
     # Every planned run trained with this many seeds (train.seed, +1, ...): the fit measures the
     # seed-to-seed noise from them and says when a budget's minimum is not resolved beyond it.
     seeds: int = 1
+    # isoflop/adaptive: only the centre size of each budget (where its minimum is expected) trained with this many
+    # seeds: measured seed noise (one degree of freedom per budget) at a fraction of sweep.seeds' cost.
+    centre_seeds: int = 1
     # adaptive: the first `seed_budgets` IsoFLOP budgets, then rounds of up to `round_runs` runs chosen by the
     # expected shrinkage of log N_opt's 90% interval at the full budget per FLOP, until the interval is at most
     # `stop_width` x (high/low) or the pilot compute is spent: `pilot_flops`, else `pilot_share` x the full

@@ -239,7 +239,8 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
         budgets = pilot_budgets(sweep, study.budget.flops, per_budget)
         for budget in budgets[: sweep.seed_budgets] if sweep.design.value == "adaptive" else budgets:
             seen: dict[int, str] = {}
-            for size in sizes_for_budget(sweep, budget):
+            sizes = sizes_for_budget(sweep, budget)
+            for size in sizes:
                 try:
                     # auto-placed sizes snap to the nearest shape of the grid (the record has its exact N)
                     model_over = {"size": size} if sweep.sizes else {"size": size, "size_tolerance": AUTO_SIZE_TOLERANCE}
@@ -252,6 +253,10 @@ def plan_sweep(study: Study, vocab_size: int, world_size: int = 1) -> list[Plann
                                     f"{budget:.3g}: space sizes further apart (sweep.size_ratio) or drop one")
                 seen[n] = size
                 runs.append(run)
+                if size == sizes[len(sizes) // 2]:   # the centre size: its other seeds (sweep.centre_seeds)
+                    runs += [_run(study, vocab_size, world_size, run.model_over,
+                                  {**run.train_over, "seed": study.train.seed + k}, budget)
+                             for k in range(1, sweep.centre_seeds)]
     else:
         if not sweep.sizes:
             raise UserError("sweep.design=grid needs sweep.sizes (names or parameter counts)")
