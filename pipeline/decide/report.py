@@ -361,11 +361,14 @@ def _selection_lines(fit: dict) -> list[str]:
             + (f" ({m['gap_in_sd']:.1f} sd)" if "gap_in_sd" in m else "") for m in minima) + ".")
     zig = fit.get("zigzags")
     if zig:
+        noise_text = f"the noise {zig['sd_log']:.3g} ({md_escape(zig['sd_source'])})"
         w = zig["largest"]
-        lines.append(f"Loss against N within each budget (second difference of the residuals about the law): largest "
-                     f"interior zigzag {w['zigzag_log']:+.2%} at N {w['n']:.3g}, {w['budget_flops']:.2g} FLOPs = "
-                     f"{w['z']:+.1f} sd of the noise {zig['sd_log']:.3g} ({md_escape(zig['sd_source'])}); "
-                     f"{len(zig['flagged'])} beyond {ZIGZAG_Z:g} sd.")
+        lines.append("Loss against N within each budget (the IsoFLOP plot's error bars): " + (
+            f"unimodal at every budget ({zig['checked']} interior sizes checked; no bump above both neighbours, no "
+            f"second dip), against {noise_text}." if w is None else
+            f"largest zigzag a {w['kind']} of {w['gap_log']:.2%} at N {w['n']:.3g}, {w['budget_flops']:.2g} FLOPs = "
+            f"{w['z']:.1f} sd of {noise_text}; {len(zig['zigzags'])} of {zig['checked']} interior sizes break the U, "
+            f"{len(zig['flagged'])} beyond {ZIGZAG_Z:g} sd."))
     return lines + [""] if lines else []
 
 

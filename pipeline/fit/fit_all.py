@@ -280,14 +280,14 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
         warnings.append(f"{len(unresolved)} of {len(resolution)} IsoFLOP minima are not resolved beyond the noise "
                         f"(sd of log loss {sd_log:.3g}, {noise['source'] if noise else 'none'}): the lowest loss does "
                         "not beat its neighbours by 2 noise sd; train those sizes with more seeds (sweep.seeds)")
-    zigzags = profile_zigzags(clean, law3, noise)
+    zigzags = profile_zigzags(clean, noise)
     if zigzags and zigzags["flagged"]:
-        w = max(zigzags["flagged"], key=lambda e: abs(e["z"]))
-        warnings.append(f"loss against N zigzags within a budget: {len(zigzags['flagged'])} interior sizes break from "
-                        f"both neighbours by more than {ZIGZAG_Z:g} noise sd (largest: N {w['n']:.3g} at "
-                        f"{w['budget_flops']:.2g} FLOPs, {w['zigzag_log']:+.1%} in loss, {w['z']:+.1f} sd of "
-                        f"{zigzags['sd_log']:.3g}); a law fitted through them measures the shape rule or the seed, "
-                        "not the scale: train those sizes with more seeds (sweep.seeds)")
+        w = zigzags["largest"]
+        warnings.append(f"loss against N zigzags within a budget: {len(zigzags['flagged'])} interior sizes sit above (or "
+                        f"dip below) both neighbours by more than {ZIGZAG_Z:g} noise sd (largest: a {w['kind']} of "
+                        f"{w['gap_log']:.1%} at N {w['n']:.3g}, {w['budget_flops']:.2g} FLOPs, {w['z']:.1f} sd of "
+                        f"{zigzags['sd_log']:.3g}); a law fitted through them measures the shape rule or the seed, not "
+                        "the scale: train those sizes with more seeds (sweep.seeds)")
     known = {}
     if law is not None and "error" not in isoflop:
         known[convention] = {"parametric_a": parametric["a"], "parametric_n_opt": parametric["n_opt"],

@@ -21,8 +21,8 @@ from pipeline.fit.table import RunsTable
 
 MIN_SEED_DOF = 2          # a pooled sd from fewer degrees of freedom is not used alone
 RESOLVE_Z = 2.0           # a minimum is resolved when it beats both neighbours by 2 sd of the difference
-# A zigzag is flagged beyond 3 sd: a study has one test per interior size (the demo 9, a 5-budget x 7-size
-# design 25), so 2 sd would flag a smooth profile's noise about once per study; 3 sd about once in 15-40.
+# A zigzag is flagged beyond 3 sd: a study has up to one per interior size (the demo 9, a 5-budget x 7-size
+# design 25), and near a flat minimum noise alone makes small bumps; 2 sd would flag some in most studies.
 ZIGZAG_Z = 3.0
 
 
@@ -93,43 +93,47 @@ def minimum_resolution(profiles: list[dict], sd_log: float | None) -> list[dict]
     return out
 
 
-def profile_zigzags(table: RunsTable, law: ParametricLaw | None, noise: dict | None) -> dict | None:
-    """Is loss against N within each budget as smooth as the noise allows, or does it zigzag?
+def profile_zigzags(table: RunsTable, noise: dict | None) -> dict | None:
+    """Does loss against N within each budget zigzag, or is it one U (or one slope) as a law can follow?
 
-    A law is smooth in N along one budget, so the family's shape rule (or an unlucky seed) shows as an
-    interior size whose residual about the law breaks from both neighbours'. Per budget, sizes sorted by
-    N (seeds of one size averaged), residuals r = log L - log L_law; the zigzag at an interior size is
-    r_i - (r_(i-1) + r_(i+1)) / 2, a second difference that a smooth misfit of the form barely moves. Its
-    sd under independent noise sd s per run is s sqrt(1/n_i + (1/n_(i-1) + 1/n_(i+1)) / 4); beyond
-    ZIGZAG_Z of those it is flagged. s is the measured seed noise when the runs repeat seeds, else the
-    noise model's sd (the law's residuals: an upper estimate that the zigzags themselves inflate).
+    A law's IsoFLOP profile is unimodal in N: it falls to one minimum and rises. Per budget, sizes sorted by
+    N (seeds of one size averaged), a zigzag is an interior size that breaks that: a bump (above both
+    neighbours) or a second dip (below both, but not the budget's lowest). Its size is the log-loss gap to
+    the nearer neighbour, in sd of the difference of the two (s sqrt(1/n_i + 1/n_j), n = seeds); beyond
+    ZIGZAG_Z it is flagged. s is the measured seed noise when the runs repeat seeds, else the noise model's
+    sd (the law's residuals: an upper estimate). A unimodal profile has no zigzag, however the law misfits it.
     """
-    if law is None or noise is None:
+    if noise is None:
         return None
     seeds = seed_noise(table)
     measured = seeds is not None and seeds["dof"] >= MIN_SEED_DOF
     sd = seeds["sd_log"] if measured else noise["sd_log"]
-    resid = np.log(table.loss) - np.log(law.loss(table.n, table.tokens))
-    groups = table.budget_groups()
-    worst, flagged = None, []
+    groups, log_loss = table.budget_groups(), np.log(table.loss)
+    checked, found = 0, []
     for budget in np.unique(groups):
         rows = np.flatnonzero(groups == budget)
-        sizes = np.unique(np.round(np.log(table.n[rows]), 3))
+        size_of = np.round(np.log(table.n[rows]), 3)
+        sizes = np.unique(size_of)
         if sizes.size < 3:
             continue
-        size_of = np.round(np.log(table.n[rows]), 3)
-        mean_r = np.array([resid[rows][size_of == s].mean() for s in sizes])
-        counts = np.array([np.sum(size_of == s) for s in sizes])
+        mean = np.array([log_loss[rows][size_of == k].mean() for k in sizes])
+        counts = np.array([np.sum(size_of == k) for k in sizes])
+        lowest = int(np.argmin(mean))
         for i in range(1, sizes.size - 1):
-            step = mean_r[i] - (mean_r[i - 1] + mean_r[i + 1]) / 2
-            z = step / (sd * np.sqrt(1 / counts[i] + (1 / counts[i - 1] + 1 / counts[i + 1]) / 4))
-            entry = {"budget_flops": float(budget), "n": float(np.exp(sizes[i])), "zigzag_log": float(step),
-                     "z": float(z)}
-            if worst is None or abs(z) > abs(worst["z"]):
-                worst = entry
-            if abs(z) > ZIGZAG_Z:
-                flagged.append(entry)
-    if worst is None:
-        return None
+            checked += 1
+            left, right = mean[i - 1] - mean[i], mean[i + 1] - mean[i]
+            if left < 0 and right < 0:                       # a bump: above both neighbours
+                j = i - 1 if mean[i - 1] > mean[i + 1] else i + 1
+                kind, gap = "bump", mean[i] - mean[j]
+            elif left > 0 and right > 0 and i != lowest:     # a second dip
+                j = i - 1 if mean[i - 1] < mean[i + 1] else i + 1
+                kind, gap = "dip", mean[j] - mean[i]
+            else:
+                continue
+            z = gap / (sd * np.sqrt(1 / counts[i] + 1 / counts[j]))
+            found.append({"budget_flops": float(budget), "n": float(np.exp(sizes[i])), "kind": kind,
+                          "gap_log": float(gap), "z": float(z)})
     source = seeds["source"] if measured else f"no seed repeats: {noise['source']}, an upper estimate"
-    return {"largest": worst, "flagged": flagged, "sd_log": float(sd), "sd_source": source, "measured": measured}
+    return {"checked": checked, "zigzags": found, "largest": max(found, key=lambda e: e["z"], default=None),
+            "flagged": [e for e in found if e["z"] > ZIGZAG_Z], "sd_log": float(sd), "sd_source": source,
+            "measured": measured}

@@ -89,7 +89,7 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel(f"N ({table.convention} parameters)")
     ax.set_ylabel("final validation loss")
-    bars = (f"; bars: +-1 sd of the noise ({'measured seed noise' if zigzags.get('measured') else 'law residuals'}, "
+    bars = (f"\nbars: +-1 sd of the noise ({'measured seed noise' if zigzags.get('measured') else 'law residuals'}, "
             f"{noise_sd:.3g} in log loss)") if noise_sd else ""
     ax.set_title("IsoFLOP profiles (Approach 2): filled = in the parabola's window, hollow = outside; stars: vertices"
                  + bars, fontsize=8)
