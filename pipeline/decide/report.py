@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from pipeline.decide.convention_report import convention_lines
 from pipeline.decide.lr_report import lr_section
 from pipeline.decide.recommend import schedule_text
 from pipeline.decide.rounds import design_section
@@ -447,7 +448,7 @@ def render_report(out_dir, fit_result: dict | None, recommendation: dict, plots:
     lines = (_headline(recommendation) + _budget_section(recommendation) + _full_run_section(recommendation)
              + target_lines(recommendation) + design_section(recommendation.get("design"))
              + lr_section(recommendation, fit_result, out)
-             + _fit_section(fit_result) + _warnings_section(recommendation, fit_result)
+             + _fit_section(fit_result) + convention_lines(recommendation) + _warnings_section(recommendation, fit_result)
              + _tradeoff_sections(recommendation) + _published_section(recommendation))
     if images:
         lines += ["## Plots", ""]
