@@ -120,3 +120,18 @@ def test_a_target_without_a_noise_estimate_is_refused_with_what_to_do(task_model
 def test_the_truth_differs_as_the_test_needs():
     """The premise: the target's optimum is far from the loss's at TARGET (else the test above proves nothing)."""
     assert TASK_BPB.optimal_allocation(TARGET)[0] < TRUTH.optimal_allocation(TARGET)[0] / 3
+
+
+def test_an_adaptive_sweep_refuses_a_target_its_pilots_do_not_record(tmp_path):
+    from test_adaptive_sweep import FLAGS, TINY
+
+    from pipeline.cli import load_study
+    from pipeline.plan.adaptive import check_design_target
+    from pipeline.sweep.__main__ import main as sweep_main
+
+    with pytest.raises(UserError, match="target=hellaswag:acc: the adaptive design chooses its runs by it"):
+        sweep_main([*TINY, "target=hellaswag:acc", f"results_dir={tmp_path}"], FLAGS)
+    assert not any(tmp_path.iterdir())
+    for target in ("corpus_next_line:acc", "corpus_next_line_bpb", "notes_loss", "loss"):
+        check_design_target(load_study([*TINY, f"target={target}", "eval.tasks=[corpus_next_line]",
+                                        "eval.val_sets=['notes=stdlib:idlelib/*.txt']"], FLAGS))
