@@ -10,7 +10,8 @@ loss, docs/cooldown_reuse.md).
 * adaptive -- the first `--seed-budgets` budgets of that grid, then rounds: fit (Chinchilla form,
   noise model, a `--round-bootstrap`-resample parametric bootstrap), choose up to `--round-runs` runs
   by expected shrinkage of log N_opt's interval per FLOP (pipeline/decide/next_runs.py), train them
-  (simulate), until the static grid's FLOPs are spent (no width stop: equal pilot FLOPs).
+  (simulate), until the static grid's FLOPs are spent (no width stop: equal pilot FLOPs). While no law
+  can be fitted, a round adds the grid's next budget instead, as the sweep does.
 
 Both designs are scored by the same fit (pipeline.decide.next_runs.fit_ensemble, `--bootstrap`
 resamples) at the target `--factor` x the static grid's largest budget: |log N_opt error| of the point,
@@ -66,10 +67,13 @@ def score(table, target: float, n_true: float, bootstrap: int, seed: int) -> dic
 
 
 def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
-    """Seed budgets, then rounds of chosen runs until the static grid's FLOPs are spent."""
+    """Seed budgets, then rounds of chosen runs until the static grid's FLOPs are spent. A round whose fit
+    fails (the seed budgets do not pin a law yet) adds the static grid's next budget instead, as the sweep
+    does (pipeline/sweep/adaptive.py: fallback); with none left that fits, the design stops."""
     total = float(np.sum(6 * n * d))
-    seed_budgets = np.unique(c)[: args.seed_budgets]
-    keep = np.isin(c, seed_budgets)
+    grid = (n, d, c)
+    static_budgets = list(np.unique(c)[args.seed_budgets:])
+    keep = np.isin(c, np.unique(c)[: args.seed_budgets])
     n, d, c = n[keep], d[keep], c[keep]
     loss = trained(law, n, d, c, rng)
     rounds = 0
@@ -79,8 +83,14 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
         try:
             fit = fit_ensemble(table, target, args.round_bootstrap, int(rng.integers(1 << 30)))
         except UserError:
-            break
-        cands = isoflop_candidates(fit["law"], n, d, c, max_run_flops=left, min_budget=seed_budgets[0] / 3)
+            nxt = grid[2] == static_budgets.pop(0) if static_budgets else None
+            if nxt is None or float(np.sum(6 * grid[0][nxt] * grid[1][nxt])) > left:
+                break
+            loss = np.append(loss, trained(law, grid[0][nxt], grid[1][nxt], grid[2][nxt], rng))
+            n, d, c = np.append(n, grid[0][nxt]), np.append(d, grid[1][nxt]), np.append(c, grid[2][nxt])
+            rounds += 1
+            continue
+        cands = isoflop_candidates(fit["law"], n, d, c, max_run_flops=left, min_budget=grid[2].min() / 3)
         if not len(cands):
             break
         choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=args.round_runs, flops_left=left)
@@ -122,6 +132,9 @@ def summary_lines(results: list[dict]) -> list[str]:
         cover = 100 * np.mean([r[name]["covered"] for r in both])
         summary[name] = (err, width, cover)
         lines.append(f"| {name} | {err:.3f} ({np.exp(err):.2f}x) | {width:.2f} ({np.exp(width):.1f}x) | {cover:.0f}% |")
+    lines.append(f"fitted (the score's fit gave an interval): static {sum(bool(r['static']) for r in results)}, adaptive "
+                 f"{sum(bool(r['adaptive']) for r in results)} of {len(results)} studies; the medians are over the {len(both)} "
+                 "fitted by both")
     lines.append(f"adaptive: median {np.median([r['rounds'] for r in results]):.0f} rounds, "
                  f"{np.median([r['runs'] for r in results]):.0f} runs, {np.median([r['flops_share'] for r in results]):.0%} "
                  f"of the static FLOPs, largest budget {np.median([r['top_budget'] for r in results]):.3g}x the static one")

@@ -4,9 +4,14 @@ The design starts from the pool's cheapest runs (`--seed-runs`, more while no la
 them), then in rounds fits them (pipeline.decide.rounds.fit_ensemble: Approach 3's Chinchilla form, the
 noise model, a `--round-bootstrap`-resample parametric bootstrap) and chooses up to `--round-runs` runs
 *from the pool only* by the expected shrinkage of log N_opt's 90% interval at `--target-flops` per FLOP
-(pipeline/decide/next_runs.py), until `--share` of the pool's FLOPs is spent or nothing fits. The
-answer is compared with the same fit on the whole pool. Last line, JSON: n_opt, n_opt_full, rel_diff,
-share_used, runs_used, rounds.
+(pipeline/decide/next_runs.py), until `--share` of the pool's FLOPs is spent or nothing fits (the
+design's own stop rule; `--max-rounds` caps the rounds only when given). The answer is compared with the
+same fit on the whole pool, and both carry their 90% interval (the fit's parametric bootstrap,
+`--bootstrap` resamples): how far the replay may land from the pool's answer is bounded below by how far
+the pool's own resamples land from it, so the last line also gives the share of those within
+`--tolerance` (`pool_resamples_within`; a criterion tighter than the pool's own noise is met by chance).
+Last line, JSON: n_opt, n_opt_full, rel_diff, interval, interval_full, pool_resamples_within, share_used,
+runs_used, rounds.
 
     python scripts/replay_design.py --runs chinchilla_fig4_epoch.csv --share 0.3 --target-flops 5.76e23
     python scripts/replay_design.py --runs ladder_final.csv --share 0.3 --target-flops 1e23
@@ -27,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.decide.next_runs import Candidates, choose_next  # noqa: E402
+from pipeline.decide.next_runs import Candidates, choose_next, log_n_opt  # noqa: E402
 from pipeline.decide.rounds import fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.candidates import chinchilla_form, fit_candidate  # noqa: E402
@@ -60,15 +65,23 @@ def point_n_opt(table, target: float) -> float:
     return float(fit.law().optimal_allocation(target)[0])
 
 
+def reference(table, target: float, bootstrap: int, seed: int, tolerance: float) -> dict:
+    """N_opt of the pool's fit, its 90% interval, and the share of its bootstrap draws within `tolerance` of it."""
+    fit = fit_ensemble(table, target, bootstrap, seed)
+    draws = np.exp(log_n_opt(fit["samples"], target)) / fit["n_opt"] - 1
+    return {"n_opt": fit["n_opt"], "interval": [float(v) for v in fit["interval"]],
+            "within": float(np.mean(np.abs(draws[np.isfinite(draws)]) <= tolerance))}
+
+
 def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: int = 4, round_bootstrap: int = 40,
-           max_rounds: int = 30, seed: int = 0, discrepancy: float = 0.0) -> dict:
+           max_rounds: int | None = None, seed: int = 0, discrepancy: float = 0.0) -> dict:
     cap = share * float(table.c.sum())
     order = np.argsort(table.c, kind="stable")
     used = np.zeros(len(table), dtype=bool)
     used[order[:seed_runs]] = True
     log: list[str] = []
     rounds = 0
-    while rounds < max_rounds:
+    while max_rounds is None or rounds < max_rounds:   # each round adds a run of a finite pool: it ends
         sub = table.subset(used)
         try:
             fit = fit_ensemble(sub, target, round_bootstrap, seed + rounds)
@@ -89,9 +102,8 @@ def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: i
         used[rest[[p["index"] for p in choice["picks"]]]] = True
         log.append(f"round {rounds}: {len(choice['picks'])} runs, width {choice['width_now']:.3g}x -> expected "
                    f"{choice['expected_width_after']:.3g}x")
-    sub = table.subset(used)
-    return {"n_opt": point_n_opt(sub, target), "share_used": float(table.c[used].sum() / table.c.sum()),
-            "runs_used": int(used.sum()), "rounds": rounds, "log": log}
+    return {"n_opt": point_n_opt(table.subset(used), target), "share_used": float(table.c[used].sum() / table.c.sum()),
+            "runs_used": int(used.sum()), "rounds": rounds, "log": log, "used": used}
 
 
 def main() -> int:
@@ -102,6 +114,9 @@ def main() -> int:
     p.add_argument("--seed-runs", type=int, default=8)
     p.add_argument("--round-runs", type=int, default=4)
     p.add_argument("--round-bootstrap", type=int, default=40)
+    p.add_argument("--max-rounds", type=int, default=None, help="cap on the rounds (default: until the share is spent)")
+    p.add_argument("--bootstrap", type=int, default=200, help="resamples of the replay's and the pool's 90%% intervals")
+    p.add_argument("--tolerance", type=float, default=0.15, help="the criterion: |n_opt / n_opt_full - 1| at most this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--discrepancy", type=float, default=0.0,
                    help="model-discrepancy sd of log loss per decade of compute below the target (next_runs.py)")
@@ -112,16 +127,22 @@ def main() -> int:
     try:
         table = load_pool(args.runs)
         result = replay(table, args.target_flops, args.share, args.seed_runs, args.round_runs, args.round_bootstrap,
-                        seed=args.seed, discrepancy=args.discrepancy)
-        full = point_n_opt(table, args.target_flops)
+                        args.max_rounds, seed=args.seed, discrepancy=args.discrepancy)
+        ours = reference(table.subset(result["used"]), args.target_flops, args.bootstrap, args.seed, args.tolerance)
+        full = reference(table, args.target_flops, args.bootstrap, args.seed, args.tolerance)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(result.pop("log")))
+    (lo, hi), (flo, fhi) = ours["interval"], full["interval"]
     print(f"{result['runs_used']} of {len(table)} runs, {result['share_used']:.1%} of the pool's FLOPs; N_opt at "
-          f"{args.target_flops:.3g} FLOPs (Chinchilla form, C = 6 N D): {result['n_opt']:.4g} vs {full:.4g} from all runs")
-    print(json.dumps({"n_opt": result["n_opt"], "n_opt_full": full, "rel_diff": result["n_opt"] / full - 1,
-                      "share_used": result["share_used"], "runs_used": result["runs_used"], "rounds": result["rounds"]}))
+          f"{args.target_flops:.3g} FLOPs (Chinchilla form, C = 6 N D): [{lo:.3g}, {hi:.3g}] {result['n_opt']:.4g} vs "
+          f"[{flo:.3g}, {fhi:.3g}] {full['n_opt']:.4g} from all runs (90%, parametric bootstrap); "
+          f"{full['within']:.0%} of the pool's own resamples land within {args.tolerance:.0%} of its answer")
+    print(json.dumps({"n_opt": result["n_opt"], "n_opt_full": full["n_opt"], "rel_diff": result["n_opt"] / full["n_opt"] - 1,
+                      "interval": ours["interval"], "interval_full": full["interval"],
+                      "pool_resamples_within": full["within"], "share_used": result["share_used"],
+                      "runs_used": result["runs_used"], "rounds": result["rounds"]}))
     return 0
 
 

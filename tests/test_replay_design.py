@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from replay_design import point_n_opt, replay  # noqa: E402
+from replay_design import point_n_opt, reference, replay  # noqa: E402
 from test_next_runs import isoflop_table  # noqa: E402
 
 OLMO = REPO / ".." / "shared" / "data" / "olmo_ladder" / "ladder_final.csv"
@@ -29,6 +29,16 @@ def test_replay_on_simulated_pools_spends_at_most_its_share_and_keeps_the_answer
         assert result["share_used"] <= 0.3 and result["rounds"] >= 1 and result["runs_used"] < len(pool)
         errors.append(abs(result["n_opt"] / point_n_opt(pool, 1e21) - 1))
     assert np.median(errors) < 0.15
+
+
+def test_the_pool_reference_says_how_often_its_own_resamples_meet_the_criterion():
+    """A 15% criterion is a fair test of a replay only where the whole pool's own resamples meet it."""
+    budgets = (1e17, 3e17, 9e17, 2.7e18)
+    quiet = reference(isoflop_table(budgets=budgets, seed=0, sd=0.001), 1e21, 40, 0, 0.15)
+    noisy = reference(isoflop_table(budgets=budgets, seed=0, sd=0.03), 1e21, 40, 0, 0.15)
+    for ref in (quiet, noisy):
+        assert ref["interval"][0] < ref["n_opt"] < ref["interval"][1]
+    assert quiet["within"] > 0.9 and noisy["within"] < 0.6
 
 
 @pytest.mark.slow

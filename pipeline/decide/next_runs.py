@@ -8,7 +8,11 @@ rounds and turns its (N, D) choices into planned runs; `python -m pipeline.fit .
 any table, imported runs included.
 
 The quantity the user bets on is log N_opt at the target budget (the law's closed form, Chinchilla
-eq. 4, C = 6 N D). Its uncertainty is the fit's own ensemble: the rows (E, A, B, alpha, beta) of the
+eq. 4, C = 6 N D). With `target=<metric>` it is the log of the N the fit recommends for that target: the
+N on the budget line that minimises the metric's law (maximises an accuracy; step 2's sigmoid falls
+with bits per byte, so that is step 1's N_opt, the same closed form on the metric's law), and the
+ensemble is the target's own bootstrap rows (pipeline/fit/targets.py), each candidate observing the
+metric with the metric's noise sd (`decision_quantity` names it). Its uncertainty is the fit's own ensemble: the rows (E, A, B, alpha, beta) of the
 fit's bootstrap (pipeline/fit/candidates.py: every run's loss redrawn from the fitted law with the
 noise model's sd, refitted). Each candidate run x is an observation y = log L(x) + noise (sd sigma).
 Conditioning the ensemble's joint Gaussian approximation of (q = log N_opt, f(x) = log L(x)) on y
@@ -77,6 +81,15 @@ def log_loss_at(samples: np.ndarray, n: np.ndarray, d: np.ndarray) -> np.ndarray
         return np.log(E + A / np.asarray(n)[None, :] ** alpha + B / np.asarray(d)[None, :] ** beta)
 
 
+def decision_quantity(target_flops: float, target: str = "loss", higher_is_better: bool = False) -> tuple[str, str]:
+    """(short label, full text) of the quantity the chooser shrinks: N_opt, or the target's recommended N."""
+    if target == "loss":
+        return "N_opt", f"log N_opt at {target_flops:.3g} FLOPs (C = 6 N D)"
+    best = "maximises" if higher_is_better else "minimises"
+    return (f"{target}'s optimal N", f"log of the N that {best} {target} on the {target_flops:.3g}-FLOP budget line "
+            "(C = 6 N D), the N the fit recommends for the target (closed form of its law's optimum)")
+
+
 def interval_width(q: np.ndarray) -> float:
     """High/low ratio of the 5-95% percentile interval of exp(q)."""
     lo, hi = np.percentile(q, [5.0, 95.0])
@@ -129,14 +142,17 @@ def _ensemble(samples: np.ndarray, target_flops: float) -> tuple[np.ndarray, np.
 
 
 def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, target_flops: float, *,
-                max_runs: int | None = None, flops_left: float = np.inf, discrepancy_per_decade: float = 0.0) -> dict:
-    """Greedy picks by expected variance reduction of log N_opt at `target_flops` per FLOP (module doc).
+                max_runs: int | None = None, flops_left: float = np.inf, discrepancy_per_decade: float = 0.0,
+                quantity: tuple[str, str] | None = None) -> dict:
+    """Greedy picks by expected variance reduction of log N_opt at `target_flops` per FLOP (module doc); the
+    rows of `samples` are the law of the metric the quantity is on (a target's own), `quantity` its
+    (label, text) from `decision_quantity` (default: the loss's N_opt).
 
     `discrepancy_per_decade` adds a model-discrepancy sd (Kennedy & O'Hagan 2001) to each candidate's noise,
     growing with the decades of compute between it and the target: where the law's form may be off, a run
     far from the target says less about it than the noise alone implies (0, the default, trusts the form).
-    Returns {"width_now", "expected_width_after", "picks": [{index, n, d, flops, budget, kind,
-    shrink_per_flop, expected_width_after}], "spent_flops", "stopped": why the picking ended}.
+    Returns {"quantity", "label", "width_now", "expected_width_after", "picks": [{index, n, d, flops, budget,
+    kind, shrink_per_flop, expected_width_after}], "spent_flops", "stopped": why the picking ended}.
     """
     if not (np.isfinite(sd_log) and sd_log > 0):
         raise UserError(f"noise sd {sd_log!r} must be a positive number (sd of log loss)")
@@ -181,13 +197,14 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
     else:
         stopped = f"{max_runs} runs chosen"
     after = width_now ** np.sqrt(max(cov[0, 0], 0.0) / var0)
-    return {"quantity": f"log N_opt at {target_flops:.3g} FLOPs (C = 6 N D)", "width_now": width_now,
+    label, text = quantity or decision_quantity(target_flops)
+    return {"quantity": text, "label": label, "width_now": width_now,
             "expected_width_after": float(after), "picks": picks, "spent_flops": float(spent), "stopped": stopped,
             "ensemble": int(len(q)), "sd_log": float(sd_log),
-            "rule": "greedy by expected variance reduction of log N_opt per FLOP (ensemble Kalman update)"}
+            "rule": f"greedy by expected variance reduction of log {label} per FLOP (ensemble Kalman update)"}
 
 
-def describe_pick(pick: dict) -> str:
+def describe_pick(pick: dict, label: str = "N_opt") -> str:
     """One line: what the run is and why it was chosen."""
     if pick["kind"] == "new budget":
         what = f"budget {pick['budget']:.3g} added"
@@ -195,15 +212,15 @@ def describe_pick(pick: dict) -> str:
         what = f"new size at budget {pick['budget']:.3g}" if pick["budget"] else "new size"
     else:
         what = "another seed"
-    return (f"{what}: N {pick['n']:.3g}, D {pick['d']:.3g} ({pick['flops']:.3g} FLOPs) shrinks N_opt's interval "
+    return (f"{what}: N {pick['n']:.3g}, D {pick['d']:.3g} ({pick['flops']:.3g} FLOPs) shrinks {label}'s interval "
             f"most per FLOP (expected width {pick['expected_width_after']:.3g}x after it)")
 
 
 def stop_reason(width: float, stop_width: float | None, spent_flops: float, pilot_flops: float,
-                cheapest_flops: float, rounds: int, max_rounds: int) -> str | None:
+                cheapest_flops: float, rounds: int, max_rounds: int, label: str = "N_opt") -> str | None:
     """Why the adaptive design stops now, or None to run another round."""
     if stop_width is not None and width <= stop_width:
-        return f"N_opt's 90% interval is {width:.3g}x wide, within sweep.stop_width={stop_width:g}x"
+        return f"{label}'s 90% interval is {width:.3g}x wide, within sweep.stop_width={stop_width:g}x"
     if spent_flops + cheapest_flops > pilot_flops:
         return (f"pilot compute spent: {spent_flops:.3g} of {pilot_flops:.3g} FLOPs, the cheapest candidate "
                 f"needs {cheapest_flops:.3g}")

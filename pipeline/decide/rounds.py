@@ -1,7 +1,9 @@
 """The adaptive design's rounds and the fit's `next=K` proposal, on top of the chooser (next_runs.py).
 
 * `fit_ensemble` -- the light fit a round needs: Approach 3's Chinchilla form, the noise model and a
-  small parametric bootstrap (the chooser's ensemble).
+  small parametric bootstrap (the chooser's ensemble); `decision_ensemble` the same for the quantity the
+  user bets on: the loss's N_opt, or with `target=` the target's recommended N from the target's own fit
+  and bootstrap (pipeline/fit/targets.py: fit_metric).
 * `adaptive_round` -- one round of `sweep.design=adaptive` (pipeline/sweep/adaptive.py runs the rounds):
   fit the runs so far, stop (and say why) or choose the next runs.
 * `propose_next` -- `python -m pipeline.fit ... next=K`: the K runs to train next for any runs table,
@@ -15,14 +17,18 @@ import numpy as np
 from pipeline.decide.next_runs import (
     MIN_ENSEMBLE,
     choose_next,
+    decision_quantity,
     describe_pick,
     isoflop_candidates,
+    log_n_opt,
     stop_reason,
 )
 from pipeline.errors import UserError
 from pipeline.fit.bootstrap import bootstrap_law
 from pipeline.fit.candidates import chinchilla_form, fit_candidate
+from pipeline.fit.intervals import percentile_interval
 from pipeline.fit.noise import noise_model
+from pipeline.fit.targets import MetricModel, fit_metric, parse_target
 
 
 def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0) -> dict:
@@ -41,26 +47,54 @@ def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0)
             "n_failed": boot["n_failed"]}
 
 
+def target_ensemble(model: MetricModel, target_flops: float) -> dict:
+    """The chooser's inputs from a target's fitted model: its law, its bootstrap rows (the draws its intervals
+    come from), its noise sd, and the recommended N with its 90% interval (next_runs.decision_quantity)."""
+    samples, sd_log = model.law_samples, (model.bootstrap or {}).get("sd_log")
+    if samples is None or len(samples) < MIN_ENSEMBLE or not sd_log:
+        raise UserError(f"target {model.name}: choosing runs needs its bootstrap (at least {MIN_ENSEMBLE} draws) and a "
+                        "noise estimate (7+ runs or repeated seeds); raise bootstrap or add runs")
+    n_opt = np.exp(log_n_opt(samples, target_flops))
+    return {"law": model.law, "samples": samples, "sd_log": float(sd_log), "noise_source": model.bootstrap["unit"],
+            "n_opt": float(model.law.optimal_allocation(target_flops)[0]),
+            "interval": percentile_interval(n_opt[np.isfinite(n_opt)]),
+            "quantity": decision_quantity(target_flops, model.name, model.higher_is_better)}
+
+
+def decision_ensemble(table, target_flops: float, bootstrap: int, seed: int, target: str = "loss",
+                      outliers: str = "default") -> dict:
+    """`fit_ensemble` for the loss; for `target=<metric>` the target's own fit and parametric bootstrap
+    (fit_metric, with the fit's outlier rule), as `target_ensemble` reads them."""
+    chosen = parse_target(target, table)
+    if chosen.kind == "loss":
+        return {**fit_ensemble(table, target_flops, bootstrap, seed), "quantity": decision_quantity(target_flops)}
+    return target_ensemble(fit_metric(table, chosen, bootstrap=bootstrap, seed=seed, outliers=outliers), target_flops)
+
+
 def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width: float | None, rounds_done: int,
                    max_rounds: int, round_runs: int, bootstrap: int, seed: int, size_ratio: float = 2.0,
-                   budget_ratio: float = 3.0, min_budget: float | None = None, realize=None) -> dict:
+                   budget_ratio: float = 3.0, min_budget: float | None = None, realize=None, target: str = "loss",
+                   outliers: str = "default") -> dict:
     """One round of the adaptive design on the runs so far: fit, then stop (with why) or choose the next runs.
 
     `realize(candidates) -> (candidates, keys)` turns ideal (N, C) candidates into runs that can really be
     trained (the sweep snaps sizes to model shapes and prices them with the exact FLOP count) and names each
     (`key`: whatever the caller needs to plan it); without it the ideal ones are chosen among (simulations).
-    Returns {"fit": {n_opt, interval, width, sd_log, runs, spent_flops}, "stop": reason or None,
+    `target` (a metric, `target=`) makes the quantity its recommended N (decision_ensemble).
+    Returns {"fit": {n_opt, interval, width, quantity, label, sd_log, runs, spent_flops}, "stop": reason or None,
     "picks": [... with "reason" and "key"], "expected_width_after"}.
     """
     spent = float(np.sum(table.c))
     try:
-        fit = fit_ensemble(table, target_flops, bootstrap, seed)
+        fit = decision_ensemble(table, target_flops, bootstrap, seed, target, outliers)
     except UserError as err:   # too early for a law: the caller falls back to its static plan
         return {"fit": {"runs": len(table), "spent_flops": spent, "error": str(err)}, "picks": [], "stop": None,
                 "fit_error": f"the law could not be fitted to the {len(table)} runs so far ({err})"}
     lo, hi = fit["interval"] or (np.nan, np.nan)
     width = float(hi / lo) if lo > 0 else np.inf
-    summary = {"n_opt": fit["n_opt"], "interval": [float(lo), float(hi)], "width": width, "sd_log": fit["sd_log"],
+    label, quantity = fit["quantity"]
+    summary = {"n_opt": fit["n_opt"], "interval": [float(lo), float(hi)], "width": width, "quantity": quantity,
+               "label": label, "sd_log": fit["sd_log"],
                "noise_source": fit["noise_source"], "runs": len(table), "spent_flops": spent,
                "target_flops": float(target_flops)}
     left = pilot_flops - spent
@@ -72,33 +106,43 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
         keep = np.flatnonzero(cands.flops <= left)
         cands, keys = cands.subset(keep), [keys[i] for i in keep]
     cheapest = float(cands.flops.min()) if len(cands) else np.inf
-    reason = stop_reason(width, stop_width, spent, pilot_flops, cheapest, rounds_done, max_rounds)
+    reason = stop_reason(width, stop_width, spent, pilot_flops, cheapest, rounds_done, max_rounds, label)
     if reason:
         return {"fit": summary, "stop": reason, "picks": []}
-    choice = choose_next(fit["samples"], fit["sd_log"], cands, target_flops, max_runs=round_runs, flops_left=left)
+    choice = choose_next(fit["samples"], fit["sd_log"], cands, target_flops, max_runs=round_runs, flops_left=left,
+                         quantity=fit["quantity"])
     if not choice["picks"]:
         return {"fit": summary, "stop": choice["stopped"], "picks": []}
-    picks = [{**p, "reason": describe_pick(p), "key": keys[p["index"]]} for p in choice["picks"]]
+    picks = [{**p, "reason": describe_pick(p, label), "key": keys[p["index"]]} for p in choice["picks"]]
     return {"fit": summary, "stop": None, "picks": picks, "expected_width_after": choice["expected_width_after"],
             "rule": choice["rule"]}
 
 
 def propose_next(table, target_flops: float, k: int, law=None, samples=None, sd_log: float | None = None,
-                 bootstrap: int = 100, seed: int = 0, size_ratio: float = 2.0) -> dict:
+                 bootstrap: int = 100, seed: int = 0, size_ratio: float = 2.0, target: MetricModel | None = None) -> dict:
     """The `k` runs that shrink log N_opt's 90% interval at `target_flops` most per FLOP, with the expected
     width after them. `law`, `samples` and `sd_log` are the fit's own (pipeline.fit.fit_all: the chosen law,
-    its bootstrap rows and the noise model); without enough samples the light fit above supplies them."""
+    its bootstrap rows and the noise model); without enough samples the light fit above supplies them.
+    With `target` (the fitted model of `target=`) the quantity is the target's recommended N, from the
+    target's law, bootstrap rows and noise (target_ensemble), candidates centred on its optimum."""
     if not (isinstance(k, int) and k >= 1):
         raise UserError(f"next={k!r} must be a positive number of runs to propose")
-    source = "the fit's bootstrap"
-    if law is None or samples is None or len(samples) < MIN_ENSEMBLE or not sd_log:
+    source = f"the bootstrap of {target.name}'s fit" if target is not None else "the fit's bootstrap"
+    if target is not None:
+        if target.law_samples is None or len(target.law_samples) < MIN_ENSEMBLE:
+            target = fit_metric(table, target.target, bootstrap=bootstrap, seed=seed)
+            source = f"a {bootstrap}-resample parametric bootstrap of {target.name}'s law (the fit had none)"
+        fit = target_ensemble(target, target_flops)
+        law, samples, sd_log = fit["law"], fit["samples"], fit["sd_log"]
+    elif law is None or samples is None or len(samples) < MIN_ENSEMBLE or not sd_log:
         fit = fit_ensemble(table, target_flops, bootstrap, seed)
         law, samples, sd_log = fit["law"], fit["samples"], fit["sd_log"]
         source = f"a {bootstrap}-resample parametric bootstrap of the Chinchilla form (the fit had none)"
+    quantity = decision_quantity(target_flops, *((target.name, target.higher_is_better) if target else ()))
     cands = isoflop_candidates(law, table.n, table.tokens, table.budget_groups(), size_ratio=size_ratio)
-    choice = choose_next(samples, sd_log, cands, target_flops, max_runs=k)
+    choice = choose_next(samples, sd_log, cands, target_flops, max_runs=k, quantity=quantity)
     for pick in choice["picks"]:
-        pick["reason"] = describe_pick(pick)
+        pick["reason"] = describe_pick(pick, quantity[0])
     return {**choice, "ensemble_source": source}
 
 
@@ -114,14 +158,19 @@ def design_section(design: dict | None) -> list[str]:
     if not design:
         return []
     lines = ["## Adaptive design", "", design_summary(design) + ".", ""]
+    quantity = next((r["fit"]["quantity"] for r in design.get("rounds") or [] if (r.get("fit") or {}).get("quantity")),
+                    None)
+    if quantity:
+        lines += [f"Runs chosen by the expected shrinkage of the 90% interval of {quantity}, per FLOP.", ""]
     for r in design.get("rounds") or []:
         fit = r.get("fit") or {}
-        width = f"N_opt's 90% interval {fit['width']:.3g}x wide on {fit['runs']} runs; " if fit.get("width") else ""
+        width = (f"{fit.get('label', 'N_opt')}'s 90% interval {fit['width']:.3g}x wide on {fit['runs']} runs; "
+                 if fit.get("width") else "")
         lines.append(f"- round {r['round']}: {width}added {len(r['picks'])} runs"
                      + (f", expected {r['expected_width_after']:.3g}x after them" if r.get("expected_width_after") else ""))
         lines += [f"  - {reason}" for reason in dict.fromkeys(p["reason"] for p in r["picks"])]
     final = design.get("final_fit") or {}
     if final.get("width"):
-        lines.append(f"- at the stop: N_opt's 90% interval {final['width']:.3g}x wide on {final['runs']} runs, "
-                     f"{final['spent_flops']:.3g} pilot FLOPs (the light fit between rounds; the fit above is the product's)")
+        lines.append(f"- at the stop: {final.get('label', 'N_opt')}'s 90% interval {final['width']:.3g}x wide on "
+                     f"{final['runs']} runs, {final['spent_flops']:.3g} pilot FLOPs (the light fit between rounds; the fit above is the product's)")
     return [*lines, ""]

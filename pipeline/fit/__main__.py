@@ -152,7 +152,7 @@ def main(overrides: list[str], flags: dict) -> int:
         if design:
             fit_result["design"] = design
             fit_result["verdict"] = f"{fit_result['verdict']}; {design_summary(design)}"
-        if study.next:
+        if study.next and str(study.target).strip() == "loss":   # a target's: target_metric_sections, from its fit
             fit_result["next_runs"] = propose_next(table.with_convention(study.convention), budget["flops"], study.next,
                                                    law=law, samples=law_samples, seed=study.seed,
                                                    sd_log=(fit_result.get("noise") or {}).get("sd_log"))
@@ -226,8 +226,9 @@ def adaptive_design(study: Study) -> dict | None:
 def next_runs_summary(proposal: dict, out_dir: Path) -> str:
     """Writes next_runs.json; the lines to print: each proposed run and why, and the width expected after."""
     atomic_write_json(out_dir / "next_runs.json", proposal)
-    lines = [f"next {len(proposal['picks'])} runs ({proposal['rule']}; N_opt's 90% interval now "
-             f"{proposal['width_now']:.3g}x wide, expected {proposal['expected_width_after']:.3g}x after them):"]
+    lines = [f"next {len(proposal['picks'])} runs ({proposal['rule']}; {proposal['label']}'s 90% interval now "
+             f"{proposal['width_now']:.3g}x wide, expected {proposal['expected_width_after']:.3g}x after them; "
+             f"the quantity: {proposal['quantity']}):"]
     lines += [f"  {p['reason']}" for p in proposal["picks"]]
     return "\n".join([*lines, f"next runs: {out_dir / 'next_runs.json'}"])
 
@@ -247,6 +248,8 @@ def target_metric_sections(study: Study, rec: dict, table, law, law_samples, bud
         max_params=study.serving.max_params,
         predict_pairs=list(zip(study.predict.params, study.predict.tokens, strict=True)), count=count),
         metric_fit_failures=failed)
+    if study.next and target.kind != "loss":   # the chooser on the target's own bootstrap (decide/rounds.py)
+        rec["next_runs"] = propose_next(runs, budget["flops"], study.next, seed=study.seed, target=models[target.name])
     return plot_targets({"loss": loss, **models} if target.kind == "loss" else models, target.name,
                         budget["flops"], rec["n_opt"], out_dir)
 

@@ -344,7 +344,8 @@ def _step1(table: RunsTable, metric: str, bootstrap: int, seed: int, outliers: s
     noise = noise_model(clean, fit.law())
     boot = bootstrap_law(fit, clean.n, clean.tokens, clean.loss, budget_flops=1.0, n_resamples=bootstrap, seed=seed,
                          sd_log=noise["sd_log"] if noise else None)
-    summary = {"draws": bootstrap, "used": boot["n_used"], "dropped": boot["n_dropped"], "unit": boot["unit"]}
+    summary = {"draws": bootstrap, "used": boot["n_used"], "dropped": boot["n_dropped"], "unit": boot["unit"],
+               "sd_log": noise["sd_log"] if noise else None}   # the metric's noise: what a new run observes it with
     return clean, law, (np.asarray(boot["samples"], dtype=float) if boot["n_used"] else None), summary
 
 

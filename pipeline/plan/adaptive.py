@@ -8,7 +8,28 @@ into runs here, with the same sizing, snapping and FLOP accounting as every IsoF
 from __future__ import annotations
 
 from pipeline.config.schema import Study
+from pipeline.data.tasks import task_name
+from pipeline.errors import UserError
 from pipeline.plan.design import AUTO_SIZE_TOLERANCE, PlannedRun, _run, pilot_budgets, sizes_for_budget
+
+
+def recorded_targets(study: Study) -> list[str]:
+    """The `target=` values the pilots will record (docs/downstream.md): the loss, each named validation
+    set's loss, and each task's bits per byte and accuracies."""
+    names = ["loss", *(f"{str(spec).partition('=')[0].strip()}_loss" for spec in study.eval.val_sets)]
+    for task in map(task_name, study.eval.tasks):
+        names += [f"{task}:bpb", f"{task}:acc", f"{task}:acc_norm", f"{task}:accuracy",
+                  f"{task}_bpb", f"{task}_acc", f"{task}_acc_norm"]
+    return names
+
+
+def check_design_target(study: Study) -> None:
+    """Before any run: the adaptive design chooses its rounds by `target=`, so the pilots must record it."""
+    target = str(study.target).strip()
+    if target not in recorded_targets(study):
+        shown = ", ".join(n for n in recorded_targets(study) if not n.endswith((":accuracy", "_bpb", "_acc", "_acc_norm")))
+        raise UserError(f"target={target}: the adaptive design chooses its runs by it, but the pilots record only "
+                        f"{shown}: add the task to eval.tasks (or the set to eval.val_sets), or use target=loss")
 
 
 def static_pilot_flops(study: Study) -> float:

@@ -27,7 +27,7 @@ from pipeline.decide.budget import resolve_budget
 from pipeline.decide.rounds import adaptive_round
 from pipeline.errors import UserError
 from pipeline.fit.table import load_results_dir
-from pipeline.plan.adaptive import static_pilot_flops
+from pipeline.plan.adaptive import check_design_target, static_pilot_flops
 from pipeline.plan.design import check_design, plan_sweep, plan_table
 from pipeline.sweep.adaptive import run_adaptive
 from pipeline.sweep.dispatch import TERMINAL, launch, pending_runs, status_counts, sweep_dir, write_plan
@@ -65,6 +65,8 @@ def main(overrides: list[str], flags: dict) -> int:
     if study.launcher.mode.value == "slurm" and not study.sweep.dry_run:
         check_launcher(study)  # before any data preparation or attempt is counted
     check_design(study)  # before the corpus is prepared: a typo must not cost a data preparation
+    if study.sweep.design.value == "adaptive":
+        check_design_target(study)  # the rounds choose by target=: the pilots must record it
     if study.sweep.dry_run:  # the plan from the config alone: never prepare data nor load a tokenizer
         vocab_size, vocab_source = planned_vocab_size(study.data)
         print(f"dry run: vocabulary {vocab_size:,} ({vocab_source}); no data prepared")
@@ -117,7 +119,7 @@ def round_chooser(study, seed_runs):
                               round_runs=sweep.round_runs, bootstrap=sweep.round_bootstrap,
                               seed=study.seed + len(state["rounds"]), size_ratio=sweep.size_ratio,
                               budget_ratio=sweep.budget_ratio,
-                              min_budget=min_budget, realize=realize)
+                              min_budget=min_budget, realize=realize, target=study.target, outliers=study.outliers)
     return next_round
 
 

@@ -133,7 +133,8 @@ def run_adaptive(study: Study, seed_runs: list[PlannedRun], vocab_size: int, wor
             "picks": [{k: p.get(k) for k in ("key", "n", "d", "flops", "budget", "kind", "reason")}
                       for p in result["picks"]]}]}
         width = result["fit"].get("width")
-        print(f"round {len(state['rounds'])}: " + (f"N_opt's 90% interval {width:.3g}x wide; " if width else "")
+        label = result["fit"].get("label", "N_opt")
+        print(f"round {len(state['rounds'])}: " + (f"{label}'s 90% interval {width:.3g}x wide; " if width else "")
               + f"{len(result['picks'])} runs chosen", flush=True)
         for reason in dict.fromkeys(p["reason"] for p in result["picks"]):
             print(f"  {reason}")
