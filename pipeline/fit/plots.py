@@ -6,6 +6,7 @@ or figure state changes and it works on headless machines.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter, LogFormatterSciNotation
 
 from pipeline.fit.fit_all import bootstrap_samples
 from pipeline.fit.intervals import percentile_band
@@ -24,6 +27,35 @@ from pipeline.records import FILE_MODE
 FIT_FIGURES = ("isoflop_profiles.png", "frontier.png", "parametric_fit.png")
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+class PowerOfTenFormatter(LogFormatter):
+    """Log-axis labels 10\u2079, 2\u00d710\u2079 as plain text with Unicode superscripts.
+
+    matplotlib's default (LogFormatterSciNotation) writes them as mathtext, $10^{9}$: parsing each distinct
+    label took ~20 ms, about a third of the fit command's figure time (docs/fit_benchmark.md). The same ticks
+    are labelled (the base class chooses which, as the default does); only the text is built without mathtext.
+    """
+
+    def _num_to_string(self, x, vmin, vmax):
+        exponent = math.floor(math.log10(x) + 1e-9)
+        coeff = round(x / 10.0 ** exponent)
+        power = "10" + str(exponent).translate(_SUPERSCRIPT)
+        return power if coeff == 1 else f"{coeff}\u00d7{power}"
+
+
+def _plain_log_labels(fig: Figure) -> None:
+    """Every log axis still on matplotlib's mathtext default gets PowerOfTenFormatter (labels set by hand stay)."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if type(axis.get_major_formatter()) is LogFormatterSciNotation:
+                axis.set_major_formatter(PowerOfTenFormatter())
+            minor = axis.get_minor_formatter()
+            if type(minor) is LogFormatterSciNotation:
+                axis.set_minor_formatter(PowerOfTenFormatter(labelOnlyBase=minor.labelOnlyBase))
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     """Lay out and write a Figure (one place, shared with pipeline.decide.report).
 
@@ -31,6 +63,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
     renamed, so a full disk leaves the previous figure or none, never a 0-byte or truncated PNG.
     """
     path = Path(path)
+    _plain_log_labels(fig)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -46,10 +79,10 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _legend_outside(ax, n_entries: int) -> None:
+def _legend_outside(ax, n_entries: int, handles: list | None = None) -> None:
     """Legends sit right of the axes, never over the data (a 57-budget table has 57 entries)."""
-    ax.legend(fontsize=6 if n_entries > 12 else 7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-              ncol=max(1, n_entries // 25 + 1))
+    ax.legend(**({"handles": handles} if handles else {}), fontsize=6 if n_entries > 12 else 7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=max(1, n_entries // 25 + 1))
 
 
 def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
@@ -66,26 +99,32 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     out = np.array([r in dropped for r in table.run_id], dtype=bool)
     zigzags = result.get("zigzags") or {}
     noise_sd = zigzags.get("sd_log")
+    # The runs' points and bars are drawn in one call each, coloured per point (a 58-budget table drew 131
+    # scatters, most of this figure's time); the legend gets one proxy per budget.
+    colour_of = np.array([colours[i] for i in np.searchsorted(budgets, groups)])
+    inside = np.zeros(len(table), dtype=bool)
     for budget, colour in zip(budgets, colours, strict=True):
-        rows = (groups == budget) & ~out
         prof = profiles.get(float(budget))
-        inside = np.zeros(rows.shape, dtype=bool)
         if prof and prof.get("window_log_n"):
             lo, hi = prof["window_log_n"]
-            inside = rows & (np.log(table.n) >= lo - 1e-9) & (np.log(table.n) <= hi + 1e-9)
-        if noise_sd:   # each run's +-1 sd of the noise, to read a zigzag against (pipeline/fit/noise.py)
-            ax.errorbar(table.n[rows], table.loss[rows], yerr=table.loss[rows] * noise_sd, fmt="none", ecolor=colour,
-                        elinewidth=0.8, alpha=0.6)
-        ax.scatter(table.n[inside], table.loss[inside], color=colour, s=18, label=f"C = {budget:.2g}")
-        ax.scatter(table.n[rows & ~inside], table.loss[rows & ~inside], facecolors="none", edgecolors=colour, s=18,
-                   label=None if inside.any() else f"C = {budget:.2g}")
+            inside |= (groups == budget) & (np.log(table.n) >= lo - 1e-9) & (np.log(table.n) <= hi + 1e-9)
         if prof and prof.get("parabola"):
             x = np.linspace(*prof["window_log_n"], 50)
             ax.plot(np.exp(x), np.polyval(prof["parabola"], x), color=colour, lw=1.2)
         if prof and prof.get("bracketed"):
             ax.scatter([prof["n_opt"]], [prof["loss_min"]], color=colour, marker="*", s=120, edgecolor="k")
+    kept = ~out
+    if noise_sd:   # each run's +-1 sd of the noise, to read a zigzag against (pipeline/fit/noise.py)
+        ax.vlines(table.n[kept], table.loss[kept] * (1 - noise_sd), table.loss[kept] * (1 + noise_sd),
+                  colors=colour_of[kept], linewidth=0.8, alpha=0.6)
+    ax.scatter(table.n[kept & inside], table.loss[kept & inside], c=colour_of[kept & inside], s=18)
+    ax.scatter(table.n[kept & ~inside], table.loss[kept & ~inside], facecolors="none",
+               edgecolors=colour_of[kept & ~inside], s=18)
+    handles = [Line2D([], [], marker="o", ls="", color=colour, label=f"C = {budget:.2g}")
+               for budget, colour in zip(budgets, colours, strict=True)]
     if out.any():
-        ax.scatter(table.n[out], table.loss[out], marker="x", color="C3", s=30, label="dropped (outlier rule)")
+        handles.append(ax.scatter(table.n[out], table.loss[out], marker="x", color="C3", s=30,
+                                  label="dropped (outlier rule)"))
     ax.set_xscale("log")
     ax.set_xlabel(f"N ({table.convention} parameters)")
     ax.set_ylabel("final validation loss")
@@ -93,7 +132,7 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
             f"{noise_sd:.3g} in log loss)") if noise_sd else ""
     ax.set_title("IsoFLOP profiles (Approach 2): filled = in the parabola's window, hollow = outside; stars: vertices"
                  + bars, fontsize=8)
-    _legend_outside(ax, budgets.size + int(out.any()))
+    _legend_outside(ax, len(handles), handles)
     return save_figure(fig, path)
 
 
