@@ -96,17 +96,20 @@ def test_a_minimum_at_the_edge_is_not_resolved():
     assert not fit_parabola(lrs, losses)["resolved"]
 
 
-def test_power_law_through_the_optima_is_recovered():
-    base = RULES["steplaw2025"]
+def probe_curves_of(points, d_exponent: float) -> list[dict]:
+    """Synthetic probe curves at (N non-embedding, D) points whose best LR is 0.3 N^-0.35 D^d_exponent."""
     curves = []
-    for n in (2e4, 6e4, 2e5):
-        d = 5e5
-        best = 0.3 * n**-0.35 * d**0.307
+    for n, d in points:
+        best = 0.3 * n**-0.35 * d**d_exponent
         lrs, losses = synthetic_curve(best, centre=best * 1.3)
-        points = [{"lr": lr, "loss": loss, "status": "ok"} for lr, loss in zip(lrs, losses, strict=True)]
         curves.append({"shape": {"n": n}, "tokens": d, "params": {"total": 2 * n, "non_embedding": n},
-                       "flops": 6 * 2 * n * d, "rule": base.to_dict(), "points": points})
-    law = fit_lr_law(curves, "synthetic")
+                       "flops": 6 * 2 * n * d, "rule": RULES["steplaw2025"].to_dict(),
+                       "points": [{"lr": lr, "loss": loss, "status": "ok"} for lr, loss in zip(lrs, losses, strict=True)]})
+    return curves
+
+
+def test_power_law_through_the_optima_is_recovered():
+    law = fit_lr_law(probe_curves_of([(2e4, 5e5), (6e4, 5e5), (2e5, 5e5)], 0.307), "synthetic")
     assert law["rule"]["lr_law"]["exp_n"] == pytest.approx(-0.35, abs=0.03)
     assert law["rule"]["lr_law"]["exp_d"] == 0.307 and "held at" in law["d_exponent"]
     assert law["rule"]["data_range"]["N"] == [2e4, 2e5]
@@ -114,15 +117,8 @@ def test_power_law_through_the_optima_is_recovered():
 
 
 def test_a_second_horizon_measures_the_d_exponent():
-    base = RULES["steplaw2025"]
-    curves = []
-    for n, d in ((2e4, 5e5), (6e4, 5e5), (2e5, 5e5), (2e4, 2e6)):   # the smallest size also at 4x the tokens
-        best = 0.3 * n**-0.35 * d**0.12
-        lrs, losses = synthetic_curve(best, centre=best * 1.3)
-        points = [{"lr": lr, "loss": loss, "status": "ok"} for lr, loss in zip(lrs, losses, strict=True)]
-        curves.append({"shape": {"n": n}, "tokens": d, "params": {"total": 2 * n, "non_embedding": n},
-                       "flops": 6 * 2 * n * d, "rule": base.to_dict(), "points": points})
-    law = fit_lr_law(curves, "synthetic")
+    # the smallest size also at 4x the tokens, as sweep.lr_probe_long_factor=4 plans it
+    law = fit_lr_law(probe_curves_of([(2e4, 5e5), (6e4, 5e5), (2e5, 5e5), (2e4, 2e6)], 0.12), "synthetic")
     assert law["d_exponent"] == "fitted"
     assert law["rule"]["lr_law"]["exp_d"] == pytest.approx(0.12, abs=0.03)
     assert law["rule"]["lr_law"]["exp_n"] == pytest.approx(-0.35, abs=0.03)
