@@ -131,3 +131,11 @@ def test_centre_seeds_conflicts_are_refused_in_one_line(sweep, message):
     with pytest.raises(UserError, match=message) as info:
         validate_study(isoflop_study(**sweep))
     assert "\n" not in str(info.value)
+
+
+def test_centre_seeds_are_ignored_by_designs_without_budgets():
+    from pipeline.config.validate import validate_study
+    study = isoflop_study(centre_seeds=2)
+    for over in ({"seeds": 2}, {"cooldown_reuse": True}):
+        grid = replace(study, sweep=replace(study.sweep, design=Design.grid, sizes=["46k"], tokens=[1e6], **over))
+        validate_study(grid)                     # the preset's centre seeds do not block a grid study

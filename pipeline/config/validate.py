@@ -275,10 +275,11 @@ def validate_fit_keys(job: Study) -> None:
         raise UserError(f"sweep.seeds={job.sweep.seeds} must be >= 1 (seeds per planned run)")
     if job.sweep.centre_seeds < 1:
         raise UserError(f"sweep.centre_seeds={job.sweep.centre_seeds} must be >= 1 (seeds of each budget's centre size)")
-    if job.sweep.seeds > 1 and job.sweep.centre_seeds > 1:
+    centre_repeats = job.sweep.centre_seeds > 1 and job.sweep.design.value in ("isoflop", "adaptive")  # else unused
+    if job.sweep.seeds > 1 and centre_repeats:
         raise UserError(f"sweep.seeds={job.sweep.seeds} repeats every run and sweep.centre_seeds={job.sweep.centre_seeds} "
                         "the centre sizes: set only one of them")
-    if job.sweep.centre_seeds > 1 and job.sweep.cooldown_reuse:
+    if centre_repeats and job.sweep.cooldown_reuse:
         raise UserError("sweep.centre_seeds > 1 with sweep.cooldown_reuse=true is not supported yet: use one of them")
     if job.sweep.seeds > 1 and job.sweep.cooldown_reuse:
         raise UserError("sweep.seeds > 1 with sweep.cooldown_reuse=true is not supported yet: use one of them")
