@@ -7,7 +7,7 @@ Huber objective and its analytic gradient, from each of Chinchilla's 4500 grid s
 al. 2022, App. D.2), keeping the best. Only this grid part of the baseline is timed: it has no
 bootstrap (1000 more loops of it would take hours).
 Ours: pipeline.fit.parametric.fit_parametric (the same 4500 starts, vectorised L-BFGS with
-successive halving, then scipy polish) and pipeline.fit.bootstrap.bootstrap_law over runs (1000 resamples).
+successive halving in float32, then a tight-tolerance polish) and pipeline.fit.bootstrap.bootstrap_law over runs (1000 resamples).
 Prints both times, their ratio and both objectives; the fit must reach an objective <= the
 baseline's. Output of a run is kept in docs/fit_benchmark.md. Both run with one BLAS thread.
 """

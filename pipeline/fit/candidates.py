@@ -37,12 +37,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import minimize
 
 from pipeline.errors import UserError
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.parametric import (
-    HUBER_DELTA,
     MOVED_TOL,
     POLISH_STARTS,
     FitError,
@@ -52,6 +50,7 @@ from pipeline.fit.parametric import (
     _screen,
     check_constants,
     chinchilla_grid,
+    polish,
 )
 
 FULL_NAMES = ("a", "b", "e", "alpha", "beta")   # theta of pipeline.fit.parametric: A = e^a, B = e^b, E = e^e
@@ -130,6 +129,9 @@ class FormObjective:
     def __init__(self, form: Form, base: HuberLogObjective):
         self.form, self.base = form, base
 
+    def screening(self) -> FormObjective:
+        return FormObjective(self.form, self.base.screening())
+
     def __call__(self, theta: np.ndarray, rows: np.ndarray):
         f, g = self.base(self.form.full(theta), rows)
         return f, g @ self.form.matrix
@@ -168,31 +170,23 @@ def grid_search(form: Form, objective: FormObjective) -> tuple[np.ndarray, np.nd
 
 def finish(form: Form, objective, theta: np.ndarray, fun: np.ndarray, origins: np.ndarray, n: np.ndarray,
            d: np.ndarray, convention: str = "total", n_polish: int = POLISH_STARTS) -> CandidateFit:
-    """The best of batched L-BFGS results, polished and checked: scipy's L-BFGS-B at tight tolerances from the
-    `n_polish` best distinct points, then the checks every fit passes (it moved from its grid start `origins`,
-    converged, E, A, B in float range, alpha, beta > 0); raises FitError otherwise."""
-    best = None
+    """The best of batched L-BFGS results, polished and checked: finished at tight tolerances from the `n_polish`
+    best distinct points (pipeline.fit.parametric.polish), then the checks every fit passes (it moved from its grid
+    start `origins`, converged, E, A, B in float range, alpha, beta > 0); raises FitError otherwise."""
     picks = _distinct_best(theta, fun, n_polish)
-    for i in picks:
-        res = minimize(objective.single, theta[i], jac=True, method="L-BFGS-B",
-                       options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000, "maxcor": 20})
-        if best is None or res.fun < best[0].fun:
-            best = (res, i)
-    if best is None:
+    res = polish(objective, theta[picks], n, d) if picks else None
+    if res is None:
         raise FitError(f"candidate {form.name}: every start gave a non-finite objective")
-    res, start_index = best
-    f, g = objective.single(res.x)
-    grad_scale = HUBER_DELTA * len(n) * max(np.max(np.log(n)), np.max(np.log(d)))
-    converged = bool(res.success or np.max(np.abs(g)) <= 1e-7 * grad_scale)
-    if not np.max(np.abs(res.x - origins[start_index])) > MOVED_TOL:
+    if not np.max(np.abs(res.x - origins[picks[res.pick]])) > MOVED_TOL:
         raise FitError(f"candidate {form.name}: the best solution did not move from its start: add runs")
-    if not converged:
+    if not res.converged:
         raise FitError(f"candidate {form.name} did not converge ({res.message})")
     full = form.full(res.x)
     check_constants(f"candidate {form.name}", full[2], full[0], full[1])
     if not (full[3] > 0 and full[4] > 0):
         raise FitError(f"candidate {form.name}: alpha={full[3]:.3g}, beta={full[4]:.3g}: loss does not fall with N and D")
-    return CandidateFit(form, np.asarray(res.x, dtype=float), f, int(n.size), origins[picks], converged, convention)
+    return CandidateFit(form, np.asarray(res.x, dtype=float), res.fun, int(n.size), origins[picks], res.converged,
+                        convention)
 
 
 def check_size(form: Form, n_params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

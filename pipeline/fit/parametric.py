@@ -12,8 +12,10 @@ et al. 2024, arXiv:2404.10102, sec. 2-3):
 Speed: every start runs in one vectorised L-BFGS (pipeline.fit.lbfgs). Starts are pruned by
 successive halving (Jamieson & Talwalkar 2016): after a few iterations only the best share goes on,
 since the lowest objective is reached from many starts (e.g. 31% of them on Chinchilla's points).
-The best few finish with scipy's L-BFGS-B at tight tolerances. scripts/bench_fit.py checks the
-result against a plain loop of scipy over all 4500 starts.
+The screening iterations evaluate the objective in float32 (`HuberLogObjective.screening`): they only
+rank the starts, and float32's exp and log run twice as fast; the survivors then converge in float64.
+The best few finish at tight tolerances (`polish`: the same L-BFGS, scipy L-BFGS-B's tolerances). scripts/bench_fit.py
+checks the result against a plain loop of scipy over all 4500 starts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 from pipeline.errors import UserError
 from pipeline.fit.laws import ParametricLaw, optimum_on_line
@@ -35,13 +36,19 @@ CHUNK_ELEMENTS = 8192
 SCREEN_ITERS = (15, 40)     # successive halving: after 15 iterations keep 1/8, after 40 more keep 1/4 of those
 SCREEN_KEEP = (1 / 8, 1 / 4)
 SCREEN_MIN_KEEP = 64
-POLISH_STARTS = 8           # distinct best candidates finished with scipy at tight tolerances
+POLISH_STARTS = 8           # distinct best candidates finished at tight tolerances (`polish`)
+# The polish's tolerances: those this fit long used with scipy's L-BFGS-B (ftol 1e-15, gtol 1e-12, 20 pairs, 10k
+# iterations); batched here, so the fit needs no scipy import (0.3 s of the fit command's start).
+POLISH_OPTIONS = {"ftol": 1e-15, "gtol": 1e-12, "history": 20, "max_iter": 10_000}
 MOVED_TOL = 1e-6            # a best solution closer than this to its start "did not move"
 LOG_CONSTANT_LIMIT = 700.0  # exp(+-709.8) bounds float64: log E, log A, log B beyond this are no law
 # The objective takes exp of log(A/N^alpha), log(B/D^beta) and log E with their exponents clipped to +-300:
 # exp stays off its overflow and denormal slow path (35x slower), and no law a loss of nats could fit has a
 # term beyond e^+-300 (1e+-130); a wild line-search trial there just gets a huge residual and is rejected.
 EXP_LIMIT = 300.0
+# float32 (the screening passes) overflows at exp(88.7): its terms are clipped to e^+-80 instead. A loss of nats
+# is fitted by terms far inside that; a trial beyond it gets a huge residual either way.
+SCREEN_EXP_LIMIT = 80.0
 
 
 class FitError(UserError):
@@ -65,17 +72,26 @@ class HuberLogObjective:
     (n_problems, n_runs): each problem its own losses (a parametric bootstrap redraws them).
     """
 
-    def __init__(self, n_params, tokens, loss, weights: np.ndarray | None = None, delta: float = HUBER_DELTA):
-        self.log_n = np.log(np.asarray(n_params, dtype=float))
-        self.log_d = np.log(np.asarray(tokens, dtype=float))
-        self.log_loss = np.log(np.asarray(loss, dtype=float))
+    def __init__(self, n_params, tokens, loss, weights: np.ndarray | None = None, delta: float = HUBER_DELTA,
+                 dtype=np.float64):
+        self.dtype = np.dtype(dtype)
+        self.log_n = np.log(np.asarray(n_params, dtype=float)).astype(self.dtype)
+        self.log_d = np.log(np.asarray(tokens, dtype=float)).astype(self.dtype)
+        self.log_loss = np.log(np.asarray(loss, dtype=float)).astype(self.dtype)
         self.per_problem = self.log_loss.ndim == 2
-        self.weights = weights
+        self.weights = None if weights is None else np.asarray(weights).astype(self.dtype, copy=False)
         self.delta = delta
+        self.exp_limit = EXP_LIMIT if self.dtype == np.float64 else SCREEN_EXP_LIMIT
+        self._inputs = (n_params, tokens, loss, weights)
+
+    def screening(self) -> HuberLogObjective:
+        """The same objective in float32, for the passes that only rank starts (module doc)."""
+        return HuberLogObjective(*self._inputs, delta=self.delta, dtype=np.float32)
 
     def _chunk(self, theta: np.ndarray, weights: np.ndarray | None, log_loss: np.ndarray | None = None):
+        theta = theta.astype(self.dtype, copy=False)
         a, b, e, alpha, beta = (theta[:, i:i + 1] for i in range(5))
-        lo, hi = -EXP_LIMIT, EXP_LIMIT
+        lo, hi = -self.exp_limit, self.exp_limit
         # exp of each term's exponent clipped to +-EXP_LIMIT (see its comment): no max-subtraction pass needed
         exp_n = np.multiply(alpha, -self.log_n)            # log(A / N^alpha), then its exp, in place
         exp_n += a
@@ -102,7 +118,7 @@ class HuberLogObjective:
         grad[:, 0], grad[:, 1] = exp_n.sum(1), exp_d.sum(1)
         grad[:, 2] = dres.sum(1) * exp_e[:, 0]
         grad[:, 3], grad[:, 4] = -(exp_n @ self.log_n), -(exp_d @ self.log_d)
-        return huber.sum(1), grad
+        return huber.sum(1, dtype=np.float64), grad
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = np.empty(len(theta))
@@ -152,9 +168,34 @@ class ParametricFit:
         return out
 
 
-def _polish(objective: HuberLogObjective, theta0: np.ndarray, row: int = 0):
-    return minimize(objective.single, theta0, args=(row,), jac=True, method="L-BFGS-B",
-                    options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000, "maxcor": 20})
+@dataclass(frozen=True)
+class Polished:
+    x: np.ndarray           # the best polished point
+    fun: float
+    pick: int               # which of the polished points it came from
+    converged: bool
+    grad_max: float         # max |gradient| at x
+    message: str
+
+
+def polish(objective, thetas: np.ndarray, n: np.ndarray, d: np.ndarray) -> Polished | None:
+    """Finish `thetas` (k, dim) at POLISH_OPTIONS' tolerances and keep the lowest; None when all are non-finite.
+
+    The line search can stall at a kink of the Huber loss even at the optimum (so did scipy's, with
+    "ABNORMAL_TERMINATION_IN_LNSRCH"): that counts as converged only when the gradient there is negligible
+    against the Huber scale, delta per run times the largest log-feature."""
+    res = minimize_batched(objective, np.atleast_2d(thetas), **POLISH_OPTIONS)
+    fun = np.where(np.isfinite(res.fun), res.fun, np.inf)
+    if not np.isfinite(fun).any():
+        return None
+    k = int(np.argmin(fun))
+    f, g = objective.single(res.theta[k])
+    grad_max = float(np.max(np.abs(g)))
+    grad_scale = HUBER_DELTA * len(n) * max(np.max(np.log(n)), np.max(np.log(d)))
+    message = ("converged" if res.converged[k] else "line search stalled" if res.stalled[k]
+               else f"iteration limit ({POLISH_OPTIONS['max_iter']})")
+    return Polished(res.theta[k].copy(), f, k, bool(res.converged[k] or grad_max <= 1e-7 * grad_scale),
+                    grad_max, message)
 
 
 def check_constants(what: str, log_e: float, log_a: float, log_b: float) -> None:
@@ -179,11 +220,13 @@ def _check_points(n_params, tokens, loss) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _screen(objective: HuberLogObjective, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Successive halving over the starts; returns (final thetas, objectives, index of each start)."""
+    """Successive halving over the starts (in float32), the survivors run to convergence in float64; returns
+    (final thetas, objectives, index of each start)."""
     index = np.arange(len(starts))
     theta = starts
+    ranking = objective.screening()
     for iters, keep in zip(SCREEN_ITERS, SCREEN_KEEP, strict=True):
-        res = minimize_batched(objective, theta, max_iter=iters)
+        res = minimize_batched(ranking, theta, max_iter=iters)
         n_keep = max(SCREEN_MIN_KEEP, int(len(theta) * keep))
         order = np.argsort(np.where(np.isfinite(res.fun), res.fun, np.inf), kind="stable")[:n_keep]
         theta, index = res.theta[order], index[order]
@@ -209,36 +252,24 @@ def fit_parametric(n_params, tokens, loss, starts: np.ndarray | None = None) -> 
     objective = HuberLogObjective(n, d, loss)
     starts = chinchilla_grid() if starts is None else np.asarray(starts, dtype=float)
     theta, fun, index = _screen(objective, starts)
-    best = None
     candidates = _distinct_best(theta, fun, POLISH_STARTS)
-    for i in candidates:
-        res = _polish(objective, theta[i])
-        if best is None or res.fun < best[0].fun:
-            best = (res, index[i])
-    if best is None:
+    res = polish(objective, theta[candidates], n, d) if candidates else None
+    if res is None:
         raise FitError("parametric fit: every start gave a non-finite objective: check the losses are in nats")
-    res, start_index = best
-    start = starts[start_index]
-    f, g = objective.single(res.x)
-    grad_max = float(np.max(np.abs(g)))
-    # scipy's L-BFGS-B can end on "ABNORMAL_TERMINATION_IN_LNSRCH" at a kink of the Huber loss even
-    # at the optimum; accept that only when the gradient there is negligible against the Huber scale
-    # (delta per run times the largest log-feature).
-    grad_scale = HUBER_DELTA * len(n) * max(np.max(np.log(n)), np.max(np.log(d)))
-    converged = bool(res.success or grad_max <= 1e-7 * grad_scale)
+    start = starts[index[candidates[res.pick]]]
     moved = bool(np.max(np.abs(res.x - start)) > MOVED_TOL)
     check_constants("parametric fit", res.x[2], res.x[0], res.x[1])
     E, A, B = np.exp(res.x[2]), np.exp(res.x[0]), np.exp(res.x[1])
     fit = ParametricFit(E=float(E), A=float(A), B=float(B), alpha=float(res.x[3]), beta=float(res.x[4]),
-                        objective=f, n_points=int(len(n)), converged=converged, moved=moved,
+                        objective=res.fun, n_points=int(len(n)), converged=res.converged, moved=moved,
                         n_starts=int(len(starts)), start=tuple(float(v) for v in start),
-                        grad_max=grad_max, message=str(res.message),
+                        grad_max=res.grad_max, message=res.message,
                         basin_starts=tuple(tuple(float(v) for v in starts[index[i]]) for i in candidates))
     if not moved:
         raise FitError(f"parametric fit: the best solution did not move from its start {fit.start}: "
                        "the runs do not constrain the law; add runs at more sizes and budgets")
-    if not converged:
-        raise FitError(f"parametric fit did not converge ({fit.message}, max |grad| {grad_max:.2g}): "
+    if not fit.converged:
+        raise FitError(f"parametric fit did not converge ({fit.message}, max |grad| {fit.grad_max:.2g}): "
                        "add runs or check the losses for outliers")
     if not (fit.alpha > 0 and fit.beta > 0):
         raise FitError(f"parametric fit: alpha={fit.alpha:.3g}, beta={fit.beta:.3g}; loss does not fall with "

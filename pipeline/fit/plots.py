@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatter, LogFormatterSciNotation
+from matplotlib.ticker import LogFormatter, LogFormatterSciNotation, NullLocator
 
 from pipeline.fit.fit_all import bootstrap_samples
 from pipeline.fit.intervals import percentile_band
@@ -45,10 +45,20 @@ class PowerOfTenFormatter(LogFormatter):
         return power if coeff == 1 else f"{coeff}\u00d7{power}"
 
 
+# A log axis spanning at least this many decades has a labelled tick per decade and no minor ticks: its 8 minor
+# ticks per decade help no reading there, and building them was a third of a figure's time (docs/fit_benchmark.md).
+MINOR_TICKS_MAX_DECADES = 3.0
+
+
 def _plain_log_labels(fig: Figure) -> None:
-    """Every log axis still on matplotlib's mathtext default gets PowerOfTenFormatter (labels set by hand stay)."""
+    """Every log axis still on matplotlib's mathtext default gets PowerOfTenFormatter (labels set by hand stay);
+    one spanning MINOR_TICKS_MAX_DECADES or more loses its minor ticks."""
     for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
+        for axis, limits in ((ax.xaxis, ax.get_xlim), (ax.yaxis, ax.get_ylim)):
+            if axis.get_scale() == "log":
+                lo, hi = sorted(limits())
+                if lo > 0 and math.log10(hi / lo) >= MINOR_TICKS_MAX_DECADES:
+                    axis.set_minor_locator(NullLocator())
             if type(axis.get_major_formatter()) is LogFormatterSciNotation:
                 axis.set_major_formatter(PowerOfTenFormatter())
             minor = axis.get_minor_formatter()

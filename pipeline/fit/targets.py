@@ -32,7 +32,6 @@ import re
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from pipeline.errors import UserError
 from pipeline.fit.bootstrap import bootstrap_law
@@ -209,6 +208,8 @@ def fit_sigmoid(bpb, acc, chance: float, weights=None, start: Sigmoid | None = N
         tops = [min(1.0, max(chance + 0.05, float(acc.max()) + 0.05)), 1.0]
         starts = [[t, s / spread, float(np.quantile(bpb, q))] for t in tops for s in (1.0, 4.0, 16.0)
                   for q in (0.1, 0.5, 0.9)]
+    from scipy.optimize import least_squares  # here, not at import: a loss-only fit never loads scipy (0.3 s)
+
     best = None
     for theta0 in starts:
         res = least_squares(_residuals, theta0, bounds=(lower, upper), args=(bpb, acc, chance, sqrt_w),
