@@ -95,6 +95,24 @@ def test_agreement_warns_only_when_intervals_do_not_overlap():
     assert "nothing to compare" in approach_agreement({"parametric": {"n_opt": 1e9}})["note"]
 
 
+def test_an_imprecise_approach_inside_its_interval_does_not_set_the_verdict():
+    """Approach 2 on two profiles (the adaptive demo): its point 5.7x from the law's, but its interval 1000x wide
+    and overlapping the law's. The spread is no conflict, so the verdict reads the law's interval and names the
+    approach as too wide to check it; the same points without intervals still count as a spread."""
+    from pipeline.fit.checks import verdict
+
+    approaches = {"parametric": {"n_opt": 7.5e5, "intervals": {"n_opt": [2.7e5, 1.8e6]}},
+                  "isoflop": {"n_opt": 1.3e5, "intervals": {"n_opt": [3.3e3, 3.3e6]}}}
+    agreement = approach_agreement(approaches)
+    assert agreement["consistent"] and "warning" not in agreement
+    assert agreement["too_wide_to_check"]["isoflop"] == pytest.approx(1000, rel=0.01)
+    line = verdict({"intervals": {"n_opt": [2.7e5, 1.8e6]}, "agreement": agreement, "minima": []})
+    assert "within 2.6x" in line and "within their intervals" in line and "Approach 2's interval" in line
+    points = approach_agreement({k: {"n_opt": v["n_opt"]} for k, v in approaches.items()})
+    assert not points["consistent"]
+    assert "within 5.8x" in verdict({"intervals": {"n_opt": [2.7e5, 1.8e6]}, "agreement": points, "minima": []})
+
+
 def test_sensitivity_refits_every_convention(table):
     result = convention_sensitivity(table, 1e21, known={"total": {"parametric_a": 0.5}})
     assert result["total"] == {"parametric_a": 0.5}                 # given, not refitted

@@ -96,10 +96,17 @@ def apply_outlier_rule(table: RunsTable, rule: str = "default", first_fit=None) 
     return (table if keep.all() else table.subset(keep, reason="outlier (see outliers.rule)")), report
 
 
+# An approach whose N_opt interval (high/low) is this many times wider than the law's says little about it.
+WIDE_TO_CHECK = 10.0
+
+
 def approach_agreement(approaches: dict) -> dict:
     """Compare N_opt at the target budget across approaches; warn when intervals do not overlap.
 
-    An approach without an interval contributes its point estimate as a zero-width interval.
+    An approach without an interval contributes its point estimate as a zero-width interval, so without a
+    bootstrap any difference is a clash. `consistent`: every pair's intervals overlap; `too_wide_to_check`:
+    approaches whose interval is WIDE_TO_CHECK times the parametric law's or wider (e.g. Approach 2 on two
+    profiles), named so the verdict can say they do not corroborate the law.
     """
     spans = {}
     for name, result in approaches.items():
@@ -115,6 +122,11 @@ def approach_agreement(approaches: dict) -> dict:
     out["max_over_min"] = max(points) / min(points)
     clashes = [f"{a} vs {b}" for i, (a, sa) in enumerate(spans.items()) for b, sb in list(spans.items())[i + 1:]
                if sa[1] < sb[0] or sb[1] < sa[0]]
+    out["consistent"] = not clashes      # the verdict counts the spread only when this is False (`verdict`)
+    widths = {k: v[1] / v[0] for k, v in spans.items() if v[0] > 0 and v[1] > v[0]}
+    if "parametric" in widths:           # an approach far less precise than the law cannot corroborate it
+        out["too_wide_to_check"] = {k: w for k, w in widths.items()
+                                    if k != "parametric" and w > WIDE_TO_CHECK * widths["parametric"]}
     if clashes:
         out["warning"] = (f"approaches disagree on N_opt beyond their intervals ({', '.join(clashes)}; "
                           f"{out['max_over_min']:.2g}x apart): trust the answer less, add budgets or runs")
@@ -154,14 +166,21 @@ def convention_sensitivity(table: RunsTable, budget_flops: float, known: dict | 
 # law's interval half-width, sqrt(high/low), and the approaches' max/min spread).
 AGREE_FACTOR = 1.2
 USABLE_FACTOR = 2.0
+APPROACH_NAMES = {"envelope": "Approach 1", "isoflop": "Approach 2", "parametric": "Approach 3"}
 
 
 def verdict(result: dict) -> str:
     """One line a person can act on, from the chosen law's N_opt interval and the approaches' spread."""
     interval = (result.get("intervals") or {}).get("n_opt")
-    spread = (result.get("agreement") or {}).get("max_over_min")
+    agreement = result.get("agreement") or {}
+    # The approaches' spread measures the pilots' precision only when it exceeds their intervals: points
+    # that differ inside overlapping intervals show an imprecise approach, not a conflict (the law's own
+    # interval already states the precision). Without intervals every difference counts.
+    spread = agreement.get("max_over_min")
+    within_intervals = bool(spread) and bool(interval) and agreement.get("consistent") is True
     unresolved = sum(not m["resolved"] for m in result.get("minima") or [])
-    factors = [f for f in ((interval[1] / interval[0]) ** 0.5 if interval else None, spread) if f]
+    factors = [f for f in ((interval[1] / interval[0]) ** 0.5 if interval else None,
+                           None if within_intervals else spread) if f]
     identified = result.get("identifiability") or {}
     if identified and not identified.get("sufficient", True):   # pipeline/fit/identifiability.py
         return f"the table cannot decide N_opt: {identified.get('note')}; add runs before sizing a run from them"
@@ -174,7 +193,12 @@ def verdict(result: dict) -> str:
     why = []
     if interval:
         why.append(f"N_opt interval x/{(interval[1] / interval[0]) ** 0.5:.2g}")
-    if spread:
+    if spread and within_intervals:
+        wide = agreement.get("too_wide_to_check") or {}
+        why.append(f"approaches {spread:.2g}x apart, within their intervals"
+                   + "".join(f"; {APPROACH_NAMES.get(k, k)}'s interval is {w:.3g}x wide, too wide to check the law"
+                             for k, w in wide.items()))
+    elif spread:
         why.append(f"approaches {spread:.2g}x apart")
     if unresolved:
         why.append(f"{unresolved} IsoFLOP minima not resolved beyond the noise")
