@@ -10,6 +10,7 @@ import pytest
 from pipeline.decide.next_runs import (
     Candidates,
     choose_next,
+    describe_pick,
     isoflop_candidates,
     log_loss_at,
     log_n_opt,
@@ -50,23 +51,57 @@ def test_log_n_opt_is_the_closed_form():
     assert np.exp(log_loss_at(samples, np.array([1e9]), np.array([2e10])))[0, 0] == pytest.approx(TRUTH.loss(1e9, 2e10))
 
 
-def test_the_chooser_picks_what_shrinks_the_interval_most_per_flop(seed_fit):
-    table, fit = seed_fit
-    cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_flops)
-    choice = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=1)
-    pick = choice["picks"][0]
-    # brute force over the candidates, each on its own: variance of log N_opt removed per FLOP
+def unit_values(fit: dict, cands: Candidates) -> dict[int, float]:
+    """Brute force: per unit of candidates, the variance of log N_opt its runs remove jointly, per FLOP."""
     members = fit["samples"]
     q = log_n_opt(members, TARGET)
     lo, hi = np.percentile(q, [1, 99])
     keep = (q >= lo) & (q <= hi)
     f = log_loss_at(members[keep], cands.n, cands.d)
-    per_flop = [np.cov(q[keep], f[:, j])[0, 1] ** 2 / (np.var(f[:, j], ddof=1) + fit["sd_log"] ** 2) / cands.flops[j]
-                for j in range(len(cands))]
-    assert pick["index"] == int(np.argmax(per_flop))
+    values = {}
+    for u in np.unique(cands.units()):
+        cols = np.flatnonzero(cands.units() == u)
+        z = np.cov(np.column_stack([q[keep], f[:, cols]]), rowvar=False)
+        c, s = z[0, 1:], z[1:, 1:] + fit["sd_log"] ** 2 * np.eye(cols.size)
+        values[int(u)] = float(c @ np.linalg.solve(s, c) / cands.flops[cols].sum())
+    return values
+
+
+def test_the_chooser_picks_what_shrinks_the_interval_most_per_flop(seed_fit):
+    table, fit = seed_fit
+    cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_flops)
+    values = unit_values(fit, cands)
+    size = {u: int(np.sum(cands.units() == u)) for u in values}
+    # one run: the best single candidate (a new budget's profile needs 3 runs)
+    pick = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=1)["picks"][0]
+    assert cands.units()[pick["index"]] == max((u for u in values if size[u] == 1), key=values.get)
+    # three runs: the best unit first, a whole new-budget profile counted as its joint value per FLOP
+    choice = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=3)
+    first = choice["picks"][0]
+    assert cands.units()[first["index"]] == max(values, key=values.get)
+    assert first["shrink_per_flop"] == pytest.approx(max(values.values()), rel=1e-6)
     assert choice["expected_width_after"] < choice["width_now"]
     # extrapolating 1000x, a run at a budget larger than the seed's is worth its price: the pick is not a seed repeat
     assert pick["kind"] in ("new budget", "new size")
+
+
+def test_a_new_budget_enters_as_a_whole_profile_centred_on_the_optimum(seed_fit):
+    """Approach 2 needs a parabola at every budget: a new budget's candidates are its 3 central sizes, one unit."""
+    table, fit = seed_fit
+    cands = isoflop_candidates(TRUTH, table.n, table.tokens, table.budget_flops, sizes_per_budget=5)
+    new = np.array(cands.kind) == "new budget"
+    for budget in np.unique(cands.budget[new]):
+        at = new & (cands.budget == budget)
+        assert at.sum() == 3 and np.unique(cands.units()[at]).size == 1
+        assert np.exp(np.mean(np.log(cands.n[at]))) == pytest.approx(TRUTH.optimal_allocation(budget)[0], rel=1e-9)
+    assert np.unique(cands.units()[~new]).size == (~new).sum()        # every other candidate alone
+    picks = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=3)["picks"]
+    by_budget = {}
+    for p in picks:
+        by_budget.setdefault(p["budget"], []).append(p)
+    for p in picks:
+        if p["kind"] == "new budget":
+            assert len(by_budget[p["budget"]]) == 3 and "3-size profile" in describe_pick(p)
 
 
 def test_the_same_run_at_a_lower_price_wins_and_a_repeat_is_worth_less(seed_fit):

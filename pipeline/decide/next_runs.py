@@ -29,11 +29,16 @@ ensemble's percentile width scaled by sqrt(Var after / Var now).
 Candidates (`isoflop_candidates`): every existing IsoFLOP budget and new budgets `budget_ratio` below
 the smallest and above the largest (up to two steps), each with sizes centred on the current law's
 optimum at that budget (so Approach 2's parabolas stay centred, arXiv 2603.22339), plus a repeat
-(another seed) of every run already trained.
+(another seed) of every run already trained. A new budget's PROFILE_SIZES central sizes are one unit,
+chosen together or not at all: its value is the variance the runs remove jointly,
+c' (S + sigma^2 I)^-1 c with c their covariances with q and S among them, per FLOP of all of them. A
+budget that enters with one or two sizes gives Approach 2 no parabola, so the approaches could not be
+compared there (the adaptive demo once ended with Approach 2 on two profiles, its interval 1000x wide).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +50,9 @@ Z90 = 1.6448536269514722          # the 95th percentile of the standard normal: 
 ENSEMBLE_TRIM = (1.0, 99.0)       # members beyond these percentiles of log N_opt are left out of the
                                   # covariances: a few resamples that ran off would otherwise dominate them
 MIN_ENSEMBLE = 8
+# A new budget enters as this many sizes around the law's optimum, chosen together: a parabola through them gives
+# Approach 2 a profile, so it can check Approach 3's answer (one or two sizes at a budget give it nothing).
+PROFILE_SIZES = 3
 
 
 @dataclass(frozen=True)
@@ -56,14 +64,18 @@ class Candidates:
     flops: np.ndarray
     budget: np.ndarray
     kind: tuple[str, ...]       # "new budget", "new size" or "seed"
+    unit: np.ndarray | None = None   # candidates with one unit id are chosen together (None: each alone)
 
     def __len__(self) -> int:
         return len(self.n)
 
+    def units(self) -> np.ndarray:
+        return np.arange(len(self)) if self.unit is None else np.asarray(self.unit)
+
     def subset(self, keep: np.ndarray) -> Candidates:
         keep = np.asarray(keep)
         return Candidates(self.n[keep], self.d[keep], self.flops[keep], self.budget[keep],
-                          tuple(np.asarray(self.kind, dtype=object)[keep]))
+                          tuple(np.asarray(self.kind, dtype=object)[keep]), self.units()[keep])
 
 
 def log_n_opt(samples: np.ndarray, target_flops: float) -> np.ndarray:
@@ -109,21 +121,26 @@ def isoflop_candidates(law: ParametricLaw, done_n, done_d, done_budget, *, sizes
         raise UserError("no run has an IsoFLOP budget to place candidates around: group the runs (RunsTable.budget_groups)")
     budgets = [*known, known.min() / budget_ratio, *(known.max() * budget_ratio ** (k + 1) for k in range(new_budgets))]
     budgets = [b for b in budgets if min_budget is None or b >= min_budget * (1 - 1e-9)]
-    n, d, c, budget, kind = [], [], [], [], []
+    n, d, c, budget, kind, unit = [], [], [], [], [], []
+    ids = itertools.count()
     half = (sizes_per_budget - 1) / 2
     for b in budgets:
         centre = float(law.optimal_allocation(b)[0])
         is_new = not np.any(np.isclose(known, b, rtol=1e-3))
+        profile = next(ids)   # a new budget: only its PROFILE_SIZES central sizes, as one unit (module doc)
         for k in range(sizes_per_budget):
+            if is_new and abs(k - half) > (PROFILE_SIZES - 1) / 2:
+                continue          # its outer sizes are candidates ("new size") once the budget has its profile
             size = centre * size_ratio ** (k - half)
             n.append(size), d.append(b / (TRAIN_FLOPS_PER_PARAM_TOKEN * size)), c.append(b), budget.append(b)
             kind.append("new budget" if is_new else "new size")
+            unit.append(profile if is_new else next(ids))
     done_budget = np.asarray(done_budget, dtype=float)
     _, first = np.unique(np.column_stack([done_n, done_d]), axis=0, return_index=True)
     for i in sorted(first):
         n.append(done_n[i]), d.append(done_d[i]), c.append(TRAIN_FLOPS_PER_PARAM_TOKEN * done_n[i] * done_d[i])
-        budget.append(done_budget[i]), kind.append("seed")
-    cands = Candidates(np.array(n), np.array(d), np.array(c), np.array(budget), tuple(kind))
+        budget.append(done_budget[i]), kind.append("seed"), unit.append(next(ids))
+    cands = Candidates(np.array(n), np.array(d), np.array(c), np.array(budget), tuple(kind), np.array(unit))
     if max_run_flops is not None:
         cands = cands.subset(cands.flops <= max_run_flops)
     return cands
@@ -167,33 +184,45 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
     decades = np.log10(target_flops / np.maximum(candidates.flops[usable], 1e-300))
     noise_var = sd_log**2 + (discrepancy_per_decade * np.maximum(decades, 0.0)) ** 2
     var0 = cov[0, 0]
+    unit_of = candidates.units()[usable]
+    units = [np.flatnonzero(unit_of == u) for u in np.unique(unit_of)]   # columns of each unit, chosen together
+    unit_cost = np.array([cost[m].sum() for m in units])
     picks, spent, stopped = [], 0.0, "no candidate fits the FLOPs left"
-    taken = np.zeros(len(index), dtype=bool)   # one pick per candidate a round (a repeat is its own candidate)
+    taken = np.zeros(len(units), dtype=bool)   # one pick per unit a round (a repeat is its own candidate)
     while max_runs is None or len(picks) < max_runs:
-        fits = spent + cost <= flops_left
+        slots = np.inf if max_runs is None else max_runs - len(picks)
+        fits = (spent + unit_cost <= flops_left) & ~taken
         if not fits.any():
-            stopped = "the FLOPs left are spent" if picks else stopped
+            stopped = ("every candidate is chosen" if taken.all() else
+                       "the FLOPs left are spent" if picks else stopped)
             break
-        diag = np.diag(cov)[1:]
-        gain = cov[0, 1:] ** 2 / (diag + noise_var)
-        score = np.where(fits & ~taken, gain / cost, -np.inf)
-        if not np.isfinite(score).any():
-            stopped = "every candidate is chosen"
+        eligible = fits & np.array([len(m) <= slots for m in units])
+        if not eligible.any():
+            stopped = f"{len(picks)} runs chosen; a new budget's profile needs {PROFILE_SIZES}"
             break
-        j = int(np.argmax(score))
-        if not gain[j] > 1e-12 * max(var0, 1e-300):
+        gain = np.zeros(len(units))
+        for u in np.flatnonzero(eligible):   # Var(q) removed by observing the unit's runs jointly (module doc)
+            cols = units[u] + 1
+            gain[u] = cov[0, cols] @ np.linalg.solve(cov[np.ix_(cols, cols)] + np.diag(noise_var[units[u]]),
+                                                     cov[0, cols])
+        score = np.where(eligible, gain / unit_cost, -np.inf)
+        u = int(np.argmax(score))
+        if not gain[u] > 1e-12 * max(var0, 1e-300):
             stopped = "no candidate shrinks the interval further"
             break
-        col = cov[:, j + 1].copy()
-        cov = cov - np.outer(col, col) / (col[j + 1] + noise_var[j])
-        spent += cost[j]
-        taken[j] = True
-        i = index[j]
-        picks.append({"index": int(i), "n": float(candidates.n[i]), "d": float(candidates.d[i]),
-                      "flops": float(candidates.flops[i]),
-                      "budget": float(candidates.budget[i]) if np.isfinite(candidates.budget[i]) else None,
-                      "kind": candidates.kind[i], "shrink_per_flop": float(gain[j] / cost[j]),
-                      "expected_width_after": float(width_now ** np.sqrt(max(cov[0, 0], 0.0) / var0))})
+        cols = units[u] + 1
+        gain_cols = np.linalg.solve(cov[np.ix_(cols, cols)] + np.diag(noise_var[units[u]]), cov[cols, :])
+        cov = cov - cov[:, cols] @ gain_cols
+        spent += unit_cost[u]
+        taken[u] = True
+        after = float(width_now ** np.sqrt(max(cov[0, 0], 0.0) / var0))
+        for j in units[u]:
+            i = index[j]
+            picks.append({"index": int(i), "n": float(candidates.n[i]), "d": float(candidates.d[i]),
+                          "flops": float(candidates.flops[i]),
+                          "budget": float(candidates.budget[i]) if np.isfinite(candidates.budget[i]) else None,
+                          "kind": candidates.kind[i], "shrink_per_flop": float(gain[u] / unit_cost[u]),
+                          "unit_size": int(len(units[u])), "expected_width_after": after})
     else:
         stopped = f"{max_runs} runs chosen"
     after = width_now ** np.sqrt(max(cov[0, 0], 0.0) / var0)
@@ -206,7 +235,9 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
 
 def describe_pick(pick: dict, label: str = "N_opt") -> str:
     """One line: what the run is and why it was chosen."""
-    if pick["kind"] == "new budget":
+    if pick["kind"] == "new budget" and pick.get("unit_size", 1) > 1:
+        what = f"budget {pick['budget']:.3g} added as a {pick['unit_size']}-size profile (Approach 2 can fit it)"
+    elif pick["kind"] == "new budget":
         what = f"budget {pick['budget']:.3g} added"
     elif pick["kind"] == "new size":
         what = f"new size at budget {pick['budget']:.3g}" if pick["budget"] else "new size"

@@ -76,7 +76,7 @@ def realizer(study: Study, vocab_size: int, world_size: int, planned_ids: set[st
                     break
         sub = cands.subset(np.array(keep, dtype=int))
         return type(cands)(np.array(n, dtype=float), np.array(d, dtype=float), np.array(flops, dtype=float),
-                           sub.budget, sub.kind), keys
+                           sub.budget, sub.kind, sub.unit), keys
     return realize
 
 
