@@ -163,3 +163,15 @@ def test_full_run_takes_the_pilots_wsd_schedule_and_the_config_accepts_it(tmp_pa
     # Unknown pilots (a CSV, a published law): Chinchilla's cosine to 10%, said so.
     default = recommend(EPOCH, resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ)["model"]["schedule"]
     assert (default["name"], default["min_lr_ratio"]) == ("cosine", 0.1) and "not known" in default["source"]
+
+
+def test_a_fit_without_bootstrap_is_told_to_bootstrap_not_called_a_published_law():
+    """A fitted law of the "chinchilla" form shares the published law's name; without samples its warning says
+    how to get intervals, and only a law without pilots is 'a published law'."""
+    fitted = ParametricLaw(1.9, 500.0, 2000.0, 0.35, 0.37, name="chinchilla", source="candidate chinchilla fitted")
+    rec = recommend(fitted, resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ,
+                    pilot={"runs": 20, "total_flops": 1e19})
+    assert any("fit with bootstrap > 0" in w for w in rec["warnings"])
+    assert not any("published law is a point estimate" in w for w in rec["warnings"])
+    published = recommend(published_law("chinchilla"), resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ)
+    assert any("published law is a point estimate" in w for w in published["warnings"])

@@ -184,7 +184,8 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
 
     intervals = sample_intervals(law_samples, budget_flops, count) if parametric and law_samples is not None else None
     if intervals is None:
-        why = ("a published law is a point estimate" if law.name in PUBLISHED_NAMES
+        # a fitted law may carry a published law's name (the "chinchilla" form): only a law without pilots is one
+        why = ("a published law is a point estimate" if law.name in PUBLISHED_NAMES and pilot is None
                else "no bootstrap samples: fit with bootstrap > 0 for intervals")
         warnings.append(f"no intervals for law {law.name}: {why}")
 
