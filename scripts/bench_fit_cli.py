@@ -6,7 +6,7 @@ What is timed: `python -m pipeline.fit runs=<the 240 points> columns.params="Mod
 columns.flops="Training FLOP" budget.flops=5.76e23 bootstrap=0 out_dir=<tmp>` as a subprocess, start to exit:
 imports, the config, the law selection and backtests, the decision, report.md, recommendation.json, the
 figures and the full-run config. The 240 points are Epoch's 245 less the 5 highest losses (Besiroglu et al.
-2024), as scripts/bench_fit_stage.py reads them. `--baseline-rev` (a git revision) is extracted to a
+2024; scripts/_bench_common.py, shared with scripts/bench_fit_stage.py). `--baseline-rev` (a git revision) is extracted to a
 temporary folder and its command timed the same way, alternating with this checkout.
 
 Why a reference: the machine is shared, so a wall time alone says little. Each repeat also times a fixed
@@ -19,7 +19,6 @@ CPU time (one process, so its CPU time is close to its wall time on an idle core
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -29,10 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "chinchilla_fig4_epoch.csv"
-BUDGET = 5.76e23
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+from _bench_common import (
+    BUDGET,
+    DEFAULT_CSV,
+    ONE_THREAD_ENV,
+    ROOT,
+    extract_revision,
+    missing_csv,
+    write_240_points,
+)
 
 REFERENCE = """
 import json, sys, time
@@ -50,25 +54,12 @@ print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time()
 """
 
 
-def write_240_points(src: Path, dst: Path) -> int:
-    """Epoch's extraction less its 5 highest losses, as a CSV with the same columns."""
-    with src.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    rows.sort(key=lambda r: float(r["loss"]))
-    kept = rows[:-5]
-    with dst.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(kept[0]))
-        writer.writeheader()
-        writer.writerows(kept)
-    return len(kept)
-
-
 def time_command(src: Path, runs: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "pipeline.fit", f"runs={runs}", "columns.params=Model Size",
            "columns.flops=Training FLOP", f"budget.flops={BUDGET:g}", "bootstrap=0", f"out_dir={out}"]
     start = time.perf_counter()
     before = os.times()
-    subprocess.run(cmd, cwd=src, env={**ENV, "PYTHONPATH": str(src)}, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=src, env={**ONE_THREAD_ENV, "PYTHONPATH": str(src)}, check=True, capture_output=True)
     after = os.times()
     rec = json.loads((out / "recommendation.json").read_text())
     return {"wall": time.perf_counter() - start,
@@ -79,7 +70,7 @@ def time_command(src: Path, runs: Path, out: Path) -> dict:
 
 def time_reference(runs: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", REFERENCE, str(ROOT / "scripts"), str(runs)], cwd=ROOT,
-                         env={**ENV, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True, text=True).stdout
+                         env={**ONE_THREAD_ENV, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -89,8 +80,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--baseline-rev", help="git revision to time beside this checkout (e.g. the commit before)")
     args = p.parse_args()
-    if not args.csv.exists():
-        print(f"{args.csv} not found: pass --csv (Epoch's chinchilla_fig4_epoch.csv)")
+    if missing_csv(args.csv):
+        print(missing_csv(args.csv))
         return 2
     if args.repeats < 1:
         print(f"--repeats {args.repeats}: give 1 or more")
@@ -102,12 +93,7 @@ def main() -> int:
         n_points = write_240_points(args.csv, runs)
         sides = {"this checkout": ROOT}
         if args.baseline_rev:
-            base = tmp / "baseline"
-            base.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev], check=True,
-                                     capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-            sides = {f"baseline {args.baseline_rev}": base, **sides}
+            sides = {f"baseline {args.baseline_rev}": extract_revision(args.baseline_rev, tmp / "baseline"), **sides}
         times: dict[str, list[dict]] = {name: [] for name in [*sides, "reference"]}
         for i in range(args.repeats):                  # alternate, so every side sees the same load
             for name, src in sides.items():

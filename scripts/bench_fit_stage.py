@@ -5,7 +5,7 @@
 What is timed: `fit_all(table, 5.76e23, bootstrap=0)` -- the outlier rule, the law selection (every candidate
 backtested on every fold with the rule on and off), the headline refits, Approaches 1 and 2 and the checks:
 what `python -m pipeline.fit` computes before writing its report and plots. The table is Epoch's 245 points
-less the 5 highest losses (Besiroglu et al. 2024), read as scripts/select_laws_public.py reads it.
+less the 5 highest losses (Besiroglu et al. 2024; scripts/_bench_common.py writes it).
 `--baseline-rev` (a git revision of this repository) is extracted to a temporary folder and timed the same
 way in the same run, alternating with this checkout, so the ratio is measured under the same load. Both run
 with one BLAS thread; each side reports its best wall time and its best CPU time (time.process_time, which
@@ -22,18 +22,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "chinchilla_fig4_epoch.csv"
-BUDGET = 5.76e23
+from _bench_common import (
+    BUDGET,
+    DEFAULT_CSV,
+    ONE_THREAD_ENV,
+    ROOT,
+    extract_revision,
+    missing_csv,
+    write_240_points,
+)
 
 ONE_RUN = """
 import json, sys, time
-import numpy as np
 sys.path.insert(0, sys.argv[1])
 from pipeline.fit.fit_all import fit_all
 from pipeline.fit.sources import load_table_file
 table = load_table_file(sys.argv[2], columns={"Model Size": "params", "Training FLOP": "flops"})
-table = table.subset(np.argsort(np.argsort(-table.loss)) >= 5)
 wall, cpu = time.perf_counter(), time.process_time()
 result = fit_all(table, float(sys.argv[3]), bootstrap=0)
 print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "n_opt": result["n_opt"],
@@ -42,9 +46,8 @@ print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time()
 
 
 def time_once(src: Path, csv: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", ONE_RUN, str(src), str(csv), str(BUDGET)], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", ONE_RUN, str(src), str(csv), str(BUDGET)], env=ONE_THREAD_ENV,
+                         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -54,20 +57,19 @@ def main() -> int:
     p.add_argument("--baseline-rev", help="git revision to compare against (e.g. the commit before the speed-up)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    if not args.csv.exists():
-        print(f"{args.csv} not found: pass --csv (Epoch's chinchilla_fig4_epoch.csv)")
+    if missing_csv(args.csv):
+        print(missing_csv(args.csv))
         return 2
     sides = {"this checkout": ROOT}
     with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "chinchilla_240.csv"
+        write_240_points(args.csv, table)
         if args.baseline_rev:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev], check=True,
-                                     capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-            sides = {f"baseline {args.baseline_rev}": Path(tmp), **sides}
+            sides = {f"baseline {args.baseline_rev}": extract_revision(args.baseline_rev, Path(tmp) / "baseline"), **sides}
         runs: dict[str, list[dict]] = {name: [] for name in sides}
         for _ in range(args.repeats):                 # alternate, so both sides see the same load
             for name, src in sides.items():
-                runs[name].append(time_once(src, args.csv))
+                runs[name].append(time_once(src, table))
     first = runs["this checkout"][0]
     print(f"# Fit stage on Chinchilla's {first['n_runs']} points ({first['n_kept']} kept by the outlier rule), no bootstrap "
           f"(best of {args.repeats}; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
