@@ -9,8 +9,8 @@ loss, docs/cooldown_reuse.md).
   1.6x apart around the 20-tokens-per-parameter guess, D = C / 6N.
 * adaptive -- the first `--seed-budgets` budgets of that grid, then rounds: fit (Chinchilla form,
   noise model, a `--round-bootstrap`-resample parametric bootstrap), choose up to `--round-runs` runs
-  by expected shrinkage of log N_opt's interval per FLOP (pipeline/decide/next_runs.py), train them
-  (simulate), until the static grid's FLOPs are spent (no width stop: equal pilot FLOPs). While no law
+  by expected shrinkage of log N_opt's interval per FLOP (pipeline/decide/next_runs.py; a new budget's
+  3-size profile first while fewer than `--min-profiles` budgets have one), train them (simulate), until the static grid's FLOPs are spent (no width stop: equal pilot FLOPs). While no law
   can be fitted, a round adds the grid's next budget instead, as the sweep does.
 
 Both designs are scored by the same fit (pipeline.decide.next_runs.fit_ensemble, `--bootstrap`
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibrate_intervals import SEED_SD_LOG, design, true_law  # noqa: E402
 
-from pipeline.decide.next_runs import choose_next, isoflop_candidates  # noqa: E402
+from pipeline.decide.next_runs import choose_next, isoflop_candidates, profiled_budgets  # noqa: E402
 from pipeline.decide.rounds import fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
@@ -93,7 +93,10 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
         cands = isoflop_candidates(fit["law"], n, d, c, max_run_flops=left, min_budget=grid[2].min() / 3)
         if not len(cands):
             break
-        choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=args.round_runs, flops_left=left)
+        profiled = profiled_budgets(n, c)   # as the sweep: a new budget's profile first while too few (sweep.min_profiles)
+        first = f"Approach 2 has {profiled} profiled budgets" if profiled < args.min_profiles else None
+        choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=args.round_runs, flops_left=left,
+                             profile_first=first)
         if not choice["picks"]:
             break
         picks = choice["picks"]
@@ -156,6 +159,8 @@ def main() -> int:
     p.add_argument("--sizes", type=int, default=5)
     p.add_argument("--seed-budgets", type=int, default=2, help="budgets of the grid the adaptive design starts from")
     p.add_argument("--round-runs", type=int, default=8, help="runs chosen per round")
+    p.add_argument("--min-profiles", type=int, default=3,
+                   help="a round starts with a new budget's 3-size profile while fewer budgets have one (sweep.min_profiles)")
     p.add_argument("--max-rounds", type=int, default=4)
     p.add_argument("--round-bootstrap", type=int, default=30, help="ensemble size between rounds")
     p.add_argument("--bootstrap", type=int, default=60, help="resamples of the final interval (both designs)")

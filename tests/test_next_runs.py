@@ -14,6 +14,7 @@ from pipeline.decide.next_runs import (
     isoflop_candidates,
     log_loss_at,
     log_n_opt,
+    profiled_budgets,
     stop_reason,
 )
 from pipeline.decide.rounds import adaptive_round, fit_ensemble
@@ -182,3 +183,20 @@ def test_fit_next_k_prints_and_writes_the_runs_with_the_expected_width(tmp_path,
     assert f"expected {proposal['expected_width_after']:.3g}x after them" in out
     assert proposal["picks"][0]["reason"] in out
     assert json.loads((tmp_path / "fit" / "recommendation.json").read_text())["next_runs"]["picks"]
+
+
+def test_too_few_profiles_make_the_round_start_with_a_new_budgets_profile(seed_fit):
+    """Two profiled budgets and sweep.min_profiles=3: the round's first picks are a new budget's whole profile,
+    the best of them per FLOP, with the rule in its reason; with min_profiles met the per-FLOP rule alone picks."""
+    table, _ = seed_fit
+    assert profiled_budgets(table.n, table.budget_flops) == 2
+    spent = float(table.c.sum())
+    common = dict(pilot_flops=10 * spent, stop_width=None, rounds_done=0, max_rounds=6, round_runs=4, bootstrap=40,
+                  seed=1)
+    forced = adaptive_round(table, TARGET, min_profiles=3, **common)
+    first = forced["picks"][:3]
+    assert {p["kind"] for p in first} == {"new budget"} and len({p["budget"] for p in first}) == 1
+    assert "Approach 2 has 2 profiled budgets, sweep.min_profiles=3" in first[0]["reason"]
+    assert all("profile_first" not in p for p in forced["picks"][3:])
+    free = adaptive_round(table, TARGET, min_profiles=2, **common)
+    assert all("profile_first" not in p for p in free["picks"])

@@ -206,7 +206,8 @@ def validate_sweep(job: Study) -> None:
 
 def validate_adaptive(job: Study) -> None:
     s = job.sweep
-    for key, low in (("seed_budgets", 1), ("round_runs", 1), ("max_rounds", 0), ("round_bootstrap", 10)):
+    for key, low in (("seed_budgets", 1), ("round_runs", 1), ("max_rounds", 0), ("round_bootstrap", 10),
+                     ("min_profiles", 0)):
         _at_least(f"sweep.{key}", getattr(s, key), low, f"e.g. sweep.{key}={getattr(SweepConfig, key)}")
     if s.stop_width is not None:
         _need(math.isfinite(s.stop_width) and s.stop_width > 1, f"sweep.stop_width={s.stop_width} must be > 1 (the "

@@ -34,6 +34,9 @@ chosen together or not at all: its value is the variance the runs remove jointly
 c' (S + sigma^2 I)^-1 c with c their covariances with q and S among them, per FLOP of all of them. A
 budget that enters with one or two sizes gives Approach 2 no parabola, so the approaches could not be
 compared there (the adaptive demo once ended with Approach 2 on two profiles, its interval 1000x wide).
+Per FLOP a profile rarely beats a single run, so while fewer than `sweep.min_profiles` budgets have a
+profile (`profiled_budgets`) a round starts with the best new budget's profile (`profile_first`): the
+approaches' agreement is the tool's check on the law's form, and it needs Approach 2 on three budgets.
 """
 
 from __future__ import annotations
@@ -146,6 +149,13 @@ def isoflop_candidates(law: ParametricLaw, done_n, done_d, done_budget, *, sizes
     return cands
 
 
+def profiled_budgets(n, budget) -> int:
+    """How many budgets have PROFILE_SIZES or more distinct sizes: the profiles Approach 2 can fit a parabola to."""
+    n, budget = np.asarray(n, dtype=float), np.asarray(budget, dtype=float)
+    return sum(np.unique(np.round(np.log(n[budget == b]), 6)).size >= PROFILE_SIZES
+               for b in np.unique(budget[np.isfinite(budget)]))
+
+
 def _ensemble(samples: np.ndarray, target_flops: float) -> tuple[np.ndarray, np.ndarray]:
     samples = np.asarray(samples, dtype=float).reshape(-1, 5)
     q = log_n_opt(samples, target_flops)
@@ -160,11 +170,13 @@ def _ensemble(samples: np.ndarray, target_flops: float) -> tuple[np.ndarray, np.
 
 def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, target_flops: float, *,
                 max_runs: int | None = None, flops_left: float = np.inf, discrepancy_per_decade: float = 0.0,
-                quantity: tuple[str, str] | None = None) -> dict:
+                quantity: tuple[str, str] | None = None, profile_first: str | None = None) -> dict:
     """Greedy picks by expected variance reduction of log N_opt at `target_flops` per FLOP (module doc); the
     rows of `samples` are the law of the metric the quantity is on (a target's own), `quantity` its
     (label, text) from `decision_quantity` (default: the loss's N_opt).
 
+    `profile_first` (why, e.g. "Approach 2 has 2 profiled budgets, sweep.min_profiles=3"): the first pick is the
+    best new budget's whole profile, when one fits, so that Approach 2 can check Approach 3; the rest as usual.
     `discrepancy_per_decade` adds a model-discrepancy sd (Kennedy & O'Hagan 2001) to each candidate's noise,
     growing with the decades of compute between it and the target: where the law's form may be off, a run
     far from the target says less about it than the noise alone implies (0, the default, trusts the form).
@@ -187,6 +199,7 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
     unit_of = candidates.units()[usable]
     units = [np.flatnonzero(unit_of == u) for u in np.unique(unit_of)]   # columns of each unit, chosen together
     unit_cost = np.array([cost[m].sum() for m in units])
+    unit_size = np.array([len(m) for m in units])
     picks, spent, stopped = [], 0.0, "no candidate fits the FLOPs left"
     taken = np.zeros(len(units), dtype=bool)   # one pick per unit a round (a repeat is its own candidate)
     while max_runs is None or len(picks) < max_runs:
@@ -197,6 +210,9 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
                        "the FLOPs left are spent" if picks else stopped)
             break
         eligible = fits & np.array([len(m) <= slots for m in units])
+        forced = bool(profile_first) and not picks and (eligible & (unit_size > 1)).any()
+        if forced:
+            eligible &= unit_size > 1
         if not eligible.any():
             stopped = f"{len(picks)} runs chosen; a new budget's profile needs {PROFILE_SIZES}"
             break
@@ -207,7 +223,7 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
                                                      cov[0, cols])
         score = np.where(eligible, gain / unit_cost, -np.inf)
         u = int(np.argmax(score))
-        if not gain[u] > 1e-12 * max(var0, 1e-300):
+        if not forced and not gain[u] > 1e-12 * max(var0, 1e-300):
             stopped = "no candidate shrinks the interval further"
             break
         cols = units[u] + 1
@@ -222,7 +238,8 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
                           "flops": float(candidates.flops[i]),
                           "budget": float(candidates.budget[i]) if np.isfinite(candidates.budget[i]) else None,
                           "kind": candidates.kind[i], "shrink_per_flop": float(gain[u] / unit_cost[u]),
-                          "unit_size": int(len(units[u])), "expected_width_after": after})
+                          "unit_size": int(len(units[u])), "expected_width_after": after,
+                          **({"profile_first": profile_first} if forced else {})})
     else:
         stopped = f"{max_runs} runs chosen"
     after = width_now ** np.sqrt(max(cov[0, 0], 0.0) / var0)
@@ -235,6 +252,11 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
 
 def describe_pick(pick: dict, label: str = "N_opt") -> str:
     """One line: what the run is and why it was chosen."""
+    if pick.get("profile_first"):
+        return (f"budget {pick['budget']:.3g} added as a {pick['unit_size']}-size profile: N {pick['n']:.3g}, D "
+                f"{pick['d']:.3g} ({pick['flops']:.3g} FLOPs); {pick['profile_first']}, and of the new budgets' "
+                f"profiles this one shrinks {label}'s interval most per FLOP (expected width "
+                f"{pick['expected_width_after']:.3g}x after it)")
     if pick["kind"] == "new budget" and pick.get("unit_size", 1) > 1:
         what = f"budget {pick['budget']:.3g} added as a {pick['unit_size']}-size profile (Approach 2 can fit it)"
     elif pick["kind"] == "new budget":

@@ -21,6 +21,7 @@ from pipeline.decide.next_runs import (
     describe_pick,
     isoflop_candidates,
     log_n_opt,
+    profiled_budgets,
     stop_reason,
 )
 from pipeline.errors import UserError
@@ -74,13 +75,14 @@ def decision_ensemble(table, target_flops: float, bootstrap: int, seed: int, tar
 def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width: float | None, rounds_done: int,
                    max_rounds: int, round_runs: int, bootstrap: int, seed: int, size_ratio: float = 2.0,
                    budget_ratio: float = 3.0, min_budget: float | None = None, realize=None, target: str = "loss",
-                   outliers: str = "default") -> dict:
+                   outliers: str = "default", min_profiles: int = 0) -> dict:
     """One round of the adaptive design on the runs so far: fit, then stop (with why) or choose the next runs.
 
     `realize(candidates) -> (candidates, keys)` turns ideal (N, C) candidates into runs that can really be
     trained (the sweep snaps sizes to model shapes and prices them with the exact FLOP count) and names each
     (`key`: whatever the caller needs to plan it); without it the ideal ones are chosen among (simulations).
-    `target` (a metric, `target=`) makes the quantity its recommended N (decision_ensemble).
+    `target` (a metric, `target=`) makes the quantity its recommended N (decision_ensemble). While fewer than
+    `min_profiles` budgets have a profile, the round starts with a new budget's (next_runs.profiled_budgets).
     Returns {"fit": {n_opt, interval, width, quantity, label, sd_log, runs, spent_flops}, "stop": reason or None,
     "picks": [... with "reason" and "key"], "expected_width_after"}.
     """
@@ -109,8 +111,11 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
     reason = stop_reason(width, stop_width, spent, pilot_flops, cheapest, rounds_done, max_rounds, label)
     if reason:
         return {"fit": summary, "stop": reason, "picks": []}
+    profiled = profiled_budgets(table.n, table.budget_groups())
+    first = (f"Approach 2 has {profiled} profiled budget{'s' * (profiled != 1)}, sweep.min_profiles={min_profiles}"
+             if profiled < min_profiles else None)
     choice = choose_next(fit["samples"], fit["sd_log"], cands, target_flops, max_runs=round_runs, flops_left=left,
-                         quantity=fit["quantity"])
+                         quantity=fit["quantity"], profile_first=first)
     if not choice["picks"]:
         return {"fit": summary, "stop": choice["stopped"], "picks": []}
     picks = [{**p, "reason": describe_pick(p, label), "key": keys[p["index"]]} for p in choice["picks"]]

@@ -119,7 +119,8 @@ def round_chooser(study, seed_runs):
                               round_runs=sweep.round_runs, bootstrap=sweep.round_bootstrap,
                               seed=study.seed + len(state["rounds"]), size_ratio=sweep.size_ratio,
                               budget_ratio=sweep.budget_ratio,
-                              min_budget=min_budget, realize=realize, target=study.target, outliers=study.outliers)
+                              min_budget=min_budget, realize=realize, target=study.target, outliers=study.outliers,
+                              min_profiles=sweep.min_profiles)
     return next_round
 
 
