@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import yaml
 
-from models.accounting import count_params, training_flops_per_token
+from models.accounting import count_params, palm_mfu_flops_per_token, training_flops_per_token
 from models.shape import ModelShape
 from models.sizing import shape_for_params
 from pipeline.config.load import load_config
 from pipeline.config.schema import Study
-from pipeline.decide.allocation import exact_count, optimal_allocation, pick_shape, six_nd_count
+from pipeline.decide.allocation import exact_count, optimal_allocation, palm_count, pick_shape, six_nd_count
 from pipeline.decide.budget import resolve_budget
 from pipeline.decide.recommend import recommend
 from pipeline.errors import UserError
@@ -67,6 +67,19 @@ def test_exact_count_optimum_is_the_brute_force_argmin_and_differs_from_6nd():
     n = count_params(shape)["total"]
     assert float(count.flops_per_token(np.asarray(float(n)))) == pytest.approx(training_flops_per_token(shape, 2048),
                                                                                rel=0.03)
+
+
+def test_palm_count_is_the_dry_runs_count_of_the_family_and_below_the_exact_one():
+    """The full run's count without pilots (published laws, shapeless tables): PaLM's, as the dry run times it."""
+    count = palm_count(50257, 2048)
+    shape = shape_for_params(5.5e9, 50257, 2048)
+    n = float(count_params(shape)["total"])
+    assert count.of_shape(shape) == palm_mfu_flops_per_token(shape, 2048)
+    assert float(count.flops_per_token(np.asarray(n))) == pytest.approx(palm_mfu_flops_per_token(shape, 2048), rel=0.03)
+    # the exact count also charges the input lookup as a one-hot matmul (6 V d): ~3% more at 5.5B, V = 50,257
+    assert 1.02 < training_flops_per_token(shape, 2048) / count.of_shape(shape) < 1.05
+    best = optimal_allocation(EPOCH, 3.83e21, count)
+    assert best.d == pytest.approx(3.83e21 / float(count.flops_per_token(np.asarray(best.n))))
 
 
 def test_6nd_count_reproduces_the_closed_form_for_any_law_with_a_loss():

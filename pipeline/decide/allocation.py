@@ -23,8 +23,9 @@ where F(N) is the training FLOPs per token of a model of N parameters (`FlopCoun
   fall short of it by the embedding lookup it charges as a one-hot matmul (6 V d per token: 3.4% at 5.5B
   parameters, V = 50,257), which no GPU spends.
 * "6nd": F(N) = 6 N (Kaplan et al. 2020 sec. 2.1), for which the argmin is Chinchilla's closed form
-  (eq. 4). Kept where a caller gives no target shape, and inside a compute frontier N_opt(C) fitted with it
-  (Kaplan's law: its N_opt is read at C = 6 N D, the only count it has).
+  (eq. 4). Kept as the default of the functions called without a count (tradeoffs, sample intervals), and it is
+  the count inside Kaplan's frontier N_opt(C) (read at C = 6 N D, the only count it has; its tokens still follow
+  the full run's PaLM line).
 
 The minimisation is numeric (pipeline/fit/laws.py: minimise_log, the tool's one 1-D minimiser: a log-spaced
 grid, then a parabola through the best three points of a finer grid), so it takes ANY law with a vectorised `.loss(n, d)`, and any `flops_per_token(n)`; `sample_intervals`
