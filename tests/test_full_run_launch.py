@@ -13,10 +13,13 @@ import pytest
 import yaml
 from test_fit_synthetic import isoflop_design, write_sweep
 
+from models.accounting import palm_mfu_flops_per_token
+from models.shape import ModelShape
 from models.sizing import shape_for_params
 from pipeline.config.load import load_config
 from pipeline.config.schema import Study
 from pipeline.errors import UserError
+from pipeline.fit.laws import ParametricLaw
 from pipeline.plan.launch import plan_launch
 from pipeline.plan.runspec import resolve_run
 from pipeline.train.dry_run import dry_run
@@ -53,10 +56,42 @@ def test_h100_budgets_write_a_full_run_that_dry_runs_at_its_world_size(gpus, tmp
         == out["global_batch_tokens"] == train["batch_tokens"]
     assert out["peak_memory_gb_per_gpu"] < 80 and out["checkpoint_interval_s"] >= 600
     assert out["checkpoint_overhead"] <= 0.02 + 1e-9 and out["steps"] * out["global_batch_tokens"] == train["tokens"]
-    assert 13 < out["est_days"] < 16  # 14 days of 6ND FLOPs; the PaLM count adds attention
+    # The budget line is the full run's PaLM count, the one the dry run times it with: 14 days launch 14 days.
+    # What remains is whole steps (tokens move by at most half a batch, < 1e-5 of ~1e5 steps): 0.1% bounds it.
+    assert out["est_days"] == pytest.approx(14, rel=1e-3)
     rec = json.loads((fit_dir / "recommendation.json").read_text())
+    assert rec["count"]["name"] == "palm" and "law epoch is published as L(N, D)" in rec["count"]["why"]
+    shape = ModelShape.from_dict(rec["model"]["shape"])
+    assert rec["model"]["count_flops_per_token"] == palm_mfu_flops_per_token(shape, 2048)
+    assert out["tokens"] == rec["model"]["tokens"] and out["params"] == rec["model"]["params"]["total"]
     assert rec["data"]["unique_tokens"] == 3.5e11  # the preset's corpus: epochs stated (more than one at 256 GPUs)
     assert (rec["data"]["epochs"] > 1) == (gpus == 256)
+
+
+def test_kaplans_frontier_and_a_table_without_shapes_launch_the_days_they_were_sized_for(tmp_path):
+    """Kaplan's N_opt(C) keeps its 6ND count, a CSV's fit keeps the table's C for its approaches; the tokens of
+    both are the budget over the full run's PaLM count, so the dry run says 14 days."""
+    rows = isoflop_design()
+    csv = tmp_path / "runs.csv"
+    csv.write_text("params,tokens,loss,flops\n" + "".join(f"{r['n']},{r['tokens']},{r['loss']},{r['budget']}\n"
+                                                           for r in rows))
+    hardware = ["budget.gpu=h100_sxm", "budget.gpus=8", "budget.days=14", "bootstrap=0"]
+    for name, source, why in (("kaplan", "law=kaplan", "compute frontier N_opt(C) fitted with C = 6 N D"),
+                              ("csv", f"runs={csv}", "carry no shape")):
+        fit_dir = tmp_path / name
+        proc = run("pipeline.fit", source, *hardware, f"out_dir={fit_dir}")
+        assert proc.returncode == 0, proc.stderr
+        rec = json.loads((fit_dir / "recommendation.json").read_text())
+        assert rec["count"]["name"] == "palm" and why in rec["count"]["why"]
+        assert dry_run_json(fit_dir)["est_days"] == pytest.approx(14, rel=1e-3)
+    # The CSV's approaches keep its own count (its flops column: C = 1.1 x 6 N D, Chinchilla eq. 4 at C / 1.1);
+    # the decision is on the full run's PaLM line
+    fit = rec["approaches"]["parametric"]
+    law = ParametricLaw(*(rec["law"][k] for k in ("E", "A", "B", "alpha", "beta")))
+    assert "Approaches 1 and 2" in fit["allocation_rule"] and "palm count" in rec["allocation_rule"]
+    assert fit["n_opt"] == pytest.approx(float(law.optimal_allocation(rec["budget"]["flops"] / 1.1)[0]), rel=1e-3)
+    assert abs(rec["n_opt"] / fit["n_opt"] - 1) > 1e-3
+    assert "The approaches' N_opt and D_opt:" in (tmp_path / "csv" / "report.md").read_text()
 
 
 def test_a_launch_that_cannot_fit_is_refused_with_what_to_change(tmp_path):

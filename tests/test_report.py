@@ -36,10 +36,11 @@ def test_report_has_headline_first_and_every_section(rec, tmp_path):
     path = render_report(tmp_path / "out", fit, rec, [fit_png])
     text = path.read_text()
     assert path.name == "report.md"
-    # The launched shape is the family chain's nearest to N_opt (models/sizing.py): 11.3B, hence 226B tokens.
-    assert text.startswith("# Recommendation\n\n**90% range: N_opt 11.3B [")       # the range leads
-    assert "\n**Train 11.3B parameters (total) on 226B tokens (20.1 tokens per parameter).**" in text
-    assert "predicted loss 2.1174 [" in text and "448 GPU-days (32 x h100_sxm for 14.0 days at MFU 0.40, assumed 0.40" in text
+    # The launched shape is the family chain's nearest to N_opt (models/sizing.py): 11B, hence 223B tokens
+    # under the PaLM count the launch is timed with.
+    assert text.startswith("# Recommendation\n\n**90% range: N_opt 11B [")       # the range leads
+    assert "\n**Train 11B parameters (total) on 223B tokens (20.3 tokens per parameter).**" in text
+    assert "predicted loss 2.1196 [" in text and "448 GPU-days (32 x h100_sxm for 14.0 days at MFU 0.40, assumed 0.40" in text
     assert "about $21,504" in text  # 448 GPU-days x 24 h x $2
     for heading in ("## Budget", "## The full run", "## Fit", "## Warnings", "## Deviating from N_opt",
                     "## Inference-aware size", "## Limited unique data", "## What the published laws say",
@@ -67,12 +68,12 @@ def test_terminal_summary_is_a_few_lines(rec):
     lines = summary.splitlines()
     assert 5 <= len(lines) <= 16
     assert lines[0].startswith("90% range: N_opt")
-    assert lines[1].startswith("Recommendation (epoch law, total parameters, budget 1.53e+22 FLOPs): 11.3B parameters")
+    assert lines[1].startswith("Recommendation (epoch law, total parameters, budget 1.53e+22 FLOPs): 11B parameters")
     assert "saves" in summary and "data-constrained plan" in summary and "32 GPUs (fsdp)" in summary
-    assert "FLOP count: C = 6 N D" in summary and "4.53 epochs of 50B unique tokens" in summary  # 226B tokens: the chain shape near N_opt
+    assert "FLOP count: PaLM model FLOPs" in summary and "4.46 epochs of 50B unique tokens" in summary  # 223B tokens
 
 
 def test_fit_intervals_without_a_method_still_render(rec, tmp_path):
     merged = {**rec, "intervals": {"n_opt": [1e10, 1.2e10]}}  # the lead merges the fit's own intervals
     text = render_report(tmp_path, None, merged, []).read_text()
-    assert "N_opt 11.3B [10B, 12B]" in text and "predicted loss 2.1174 (no loss interval)" in text
+    assert "N_opt 11B [10B, 12B]" in text and "predicted loss 2.1196 (no loss interval)" in text

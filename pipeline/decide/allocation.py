@@ -14,8 +14,18 @@ where F(N) is the training FLOPs per token of a model of N parameters (`FlopCoun
   preferred shape at each width of the grid, interpolated in log N (smooth enough to minimise over); the
   launched shape is then picked among the grid's real shapes around N_opt (`pick_shape`), with its own
   exact count.
+* "palm": the PaLM model FLOPs per token (Chowdhery et al. 2022, App. B: 6 N_matmul + 12 L H Q T) of the family's
+  shape at N, at the FULL RUN's vocabulary and sequence length: the count the launch's time is stated in
+  (pipeline/train/dry_run.py: PaLM FLOPs / (world x peak x MFU); MFU is defined with it). Used where the decision
+  has no pilots of its own to agree with (a published law, runs imported without a shape): an Approach-3 law
+  L(N, D) does not depend on the count it was fitted with, only the budget line does, and that line is the full
+  run's, so a budget of "8 GPUs for 14 days" launches a run the dry run times at 14 days. The exact count would
+  fall short of it by the embedding lookup it charges as a one-hot matmul (6 V d per token: 3.4% at 5.5B
+  parameters, V = 50,257), which no GPU spends.
 * "6nd": F(N) = 6 N (Kaplan et al. 2020 sec. 2.1), for which the argmin is Chinchilla's closed form
-  (eq. 4). Kept for published laws (fitted that way) and runs imported without a shape (no exact count).
+  (eq. 4). Kept as the default of the functions called without a count (tradeoffs, sample intervals), and it is
+  the count inside Kaplan's frontier N_opt(C) (read at C = 6 N D, the only count it has; its tokens still follow
+  the full run's PaLM line).
 
 The minimisation is numeric (pipeline/fit/laws.py: minimise_log, the tool's one 1-D minimiser: a log-spaced
 grid, then a parabola through the best three points of a finer grid), so it takes ANY law with a vectorised `.loss(n, d)`, and any `flops_per_token(n)`; `sample_intervals`
@@ -30,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.accounting import count_params, training_flops_per_token
+from models.accounting import count_params, palm_mfu_flops_per_token, training_flops_per_token
 from models.shape import ModelShape
 from models.sizing import (
     SizingError,
@@ -51,7 +61,7 @@ SHAPE_TOLERANCES = (0.10, 0.35)
 class FlopCount:
     """Training FLOPs per token as a function of N (the law's parameter convention), and why this count."""
 
-    name: str                                      # "exact" | "6nd"
+    name: str                                      # "exact" | "palm" | "6nd"
     formula: str
     why: str
     flops_per_token: Callable[[np.ndarray], np.ndarray]
@@ -75,16 +85,25 @@ def six_nd_count(why: str, convention: str = "total") -> FlopCount:
                      lambda n: 6.0 * np.asarray(n, dtype=float), convention)
 
 
+def _per_token(method: str) -> Callable[[ModelShape, int], float]:
+    """A shape's training FLOPs per token under `method`: "exact" (Chinchilla App. F x 3) or "palm" (PaLM App. B)."""
+    if method == "palm":
+        return palm_mfu_flops_per_token
+    return training_flops_per_token
+
+
 class FamilyFlopsPerToken:
-    """F(N) = N * rho(N): exact training FLOPs per token of the family's preferred shape near N.
+    """F(N) = N * rho(N): training FLOPs per token (exact, or PaLM's) of the family's preferred shape near N.
 
     One anchor per width of the sizing grid (models/sizing.py: 8-wide steps below 256, 64 above), at the
     family chain's depth for that width (the aspect rule n_layer = 2 (d/32)^0.57); rho is interpolated in log N between anchors sorted by
     N. The table grows on demand to cover the N asked for.
     """
 
-    def __init__(self, vocab_size: int, seq_len: int, convention: str, tie_embeddings: bool = False):
+    def __init__(self, vocab_size: int, seq_len: int, convention: str, tie_embeddings: bool = False,
+                 method: str = "exact"):
         self.vocab_size, self.seq_len, self.convention, self.tie = vocab_size, seq_len, convention, tie_embeddings
+        self.per_token = _per_token(method)
         self._d_next = 16
         self._log_n: np.ndarray = np.empty(0)
         self._rho: np.ndarray = np.empty(0)
@@ -98,7 +117,7 @@ class FamilyFlopsPerToken:
         while not self._anchors or self._anchors[-1][0] < n_needed * 1.5 or len(self._anchors) < 2:
             shape = self.shape_at_width(self._d_next)
             n = float(count_params(shape)[self.convention])
-            self._anchors.append((n, training_flops_per_token(shape, self.seq_len) / n))
+            self._anchors.append((n, self.per_token(shape, self.seq_len) / n))
             self._d_next += width_multiple(self._d_next)
         pairs = sorted(self._anchors)
         self._log_n = np.log([p[0] for p in pairs])
@@ -125,6 +144,18 @@ def exact_count(vocab_size: int, seq_len: int, convention: str = "total", tie_em
                  f"T={seq_len}, N = {convention} parameters)",
         why or "the pilots' IsoFLOP budgets and records count exact FLOPs of this family's shapes",
         family, convention, family.n_min, lambda shape: training_flops_per_token(shape, seq_len))
+
+
+def palm_count(vocab_size: int, seq_len: int, convention: str = "total", tie_embeddings: bool = False,
+               why: str = "") -> FlopCount:
+    """The PaLM count (Chowdhery et al. 2022, App. B) of the family's shapes: the count the launch is timed with."""
+    family = FamilyFlopsPerToken(vocab_size, seq_len, convention, tie_embeddings, method="palm")
+    return FlopCount(
+        "palm", f"PaLM model FLOPs per token of the full run's shape, 6 N_matmul + 12 L H Q T (Chowdhery et al. 2022, "
+                f"App. B; V={vocab_size}, T={seq_len}, N = {convention} parameters): the count the launch's time and "
+                "MFU use",
+        why or "the count the launched run is timed with (pipeline/train/dry_run.py)",
+        family, convention, family.n_min, lambda shape: palm_mfu_flops_per_token(shape, seq_len))
 
 
 # --- the minimisation ------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 
-from models.accounting import count_params, training_flops_per_token
+from models.accounting import count_params, palm_mfu_flops_per_token, training_flops_per_token
 from models.shape import ModelShape
 from pipeline.config.presets import FULL_RUN_PRESETS, KNOWN_VOCAB_SIZES, STUDY_PRESET
-from pipeline.decide.allocation import FlopCount
+from pipeline.decide.allocation import FlopCount, palm_count
 from pipeline.errors import UserError
 from pipeline.plan.hparams import DEFAULT_RULE, resolve_hyperparameters
 from pipeline.plan.launch import plan_launch
@@ -64,6 +64,28 @@ def target_from_preset(name: str, study_data: dict, study_seq_len: int, why_no_p
     return out
 
 
+def full_run_count(target: dict, convention: str, *, law: str | None = None, frontier: bool = False,
+                   runs: str | None = None) -> FlopCount:
+    """The budget line's count when no pilots of this family fix one: the full run's PaLM count (allocation.py),
+    at the target's vocabulary, sequence length and tying, N in the law's `convention`. `law`: a published law's
+    name (`frontier`: a compute frontier N_opt(C) such as Kaplan's, not an L(N, D)); `runs`: where a table
+    without shapes came from. The why says which."""
+    timed = "the count the dry run times the launch with, so the budget's days are the launched run's"
+    if frontier:
+        why = (f"law {law} is a compute frontier N_opt(C) fitted with C = 6 N D ({convention} N), its only count, so "
+               f"N_opt keeps it; the tokens are C / F(shape) under the full run's PaLM count, {timed}")
+    elif law is not None:
+        why = (f"law {law} is published as L(N, D), which holds whatever count it was fitted with (6 N D): only the "
+               f"budget line needs one, the full run's, {timed}")
+    elif runs is not None:
+        why = (f"the runs from {runs} carry no shape, so the law is fitted in N and D alone (Approaches 1 and 2 keep "
+               f"the table's own C): the budget line is the full run's, {timed}")
+    else:
+        why = f"no count was given: the full run's, {timed}"
+    tied = bool((target.get("architecture") or {}).get("tie_embeddings", False))
+    return palm_count(int(target["vocab_size"]), int(target["seq_len"]), convention, tied, why)
+
+
 # --- the launched run ------------------------------------------------------------------------------------
 def full_run_schedule(pilot_schedule: dict | None) -> dict:
     """The pilots' LR schedule, which the full run must share: the law's loss level is the pilots'
@@ -104,7 +126,8 @@ def launched_run(shape: ModelShape, budget_flops: float, count: FlopCount, *, co
     rounded to micro x accumulation x world, and the steps are counted in that batch."""
     seq_len = shape.seq_len
     params = count_params(shape)
-    fpt = {m: training_flops_per_token(shape, seq_len, method=m) for m in ("exact", "6n")}
+    fpt = {**{m: training_flops_per_token(shape, seq_len, method=m) for m in ("exact", "6n")},
+           "palm": palm_mfu_flops_per_token(shape, seq_len)}   # what the dry run times the launch with
     per_token = count.of_shape(shape)
     target_tokens = budget_flops / per_token
     given_rule = HparamRule.from_dict(hparam_rule) if hparam_rule else DEFAULT_RULE
@@ -129,7 +152,8 @@ def launched_run(shape: ModelShape, budget_flops: float, count: FlopCount, *, co
         "flop_convention": count.formula,
         "tokens": tokens, "tokens_rule": f"budget / {count.name} training FLOPs per token of this shape, whole batches",
         "tokens_per_param": tokens / params[convention], "flops": tokens * per_token,
-        "flops_exact": tokens * fpt["exact"], "flops_6n": tokens * fpt["6n"], "lr": hp.lr,
+        "flops_exact": tokens * fpt["exact"], "flops_6n": tokens * fpt["6n"], "flops_palm": tokens * fpt["palm"],
+        "lr": hp.lr,
         "batch_tokens": hp.batch_tokens, "rule_batch_tokens": rule.batch_tokens, "warmup_tokens": hp.warmup_tokens,
         "warmup_steps": math.ceil(hp.warmup_tokens / hp.batch_tokens), "beta2": hp.beta2, "steps": steps,
         "schedule": full_run_schedule(schedule), "precision": FULL_RUN_PRECISION,

@@ -9,8 +9,8 @@ Given the fitted metric models of pipeline/fit/targets.py (and the loss law, wra
   what the cap costs) and `predictions` (the user's predict.params x predict.tokens pairs).
 
 The budget line is D = C / F(N) (`tokens_on_budget`) under the decision's FLOP count
-(pipeline/decide/allocation.py: the pilots' exact count, or C = 6 N D for published laws and imported
-tables), so the target's optimum lies on the same line as the loss-optimal recommendation.
+(pipeline/decide/allocation.py: the pilots' exact count, or the full run's PaLM count for published laws and
+imported tables), so the target's optimum lies on the same line as the loss-optimal recommendation.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The decision: from a scaling law and a budget to a concrete, launchable full run.
 
-    law + budget + ONE FLOP count (pipeline.decide.allocation: the exact count of the pilots' family,
-         or 6 N D for a published law / imported runs, stated with why)
+    law + budget + ONE FLOP count (pipeline.decide.allocation: the exact count of the pilots' family, or for
+         a published law / imported runs the full run's PaLM count, the one its launch is timed with; stated with why)
                  -> N_opt = argmin L(N, C / F(N)) (numeric; Chinchilla eq. 4's closed form under 6 N D)
                  -> the launched shape near N_opt (pipeline.decide.allocation.pick_shape), counted exactly
                  -> D = C / F(shape) in whole batches; predicted loss = L(N_shape, D)
@@ -31,6 +31,7 @@ from pipeline.decide.allocation import (
 from pipeline.decide.allocation import sample_intervals as allocation_intervals
 from pipeline.decide.full_run import (  # noqa: F401 -- re-exported: report.py and callers import them from here
     differences,
+    full_run_count,
     full_run_schedule,
     launched_run,
     schedule_text,
@@ -154,7 +155,7 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
 
     `budget` is `pipeline.decide.budget.resolve_budget`'s dict. `target`: what the full run trains on
     (pipeline.decide.full_run.target_from_pilots / target_from_preset); without it, `vocab_size` and `seq_len`.
-    `count`: the FLOP count (pipeline.decide.allocation); without it C = 6 N D, labelled. `pilot` (optional):
+    `count`: the FLOP count (pipeline.decide.allocation); without it the full run's PaLM count, labelled. `pilot` (optional):
     {"n_runs", "total_flops", "max_run_flops"}; `pilot_setup`: the pilots' precision and device, for the list
     of differences. `convention` defaults to the law's (Kaplan's is non-embedding).
     """
@@ -170,11 +171,10 @@ def recommend(law: ParametricLaw | KaplanFrontier, budget: dict, *, law_samples=
             raise UserError("recommend() needs the full run's target, or vocab_size and seq_len")
         target = {"tokenizer": None, "vocab_size": int(vocab_size), "seq_len": int(seq_len), "precision": "bf16",
                   "data": None, "source": "vocabulary and sequence length as given"}
-    if count is None:
-        why = (f"law {law.name} is published and was fitted with C = 6 N D" if law.name in PUBLISHED_NAMES
-               else "no exact count was given (runs without a shape)")
-        count = six_nd_count(why, convention)
     parametric = isinstance(law, ParametricLaw)
+    if count is None:   # the count the launch is timed with (pipeline/decide/full_run.py: full_run_count)
+        count = full_run_count(target, convention, law=law.name if law.name in PUBLISHED_NAMES else None,
+                               frontier=not parametric)
     if parametric:
         optimum = optimal_allocation(law, budget_flops, count)
         n_opt = optimum.n

@@ -260,8 +260,8 @@ def _full_run_section(rec: dict) -> list[str]:
     params = m["params"]
     rows = [["parameters (total / non-embedding / embedding / head)",
              " / ".join(f"{params[k]:,}" for k in ("total", "non_embedding", "embedding", "head"))],
-            ["training FLOPs per token (exact / 6N)",
-             f"{m['flops_per_token']['exact']:.4g} / {m['flops_per_token']['6n']:.4g}"],
+            ["training FLOPs per token (exact / PaLM / 6N)",
+             " / ".join(f"{m['flops_per_token'][k]:.4g}" for k in ("exact", "palm", "6n") if k in m["flops_per_token"])],
             ["tokens", f"{m['tokens']:,} ({m['tokens_rule']})"],
             ["learning rate", f"{m['lr']:.3g} ({m['hparam_sources']['lr_source']})"],
             ["batch", f"{m['batch_tokens']:,} tokens ({m['hparam_sources']['batch_source']})"],
@@ -299,6 +299,8 @@ def _fit_section(fit: dict | None) -> list[str]:
                          band(a.get("n_opt_interval") or (a.get("intervals") or {}).get("n_opt")).strip() or "-",
                          md_escape(a.get("note") or a.get("status") or "")])
         lines += table(["approach", "N_opt", "D_opt", "a (N ∝ C^a)", "b (D ∝ C^b)", "N_opt interval", "note"], rows)
+        if fit.get("allocation_rule"):   # the runs' own count; the headline's is the FLOP count line above
+            lines += [f"The approaches' N_opt and D_opt: {fit['allocation_rule']}, C as the runs count it.", ""]
     lines += _selection_lines(fit)
     excluded = fit.get("excluded") or []
     lines.append(f"Excluded runs: {len(excluded)}." if excluded else "Excluded runs: none.")
@@ -425,7 +427,8 @@ METHODS = """## How these numbers are computed
 - FLOP count: one count from the law's optimum to the launched run (pipeline/decide/allocation.py). With pilots
   from a sweep it is the exact training FLOPs per token of the family's shape, 3 x the forward count of Hoffmann
   et al. 2022, App. F (attention included), as their IsoFLOP budgets: N_opt minimises L(N, C / F(N)) and the run
-  trains D = C / F(shape). For a published law or runs without a shape, C = 6 N D (Kaplan et al. 2020, sec. 2.1).
+  trains D = C / F(shape). For a published law or runs without a shape, F is the full run's PaLM count
+  (Chowdhery et al. 2022, App. B), the one its launch is timed with, so a budget in GPU-days launches that many.
 - Budget: GPUs x dense bf16 peak x MFU x seconds; MFU as defined by Chowdhery et al. 2022 (PaLM, App. B).
 - Intervals: 5-95 percentiles of N_opt, D_opt and the loss over bootstrap refits of the law (Besiroglu et al. 2024).
 - Hyperparameters: learning rate and batch from DeepSeek-AI 2024 (DeepSeek LLM, eq. 1); warmup of N tokens and

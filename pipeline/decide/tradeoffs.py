@@ -2,7 +2,8 @@
 
 Every function takes a `ParametricLaw` L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla eq. 2), a training
 budget C and the FLOP count C = F(N) D the recommendation uses (pipeline/decide/allocation.py: the exact
-count of the pilots' family, or 6 N D for published laws and imported runs; 6 N D when none is given), so
+count of the pilots' family, or the full run's PaLM count for published laws and imported runs; 6 N D when
+none is given), so
 every plan here spends the same C as the headline and the launched run. Returns plain JSON-able dicts.
 """
 

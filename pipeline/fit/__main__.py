@@ -18,7 +18,9 @@ steps=<dir of per-step CSVs>.
 
 One FLOP count runs through the decision (pipeline/decide/allocation.py): with pilots from a sweep, the exact
 count of their family at their vocabulary and sequence length (what their IsoFLOP budgets used); for a
-published law or runs from a file or W&B (no shape), C = 6 N D. The output names the count and why.
+published law or runs from a file or W&B (no shape), the full run's own PaLM count, the one its launch is timed
+with (an L(N, D) law holds whatever count it was fitted with; Kaplan's frontier keeps 6 N D for N_opt). The
+output names the count and why.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from pathlib import Path
 from pipeline.cli import load_study, run_main
 from pipeline.config.load import as_dict
 from pipeline.config.schema import Study
-from pipeline.decide.allocation import exact_count, six_nd_count
+from pipeline.decide.allocation import exact_count
 from pipeline.decide.budget import resolve_budget
-from pipeline.decide.full_run import target_from_pilots, target_from_preset
+from pipeline.decide.full_run import full_run_count, target_from_pilots, target_from_preset
 from pipeline.decide.full_run_yaml import write_full_run_config
 from pipeline.decide.litgpt_export import write_litgpt_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
@@ -74,12 +76,12 @@ def decision_inputs(study: Study, table) -> tuple[dict, object, float | None, st
         count = exact_count(table.vocab_size, table.seq_len, convention or "total",
                             run_target["architecture"]["tie_embeddings"])
     else:
-        why = (f"law {study.law} is published and was fitted with C = 6 N D" if study.law is not None
-               else f"the runs from {runs_source(study)} carry no shape, so no exact count: C = 6 N D as their table")
         run_target = target_from_preset(study.full_run_preset, as_dict(study.data), study.model.seq_len,
                                     why_no_pilots="no pilot records" if study.law is None else f"published law {study.law}")
         run_target["architecture"] = {"tie_embeddings": study.model.tie_embeddings}
-        count = six_nd_count(why, convention or ("non_embedding" if study.law == "kaplan" else "total"))
+        count = full_run_count(run_target, convention or ("non_embedding" if study.law == "kaplan" else "total"),
+                               law=study.law, frontier=study.law == "kaplan",
+                               runs=runs_source(study) if study.law is None else None)
     unique, source = study.data.unique_tokens, "declared by data.unique_tokens"
     if unique is None and run_target.get("unique_tokens"):  # the preset's corpus, when it trains on its own
         unique, source = float(run_target["unique_tokens"]), run_target["unique_tokens_source"]
@@ -146,7 +148,8 @@ def main(overrides: list[str], flags: dict) -> int:
         fit_result = fit_all(table, budget_flops=budget["flops"], bootstrap=study.bootstrap,
                              outliers=study.outliers, seed=study.seed, convention=study.convention,
                              fixed_E=study.law_fit.fixed_E, candidate=study.law_fit.candidate,
-                             flops_per_token=None if count.name == "6nd" else count.flops_per_token)
+                             # the pilots' own count; a table without shapes keeps its C for Approaches 1-3's fit
+                             flops_per_token=count.flops_per_token if count.name == "exact" else None)
         law, law_samples = law_from_fit(fit_result)
         design = adaptive_design(study)
         if design:
