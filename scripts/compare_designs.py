@@ -9,8 +9,8 @@ loss, docs/cooldown_reuse.md).
   1.6x apart around the 20-tokens-per-parameter guess, D = C / 6N.
 * adaptive -- the first `--seed-budgets` budgets of that grid, then rounds: fit (Chinchilla form,
   noise model, a `--round-bootstrap`-resample parametric bootstrap), choose up to `--round-runs` runs
-  by expected shrinkage of log N_opt's interval per FLOP (pipeline/decide/next_runs.py; a new budget's
-  3-size profile first while fewer than `--min-profiles` budgets have one), train them (simulate), until the static grid's FLOPs are spent (no width stop: equal pilot FLOPs). While no law
+  by expected shrinkage of log N_opt's interval per FLOP (pipeline/decide/next_runs.py; with
+  `--min-profiles` > 0 new budgets as whole profiles, as sweep.min_profiles), train them (simulate), until the static grid's FLOPs are spent (no width stop: equal pilot FLOPs). While no law
   can be fitted, a round adds the grid's next budget instead, as the sweep does.
 
 Both designs are scored by the same fit (pipeline.decide.next_runs.fit_ensemble, `--bootstrap`
@@ -90,7 +90,8 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
             n, d, c = np.append(n, grid[0][nxt]), np.append(d, grid[1][nxt]), np.append(c, grid[2][nxt])
             rounds += 1
             continue
-        cands = isoflop_candidates(fit["law"], n, d, c, max_run_flops=left, min_budget=grid[2].min() / 3)
+        cands = isoflop_candidates(fit["law"], n, d, c, max_run_flops=left, min_budget=grid[2].min() / 3,
+                                   profiles=args.min_profiles > 0)
         if not len(cands):
             break
         profiled = profiled_budgets(n, c)   # as the sweep: a new budget's profile first while too few (sweep.min_profiles)
@@ -159,8 +160,8 @@ def main() -> int:
     p.add_argument("--sizes", type=int, default=5)
     p.add_argument("--seed-budgets", type=int, default=2, help="budgets of the grid the adaptive design starts from")
     p.add_argument("--round-runs", type=int, default=8, help="runs chosen per round")
-    p.add_argument("--min-profiles", type=int, default=3,
-                   help="a round starts with a new budget's 3-size profile while fewer budgets have one (sweep.min_profiles)")
+    p.add_argument("--min-profiles", type=int, default=0,
+                   help="> 0: new budgets as 3-size profiles, one first while fewer budgets have one (sweep.min_profiles)")
     p.add_argument("--max-rounds", type=int, default=4)
     p.add_argument("--round-bootstrap", type=int, default=30, help="ensemble size between rounds")
     p.add_argument("--bootstrap", type=int, default=60, help="resamples of the final interval (both designs)")

@@ -70,10 +70,10 @@ def unit_values(fit: dict, cands: Candidates) -> dict[int, float]:
 
 def test_the_chooser_picks_what_shrinks_the_interval_most_per_flop(seed_fit):
     table, fit = seed_fit
-    cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_flops)
+    cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_flops, profiles=True)
     values = unit_values(fit, cands)
     size = {u: int(np.sum(cands.units() == u)) for u in values}
-    # one run: the best single candidate (a new budget's profile needs 3 runs)
+    # one run: the best single candidate (a new budget's profile needs 3 runs); without profiles every size is one
     pick = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=1)["picks"][0]
     assert cands.units()[pick["index"]] == max((u for u in values if size[u] == 1), key=values.get)
     # three runs: the best unit first, a whole new-budget profile counted as its joint value per FLOP
@@ -87,15 +87,18 @@ def test_the_chooser_picks_what_shrinks_the_interval_most_per_flop(seed_fit):
 
 
 def test_a_new_budget_enters_as_a_whole_profile_centred_on_the_optimum(seed_fit):
-    """Approach 2 needs a parabola at every budget: a new budget's candidates are its 3 central sizes, one unit."""
+    """With profiles (sweep.min_profiles > 0) Approach 2 gets a parabola at every budget: a new budget's candidates
+    are its 3 central sizes, one unit; without, each size alone."""
     table, fit = seed_fit
-    cands = isoflop_candidates(TRUTH, table.n, table.tokens, table.budget_flops, sizes_per_budget=5)
+    cands = isoflop_candidates(TRUTH, table.n, table.tokens, table.budget_flops, sizes_per_budget=5, profiles=True)
     new = np.array(cands.kind) == "new budget"
     for budget in np.unique(cands.budget[new]):
         at = new & (cands.budget == budget)
         assert at.sum() == 3 and np.unique(cands.units()[at]).size == 1
         assert np.exp(np.mean(np.log(cands.n[at]))) == pytest.approx(TRUTH.optimal_allocation(budget)[0], rel=1e-9)
     assert np.unique(cands.units()[~new]).size == (~new).sum()        # every other candidate alone
+    singles = isoflop_candidates(TRUTH, table.n, table.tokens, table.budget_flops, sizes_per_budget=5)
+    assert np.unique(singles.units()).size == len(singles) and singles.kind.count("new budget") == 5 * new.sum() // 3
     picks = choose_next(fit["samples"], fit["sd_log"], cands, TARGET, max_runs=3)["picks"]
     by_budget = {}
     for p in picks:
@@ -137,6 +140,7 @@ def test_stop_rules():
     assert "stop_width=3" in stop_reason(2.5, 3.0, 1e18, 1e19, 1e17, 1, 6)
     assert stop_reason(5.0, 3.0, 1e18, 1e19, 1e17, 1, 6) is None
     assert "pilot compute spent" in stop_reason(5.0, 3.0, 9.5e18, 1e19, 1e18, 1, 6)
+    assert "no candidate run fits the 5e+17 left" in stop_reason(5.0, 3.0, 9.5e18, 1e19, np.inf, 1, 6)
     assert "max_rounds=6" in stop_reason(5.0, None, 1e18, 1e19, 1e17, 6, 6)
 
 
@@ -200,3 +204,5 @@ def test_too_few_profiles_make_the_round_start_with_a_new_budgets_profile(seed_f
     assert all("profile_first" not in p for p in forced["picks"][3:])
     free = adaptive_round(table, TARGET, min_profiles=2, **common)
     assert all("profile_first" not in p for p in free["picks"])
+    off = adaptive_round(table, TARGET, **common)                     # the default, 0: the per-FLOP rule alone
+    assert all("profile_first" not in p and p.get("unit_size") == 1 for p in off["picks"])

@@ -166,9 +166,10 @@ class SweepConfig:
     # budget, else what the static IsoFLOP plan of all `budgets_flops` would spend (docs/adaptive_design.md).
     seed_budgets: int = 2
     round_runs: int = 4
-    # while fewer budgets than this have a profile (3+ sizes), a round starts with a new budget's whole profile,
-    # so that Approach 2 can check Approach 3 (docs/adaptive_design.md); 0 leaves the choice to the per-FLOP rule
-    min_profiles: int = 3
+    # > 0: a new budget enters as a whole 3-size profile, and while fewer budgets than this have one a round
+    # starts with it, so that Approach 2 can check Approach 3; it costs Approach 3 precision
+    # (docs/adaptive_design.md). 0: every run by the per-FLOP rule alone
+    min_profiles: int = 0
     max_rounds: int = 6
     stop_width: float | None = 3.0
     pilot_flops: float | None = None

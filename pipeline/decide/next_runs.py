@@ -29,14 +29,16 @@ ensemble's percentile width scaled by sqrt(Var after / Var now).
 Candidates (`isoflop_candidates`): every existing IsoFLOP budget and new budgets `budget_ratio` below
 the smallest and above the largest (up to two steps), each with sizes centred on the current law's
 optimum at that budget (so Approach 2's parabolas stay centred, arXiv 2603.22339), plus a repeat
-(another seed) of every run already trained. A new budget's PROFILE_SIZES central sizes are one unit,
-chosen together or not at all: its value is the variance the runs remove jointly,
-c' (S + sigma^2 I)^-1 c with c their covariances with q and S among them, per FLOP of all of them. A
-budget that enters with one or two sizes gives Approach 2 no parabola, so the approaches could not be
-compared there (the adaptive demo once ended with Approach 2 on two profiles, its interval 1000x wide).
-Per FLOP a profile rarely beats a single run, so while fewer than `sweep.min_profiles` budgets have a
-profile (`profiled_budgets`) a round starts with the best new budget's profile (`profile_first`): the
-approaches' agreement is the tool's check on the law's form, and it needs Approach 2 on three budgets.
+(another seed) of every run already trained.
+
+Whole profiles (`sweep.min_profiles` > 0, off by default): a budget that enters with one or two sizes gives
+Approach 2 no parabola, so the approaches cannot be compared there (the adaptive demo ends with Approach 2 on
+two profiles, its interval 1000x wide). With `profiles`, a new budget's PROFILE_SIZES central sizes are one
+unit, chosen together or not at all, valued by the variance its runs remove jointly, c' (S + sigma^2 I)^-1 c
+(c their covariances with q, S among them), per FLOP of all of them; and while fewer than `min_profiles`
+budgets have a profile (`profiled_budgets`) a round starts with the best new budget's profile
+(`profile_first`). Per FLOP a profile rarely beats a single run, so this buys the approaches' cross-check
+with Approach 3's precision (measured in docs/adaptive_design.md).
 """
 
 from __future__ import annotations
@@ -113,11 +115,13 @@ def interval_width(q: np.ndarray) -> float:
 
 def isoflop_candidates(law: ParametricLaw, done_n, done_d, done_budget, *, sizes_per_budget: int = 5,
                        size_ratio: float = 2.0, budget_ratio: float = 3.0, new_budgets: int = 2,
-                       max_run_flops: float | None = None, min_budget: float | None = None) -> Candidates:
+                       max_run_flops: float | None = None, min_budget: float | None = None,
+                       profiles: bool = False) -> Candidates:
     """IsoFLOP budgets (existing ones, `new_budgets` steps above the largest, one below the smallest but not
     below `min_budget`) with sizes centred on `law`'s optimum there (C = 6 N D), plus a repeat of every
     distinct run done. `min_budget` keeps the design from walking down to budgets too small to follow a
-    law (at CPU scale below ~1e12 FLOPs the smallest model always wins, docs/adaptive_design.md)."""
+    law (at CPU scale below ~1e12 FLOPs the smallest model always wins, docs/adaptive_design.md). `profiles`: a new
+    budget is one unit of its PROFILE_SIZES central sizes (module doc); otherwise each of its sizes alone."""
     done_n, done_d = np.asarray(done_n, dtype=float), np.asarray(done_d, dtype=float)
     known = np.unique(np.asarray(done_budget, dtype=float)[np.isfinite(done_budget)])
     if known.size == 0:
@@ -130,14 +134,15 @@ def isoflop_candidates(law: ParametricLaw, done_n, done_d, done_budget, *, sizes
     for b in budgets:
         centre = float(law.optimal_allocation(b)[0])
         is_new = not np.any(np.isclose(known, b, rtol=1e-3))
-        profile = next(ids)   # a new budget: only its PROFILE_SIZES central sizes, as one unit (module doc)
+        as_profile = profiles and is_new
+        profile = next(ids)   # with `profiles`, a new budget: only its PROFILE_SIZES central sizes, as one unit
         for k in range(sizes_per_budget):
-            if is_new and abs(k - half) > (PROFILE_SIZES - 1) / 2:
+            if as_profile and abs(k - half) > (PROFILE_SIZES - 1) / 2:
                 continue          # its outer sizes are candidates ("new size") once the budget has its profile
             size = centre * size_ratio ** (k - half)
             n.append(size), d.append(b / (TRAIN_FLOPS_PER_PARAM_TOKEN * size)), c.append(b), budget.append(b)
             kind.append("new budget" if is_new else "new size")
-            unit.append(profile if is_new else next(ids))
+            unit.append(profile if as_profile else next(ids))
     done_budget = np.asarray(done_budget, dtype=float)
     _, first = np.unique(np.column_stack([done_n, done_d]), axis=0, return_index=True)
     for i in sorted(first):
@@ -275,8 +280,9 @@ def stop_reason(width: float, stop_width: float | None, spent_flops: float, pilo
     if stop_width is not None and width <= stop_width:
         return f"{label}'s 90% interval is {width:.3g}x wide, within sweep.stop_width={stop_width:g}x"
     if spent_flops + cheapest_flops > pilot_flops:
-        return (f"pilot compute spent: {spent_flops:.3g} of {pilot_flops:.3g} FLOPs, the cheapest candidate "
-                f"needs {cheapest_flops:.3g}")
+        return (f"pilot compute spent: {spent_flops:.3g} of {pilot_flops:.3g} FLOPs, "
+                + (f"the cheapest candidate needs {cheapest_flops:.3g}" if np.isfinite(cheapest_flops) else
+                   f"no candidate run fits the {max(pilot_flops - spent_flops, 0.0):.3g} left"))
     if rounds >= max_rounds:
         return f"sweep.max_rounds={max_rounds} rounds ran"
     return None

@@ -101,7 +101,8 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
                "target_flops": float(target_flops)}
     left = pilot_flops - spent
     cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_groups(), size_ratio=size_ratio,
-                               budget_ratio=budget_ratio, max_run_flops=max(left, 0.0), min_budget=min_budget)
+                               budget_ratio=budget_ratio, max_run_flops=max(left, 0.0), min_budget=min_budget,
+                               profiles=min_profiles > 0)
     keys = [None] * len(cands)
     if realize is not None and len(cands):
         cands, keys = realize(cands)
