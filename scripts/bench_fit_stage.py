@@ -22,15 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _bench_common import (
-    BUDGET,
-    DEFAULT_CSV,
-    ONE_THREAD_ENV,
-    ROOT,
-    extract_revision,
-    missing_csv,
-    write_240_points,
-)
+import _bench_common as bench
 
 ONE_RUN = """
 import json, sys, time
@@ -46,26 +38,26 @@ print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time()
 
 
 def time_once(src: Path, csv: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", ONE_RUN, str(src), str(csv), str(BUDGET)], env=ONE_THREAD_ENV,
+    out = subprocess.run([sys.executable, "-c", ONE_RUN, str(src), str(csv), str(bench.BUDGET)], env=bench.ONE_THREAD_ENV,
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    p.add_argument("--csv", type=Path, default=bench.DEFAULT_CSV)
     p.add_argument("--baseline-rev", help="git revision to compare against (e.g. the commit before the speed-up)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    if missing_csv(args.csv):
-        print(missing_csv(args.csv))
+    if bench.missing_csv(args.csv):
+        print(bench.missing_csv(args.csv))
         return 2
-    sides = {"this checkout": ROOT}
+    sides = {"this checkout": bench.ROOT}
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "chinchilla_240.csv"
-        write_240_points(args.csv, table)
+        bench.write_240_points(args.csv, table)
         if args.baseline_rev:
-            sides = {f"baseline {args.baseline_rev}": extract_revision(args.baseline_rev, Path(tmp) / "baseline"), **sides}
+            sides = {f"baseline {args.baseline_rev}": bench.extract_revision(args.baseline_rev, Path(tmp) / "baseline"), **sides}
         runs: dict[str, list[dict]] = {name: [] for name in sides}
         for _ in range(args.repeats):                 # alternate, so both sides see the same load
             for name, src in sides.items():
