@@ -103,8 +103,9 @@ WIDE_TO_CHECK = 10.0
 def approach_agreement(approaches: dict) -> dict:
     """Compare N_opt at the target budget across approaches; warn when intervals do not overlap.
 
-    An approach without an interval contributes its point estimate as a zero-width interval, so without a
-    bootstrap any difference is a clash. `consistent`: every pair's intervals overlap; `too_wide_to_check`:
+    An approach without an interval contributes its point estimate as a zero-width interval; two of those are not
+    compared (without a bootstrap `consistent` is None). `consistent`: every judged pair's intervals overlap;
+    `too_wide_to_check`:
     approaches whose interval is WIDE_TO_CHECK times the parametric law's or wider (e.g. Approach 2 on two
     profiles), named so the verdict can say they do not corroborate the law.
     """
@@ -120,16 +121,18 @@ def approach_agreement(approaches: dict) -> dict:
         return {**out, "note": "fewer than 2 approaches gave N_opt: nothing to compare"}
     points = [v[2] for v in spans.values()]
     out["max_over_min"] = max(points) / min(points)
-    clashes = [f"{a} vs {b}" for i, (a, sa) in enumerate(spans.items()) for b, sb in list(spans.items())[i + 1:]
-               if sa[1] < sb[0] or sb[1] < sa[0]]
-    out["consistent"] = not clashes      # the verdict counts the spread only when this is False (`verdict`)
+    # a pair is judged when at least one side has an interval: two bare points cannot clash or agree
+    pairs = [(a, sa, b, sb) for i, (a, sa) in enumerate(spans.items()) for b, sb in list(spans.items())[i + 1:]
+             if sa[0] < sa[1] or sb[0] < sb[1]]
+    clashes = [f"{a} vs {b}" for a, sa, b, sb in pairs if sa[1] < sb[0] or sb[1] < sa[0]]
+    out["consistent"] = (not clashes) if pairs else None   # the verdict ignores the spread only when True
     widths = {k: v[1] / v[0] for k, v in spans.items() if v[0] > 0 and v[1] > v[0]}
     if "parametric" in widths:           # an approach far less precise than the law cannot corroborate it
         out["too_wide_to_check"] = {k: w for k, w in widths.items()
                                     if k != "parametric" and w > WIDE_TO_CHECK * widths["parametric"]}
     if clashes:
         out["warning"] = (f"approaches disagree on N_opt beyond their intervals ({', '.join(clashes)}; "
-                          f"{out['max_over_min']:.2g}x apart): trust the answer less, add budgets or runs")
+                          f"{out['max_over_min']:.3g}x apart): trust the answer less, add budgets or runs")
     return out
 
 
@@ -195,11 +198,11 @@ def verdict(result: dict) -> str:
         why.append(f"N_opt interval x/{(interval[1] / interval[0]) ** 0.5:.2g}")
     if spread and within_intervals:
         wide = agreement.get("too_wide_to_check") or {}
-        why.append(f"approaches {spread:.2g}x apart, within their intervals"
+        why.append(f"approaches {spread:.3g}x apart, within their intervals"
                    + "".join(f"; {APPROACH_NAMES.get(k, k)}'s interval is {w:.3g}x wide, too wide to check the law"
                              for k, w in wide.items()))
     elif spread:
-        why.append(f"approaches {spread:.2g}x apart")
+        why.append(f"approaches {spread:.3g}x apart")
     if unresolved:
         why.append(f"{unresolved} IsoFLOP minima not resolved beyond the noise")
     detail = "; ".join(why)
