@@ -120,3 +120,32 @@ def test_sensitivity_refits_every_convention(table):
     # N_ne = 0.8 N: the exponents cannot move, N_opt scales by 0.8
     assert ne["parametric_a"] == pytest.approx(TRUE_LAW.a, abs=0.02)
     assert ne["isoflop_a"] == pytest.approx(TRUE_LAW.a, abs=0.03)
+
+
+def test_a_form_that_backtests_as_well_and_lands_outside_the_interval_widens_the_verdict():
+    """The adaptive demo: alpha = beta chosen (better backtest), its interval x/1.1 because the form pins the
+    allocation exponent, while the free form that also passed its backtest puts N_opt 4x lower. The forms' spread
+    is the verdict's factor; a form inside the chosen interval, or one whose backtest failed, does not count."""
+    from pipeline.fit.checks import form_spread, verdict
+
+    rows = [{"candidate": "overtrain", "chosen": True, "n_opt": 3.1e6, "intervals": {"n_opt": [2.74e6, 3.34e6]},
+             "backtest_error": 0.021},
+            {"candidate": "chinchilla", "chosen": False, "n_opt": 7.5e5, "backtest_error": 0.030}]
+    result = {"intervals": {"n_opt": [2.74e6, 3.34e6]}, "selection": {"candidates": rows}, "minima": []}
+    factor, names = form_spread(result)
+    assert factor == pytest.approx(3.1e6 / 7.5e5) and "chinchilla 7.5e+05" in names
+    line = verdict(result)
+    assert "cannot separate sizes within 4.1x" in line and "law forms 4.13x apart" in line
+    rows[1]["backtest_error"] = None                                    # its backtest failed: no evidence
+    assert form_spread(result) is None and "size the run from them" in verdict(result)
+    rows[1].update(backtest_error=0.03, n_opt=3.0e6)                    # inside the interval: no conflict
+    assert form_spread(result) is None
+
+
+def test_agreement_with_an_approach_too_wide_to_check_is_not_a_basis_for_sizing():
+    from pipeline.fit.checks import verdict
+
+    approaches = {"parametric": {"n_opt": 3.1e6, "intervals": {"n_opt": [2.9e6, 3.3e6]}},
+                  "isoflop": {"n_opt": 1.3e5, "intervals": {"n_opt": [3.3e3, 3.3e6]}}}
+    line = verdict({"intervals": {"n_opt": [2.9e6, 3.3e6]}, "agreement": approach_agreement(approaches), "minima": []})
+    assert "not yet a basis for sizing the run" in line and "sweep.min_profiles=3" in line

@@ -172,6 +172,24 @@ USABLE_FACTOR = 2.0
 APPROACH_NAMES = {"envelope": "Approach 1", "isoflop": "Approach 2", "parametric": "Approach 3"}
 
 
+def form_spread(result: dict) -> tuple[float, str] | None:
+    """(max/min, names) of N_opt across the law forms, when a form that passed its backtest puts N_opt outside the
+    chosen form's interval: the form then decides the answer more than the noise does (Li et al. 2025,
+    arXiv:2502.18969), and the chosen form's own interval cannot show it (a constrained form, alpha = beta, pins
+    the allocation exponent, so its interval is narrow by construction)."""
+    rows = (result.get("selection") or {}).get("candidates") or []
+    chosen = next((r for r in rows if r.get("chosen") and r.get("n_opt")), None)
+    span = ((chosen or {}).get("intervals") or {}).get("n_opt")
+    if not span:
+        return None
+    outside = [r for r in rows if not r.get("chosen") and r.get("n_opt") and r.get("backtest_error") is not None
+               and not span[0] <= r["n_opt"] <= span[1]]
+    if not outside:
+        return None
+    points = [chosen["n_opt"], *(r["n_opt"] for r in outside)]
+    return max(points) / min(points), ", ".join(f"{r['candidate']} {r['n_opt']:.3g}" for r in (chosen, *outside))
+
+
 def verdict(result: dict) -> str:
     """One line a person can act on, from the chosen law's N_opt interval and the approaches' spread."""
     interval = (result.get("intervals") or {}).get("n_opt")
@@ -182,8 +200,10 @@ def verdict(result: dict) -> str:
     spread = agreement.get("max_over_min")
     within_intervals = bool(spread) and bool(interval) and agreement.get("consistent") is True
     unresolved = sum(not m["resolved"] for m in result.get("minima") or [])
+    forms = form_spread(result)
     factors = [f for f in ((interval[1] / interval[0]) ** 0.5 if interval else None,
-                           None if within_intervals else spread) if f]
+                           None if within_intervals else spread, forms[0] if forms else None) if f]
+    unchecked = agreement.get("too_wide_to_check") or {}   # no other approach precise enough to check the law
     identified = result.get("identifiability") or {}
     if identified and not identified.get("sufficient", True):   # pipeline/fit/identifiability.py
         return f"the table cannot decide N_opt: {identified.get('note')}; add runs before sizing a run from them"
@@ -196,6 +216,8 @@ def verdict(result: dict) -> str:
     why = []
     if interval:
         why.append(f"N_opt interval x/{(interval[1] / interval[0]) ** 0.5:.2g}")
+    if forms:
+        why.append(f"law forms {forms[0]:.3g}x apart ({forms[1]})")
     if spread and within_intervals:
         wide = agreement.get("too_wide_to_check") or {}
         why.append(f"approaches {spread:.3g}x apart, within their intervals"
@@ -213,9 +235,11 @@ def verdict(result: dict) -> str:
     failed = ((result.get("selection") or {}).get("chosen") or {}).get("backtest_failed")
     if failed:   # pipeline/fit/selection.py: kept as the incumbent, but nothing checked its extrapolation
         detail += "; the chosen law's backtest failed, so its extrapolation is unchecked"
-    if factor <= AGREE_FACTOR and (failed or tuning is True):   # tight, but not shown to be right
+    if factor <= AGREE_FACTOR and (failed or tuning is True or unchecked):   # tight, but not shown to be right
         return (f"pilots agree within {factor - 1:.0%} on N_opt ({detail}): not yet a basis for sizing the run; "
-                + ("add budgets so the law can be backtested" if failed else "train the pilots at the probed LR"))
+                + ("add budgets so the law can be backtested" if failed else "train the pilots at the probed LR"
+                   if tuning is True else "no other approach can check the law: give Approach 2 profiles at three "
+                   "budgets (sweep.min_profiles=3)"))
     if factor <= AGREE_FACTOR:
         return f"pilots agree within {factor - 1:.0%} on N_opt ({detail}): size the run from them"
     if factor <= USABLE_FACTOR:

@@ -20,6 +20,7 @@ checks the result against a plain loop of scipy over all 4500 starts.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -124,10 +125,15 @@ class HuberLogObjective:
         f = np.empty(len(theta))
         g = np.empty((len(theta), 5))
         step = max(1, CHUNK_ELEMENTS // len(self.log_n))
-        for lo in range(0, len(theta), step):
-            hi = lo + step
-            w = None if self.weights is None else self.weights[rows[lo:hi]]
-            f[lo:hi], g[lo:hi] = self._chunk(theta[lo:hi], w, self.log_loss[rows[lo:hi]] if self.per_problem else None)
+        # float32 overflows on a wild line-search trial (alpha * log N past 3.4e38) where float64 does not: the
+        # trial's objective is then non-finite and the line search rejects it, as it rejects any such trial
+        quiet = np.errstate(over="ignore", invalid="ignore") if self.dtype != np.float64 else contextlib.nullcontext()
+        with quiet:
+            for lo in range(0, len(theta), step):
+                hi = lo + step
+                w = None if self.weights is None else self.weights[rows[lo:hi]]
+                f[lo:hi], g[lo:hi] = self._chunk(theta[lo:hi], w,
+                                                 self.log_loss[rows[lo:hi]] if self.per_problem else None)
         return f, g
 
     def single(self, theta: np.ndarray, row: int = 0) -> tuple[float, np.ndarray]:
