@@ -77,3 +77,19 @@ def test_fit_intervals_without_a_method_still_render(rec, tmp_path):
     merged = {**rec, "intervals": {"n_opt": [1e10, 1.2e10]}}  # the lead merges the fit's own intervals
     text = render_report(tmp_path, None, merged, []).read_text()
     assert "N_opt 11B [10B, 12B]" in text and "predicted loss 2.1196 (no loss interval)" in text
+
+
+def test_the_range_line_spans_the_law_forms_when_they_disagree():
+    """A narrow chosen form (alpha = beta) and a free form outside its interval: the range says both, and across."""
+    from pipeline.decide.report import range_line
+
+    rows = [{"candidate": "chinchilla", "chosen": False, "n_opt": 7.5e5, "backtest_error": 0.03,
+             "intervals": {"n_opt": [2.7e5, 1.8e6]}},
+            {"candidate": "overtrain", "chosen": True, "n_opt": 3.1e6, "backtest_error": 0.02,
+             "intervals": {"n_opt": [2.7e6, 3.3e6]}}]
+    rec = {"n_opt": 3.1e6, "intervals": {"n_opt": [2.7e6, 3.3e6]}, "selection": {"candidates": rows}}
+    line = range_line(rec)
+    assert "law forms' N_opt chinchilla 750K [270K, 1.8M], overtrain 3.1M [2.7M, 3.3M]" in line
+    assert line.endswith("across them [270K, 3.3M]")
+    rows[0]["n_opt"] = 3.0e6                                   # inside the chosen interval: one range is enough
+    assert "law forms" not in range_line(rec)

@@ -15,6 +15,7 @@ from pipeline.decide.lr_report import lr_section
 from pipeline.decide.recommend import schedule_text
 from pipeline.decide.rounds import design_section
 from pipeline.decide.target_report import target_lines
+from pipeline.fit.checks import form_spread
 from pipeline.fit.noise import ZIGZAG_Z
 from pipeline.fit.plots import save_figure
 from pipeline.records import atomic_write_text
@@ -111,6 +112,13 @@ def range_line(rec: dict) -> str | None:
     text = "90% range: " + ", ".join(parts)
     if len(spread) > 1:
         text += "; approaches' N_opt " + ", ".join(f"{k} {count(v)}" for k, v in spread.items())
+    if form_spread(rec):   # another law form that passed its backtest puts N_opt outside this interval
+        forms = [r for r in rec["selection"]["candidates"] if r.get("n_opt") and (r.get("intervals") or {}).get("n_opt")
+                 and (r.get("chosen") or r.get("backtest_error") is not None)]
+        lo, hi = min(r["intervals"]["n_opt"][0] for r in forms), max(r["intervals"]["n_opt"][1] for r in forms)
+        text += ("; law forms' N_opt " + ", ".join(f"{r['candidate']} {count(r['n_opt'])} [{count(r['intervals']['n_opt'][0])}, "
+                                                   f"{count(r['intervals']['n_opt'][1])}]" for r in forms)
+                 + f": across them [{count(lo)}, {count(hi)}]")
     return text
 
 
