@@ -44,10 +44,10 @@ from models.accounting import count_params, palm_mfu_flops_per_token, training_f
 from models.shape import ModelShape
 from models.sizing import (
     SizingError,
+    chain,
     family_depth,
     family_shape,
     shape_for_params,
-    width_multiple,
 )
 from pipeline.errors import UserError
 from pipeline.fit.intervals import INTERVAL_PERCENTILES, percentile_interval
@@ -104,7 +104,8 @@ class FamilyFlopsPerToken:
                  method: str = "exact"):
         self.vocab_size, self.seq_len, self.convention, self.tie = vocab_size, seq_len, convention, tie_embeddings
         self.per_token = _per_token(method)
-        self._d_next = 16
+        self._chain = chain()          # walked once: each width's depth on first reaching it (family_depth)
+        self._width = 0
         self._log_n: np.ndarray = np.empty(0)
         self._rho: np.ndarray = np.empty(0)
         self._anchors: list[tuple[float, float]] = []
@@ -114,11 +115,16 @@ class FamilyFlopsPerToken:
         return family_shape(d_model, family_depth(d_model), self.vocab_size, self.seq_len, self.tie)
 
     def _grow(self, n_needed: float) -> None:
+        # one walk along the chain, not family_depth per width (each of which restarts the chain: a table grown
+        # to the N a data-constrained search asks for took minutes)
         while not self._anchors or self._anchors[-1][0] < n_needed * 1.5 or len(self._anchors) < 2:
-            shape = self.shape_at_width(self._d_next)
+            d_model, n_layer = next(self._chain)
+            if d_model == self._width:
+                continue               # deeper at the same width: the anchor is the depth it first had
+            self._width = d_model
+            shape = family_shape(d_model, n_layer, self.vocab_size, self.seq_len, self.tie)
             n = float(count_params(shape)[self.convention])
             self._anchors.append((n, self.per_token(shape, self.seq_len) / n))
-            self._d_next += width_multiple(self._d_next)
         pairs = sorted(self._anchors)
         self._log_n = np.log([p[0] for p in pairs])
         self._rho = np.array([p[1] for p in pairs])
