@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibrate_intervals import SEED_SD_LOG, design, true_law  # noqa: E402
 
-from pipeline.decide.next_runs import choose_next, isoflop_candidates, profiled_budgets  # noqa: E402
+from pipeline.decide.next_runs import choose_next, isoflop_candidates, profile_rule  # noqa: E402
 from pipeline.decide.rounds import fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
@@ -94,8 +94,7 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
                                    profiles=args.min_profiles > 0)
         if not len(cands):
             break
-        profiled = profiled_budgets(n, c)   # as the sweep: a new budget's profile first while too few (sweep.min_profiles)
-        first = f"Approach 2 has {profiled} profiled budgets" if profiled < args.min_profiles else None
+        first = profile_rule(n, c, args.min_profiles)   # as the sweep: a new budget's profile first while too few
         choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=args.round_runs, flops_left=left,
                              profile_first=first)
         if not choice["picks"]:

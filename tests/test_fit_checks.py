@@ -132,8 +132,11 @@ def test_a_form_that_backtests_as_well_and_lands_outside_the_interval_widens_the
              "backtest_error": 0.021},
             {"candidate": "chinchilla", "chosen": False, "n_opt": 7.5e5, "backtest_error": 0.030}]
     result = {"intervals": {"n_opt": [2.74e6, 3.34e6]}, "selection": {"candidates": rows}, "minima": []}
-    factor, names = form_spread(result)
-    assert factor == pytest.approx(3.1e6 / 7.5e5) and "chinchilla 7.5e+05" in names
+    spread = form_spread(result)
+    assert spread["factor"] == pytest.approx(3.1e6 / 7.5e5) and "chinchilla 7.5e+05" in spread["names"]
+    assert spread["span"] == [2.74e6, 3.34e6]   # the free form has no interval here: only the chosen one spans
+    rows[1]["intervals"] = {"n_opt": [2.7e5, 1.8e6]}
+    assert form_spread(result)["span"] == [2.7e5, 3.34e6]
     line = verdict(result)
     assert "cannot separate sizes within 4.1x" in line and "law forms 4.13x apart" in line
     rows[1]["backtest_error"] = None                                    # its backtest failed: no evidence

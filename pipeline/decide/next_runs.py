@@ -161,6 +161,33 @@ def profiled_budgets(n, budget) -> int:
                for b in np.unique(budget[np.isfinite(budget)]))
 
 
+def profile_rule(n, budget, min_profiles: int) -> str | None:
+    """Why a round starts with a new budget's profile (choose_next's `profile_first`), or None when enough
+    budgets already have one (sweep.min_profiles; the sweep and scripts/compare_designs.py share the rule)."""
+    profiled = profiled_budgets(n, budget)
+    if profiled >= min_profiles:
+        return None
+    return f"Approach 2 has {profiled} profiled budget{'s' * (profiled != 1)}, sweep.min_profiles={min_profiles}"
+
+
+def _unit_gains(cov: np.ndarray, noise_var: np.ndarray, units: list[np.ndarray], single: np.ndarray,
+                eligible: np.ndarray) -> np.ndarray:
+    """Var(q) each eligible unit removes by observing its runs jointly: c'(S + noise)^-1 c (module doc).
+
+    A single run's is the scalar cov(q, f)^2 / (var f + noise), for all of them at once; only a profile's
+    few runs need a solve."""
+    gain = np.zeros(len(units))
+    ones = np.flatnonzero(eligible & single)
+    if ones.size:
+        cols = np.array([units[u][0] for u in ones])
+        gain[ones] = cov[0, cols + 1] ** 2 / (cov[cols + 1, cols + 1] + noise_var[cols])
+    for u in np.flatnonzero(eligible & ~single):
+        cols = units[u] + 1
+        gain[u] = cov[0, cols] @ np.linalg.solve(cov[np.ix_(cols, cols)] + np.diag(noise_var[units[u]]),
+                                                 cov[0, cols])
+    return gain
+
+
 def _ensemble(samples: np.ndarray, target_flops: float) -> tuple[np.ndarray, np.ndarray]:
     samples = np.asarray(samples, dtype=float).reshape(-1, 5)
     q = log_n_opt(samples, target_flops)
@@ -221,11 +248,7 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
         if not eligible.any():
             stopped = f"{len(picks)} runs chosen; a new budget's profile needs {PROFILE_SIZES}"
             break
-        gain = np.zeros(len(units))
-        for u in np.flatnonzero(eligible):   # Var(q) removed by observing the unit's runs jointly (module doc)
-            cols = units[u] + 1
-            gain[u] = cov[0, cols] @ np.linalg.solve(cov[np.ix_(cols, cols)] + np.diag(noise_var[units[u]]),
-                                                     cov[0, cols])
+        gain = _unit_gains(cov, noise_var, units, unit_size == 1, eligible)
         score = np.where(eligible, gain / unit_cost, -np.inf)
         u = int(np.argmax(score))
         if not forced and not gain[u] > 1e-12 * max(var0, 1e-300):

@@ -112,13 +112,11 @@ def range_line(rec: dict) -> str | None:
     text = "90% range: " + ", ".join(parts)
     if len(spread) > 1:
         text += "; approaches' N_opt " + ", ".join(f"{k} {count(v)}" for k, v in spread.items())
-    if form_spread(rec):   # another law form that passed its backtest puts N_opt outside this interval
-        forms = [r for r in rec["selection"]["candidates"] if r.get("n_opt") and (r.get("intervals") or {}).get("n_opt")
-                 and (r.get("chosen") or r.get("backtest_error") is not None)]
-        lo, hi = min(r["intervals"]["n_opt"][0] for r in forms), max(r["intervals"]["n_opt"][1] for r in forms)
+    forms = form_spread(rec)   # another law form that passed its backtest puts N_opt outside this interval
+    if forms:
         text += ("; law forms' N_opt " + ", ".join(f"{r['candidate']} {count(r['n_opt'])} [{count(r['intervals']['n_opt'][0])}, "
-                                                   f"{count(r['intervals']['n_opt'][1])}]" for r in forms)
-                 + f": across them [{count(lo)}, {count(hi)}]")
+                                                   f"{count(r['intervals']['n_opt'][1])}]" for r in forms["forms"])
+                 + f": across them [{count(forms['span'][0])}, {count(forms['span'][1])}]")
     return text
 
 

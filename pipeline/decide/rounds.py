@@ -21,7 +21,7 @@ from pipeline.decide.next_runs import (
     describe_pick,
     isoflop_candidates,
     log_n_opt,
-    profiled_budgets,
+    profile_rule,
     stop_reason,
 )
 from pipeline.errors import UserError
@@ -112,9 +112,7 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
     reason = stop_reason(width, stop_width, spent, pilot_flops, cheapest, rounds_done, max_rounds, label)
     if reason:
         return {"fit": summary, "stop": reason, "picks": []}
-    profiled = profiled_budgets(table.n, table.budget_groups())
-    first = (f"Approach 2 has {profiled} profiled budget{'s' * (profiled != 1)}, sweep.min_profiles={min_profiles}"
-             if profiled < min_profiles else None)
+    first = profile_rule(table.n, table.budget_groups(), min_profiles)
     choice = choose_next(fit["samples"], fit["sd_log"], cands, target_flops, max_runs=round_runs, flops_left=left,
                          quantity=fit["quantity"], profile_first=first)
     if not choice["picks"]:

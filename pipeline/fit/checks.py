@@ -172,22 +172,32 @@ USABLE_FACTOR = 2.0
 APPROACH_NAMES = {"envelope": "Approach 1", "isoflop": "Approach 2", "parametric": "Approach 3"}
 
 
-def form_spread(result: dict) -> tuple[float, str] | None:
-    """(max/min, names) of N_opt across the law forms, when a form that passed its backtest puts N_opt outside the
-    chosen form's interval: the form then decides the answer more than the noise does (Li et al. 2025,
-    arXiv:2502.18969), and the chosen form's own interval cannot show it (a constrained form, alpha = beta, pins
-    the allocation exponent, so its interval is narrow by construction)."""
+def form_spread(result: dict) -> dict | None:
+    """The law forms' disagreement on N_opt, when a form that passed its backtest puts N_opt outside the chosen
+    form's interval: the form then decides the answer more than the noise does (Li et al. 2025, arXiv:2502.18969),
+    and the chosen form's own interval cannot show it (a constrained form, alpha = beta, pins the allocation
+    exponent, so its interval is narrow by construction). None when no such form exists.
+
+    Returns {"factor": max/min of N_opt over the chosen form and those outside its interval, "names": them as
+    text, "forms": every form with an N_opt interval that is chosen or passed its backtest, "span": [lo, hi]
+    across those forms' intervals} (the range line prints the forms and the span; recommendation.json keeps
+    the span as intervals.n_opt_across_forms)."""
     rows = (result.get("selection") or {}).get("candidates") or []
     chosen = next((r for r in rows if r.get("chosen") and r.get("n_opt")), None)
-    span = ((chosen or {}).get("intervals") or {}).get("n_opt")
-    if not span:
+    interval = ((chosen or {}).get("intervals") or {}).get("n_opt")
+    if not interval:
         return None
     outside = [r for r in rows if not r.get("chosen") and r.get("n_opt") and r.get("backtest_error") is not None
-               and not span[0] <= r["n_opt"] <= span[1]]
+               and not interval[0] <= r["n_opt"] <= interval[1]]
     if not outside:
         return None
     points = [chosen["n_opt"], *(r["n_opt"] for r in outside)]
-    return max(points) / min(points), ", ".join(f"{r['candidate']} {r['n_opt']:.3g}" for r in (chosen, *outside))
+    forms = [r for r in rows if r.get("n_opt") and (r.get("intervals") or {}).get("n_opt")
+             and (r.get("chosen") or r.get("backtest_error") is not None)]
+    return {"factor": max(points) / min(points),
+            "names": ", ".join(f"{r['candidate']} {r['n_opt']:.3g}" for r in (chosen, *outside)),
+            "forms": forms,
+            "span": [min(r["intervals"]["n_opt"][0] for r in forms), max(r["intervals"]["n_opt"][1] for r in forms)]}
 
 
 def verdict(result: dict) -> str:
@@ -202,7 +212,7 @@ def verdict(result: dict) -> str:
     unresolved = sum(not m["resolved"] for m in result.get("minima") or [])
     forms = form_spread(result)
     factors = [f for f in ((interval[1] / interval[0]) ** 0.5 if interval else None,
-                           None if within_intervals else spread, forms[0] if forms else None) if f]
+                           None if within_intervals else spread, forms["factor"] if forms else None) if f]
     unchecked = agreement.get("too_wide_to_check") or {}   # no other approach precise enough to check the law
     identified = result.get("identifiability") or {}
     if identified and not identified.get("sufficient", True):   # pipeline/fit/identifiability.py
@@ -217,7 +227,7 @@ def verdict(result: dict) -> str:
     if interval:
         why.append(f"N_opt interval x/{(interval[1] / interval[0]) ** 0.5:.2g}")
     if forms:
-        why.append(f"law forms {forms[0]:.3g}x apart ({forms[1]})")
+        why.append(f"law forms {forms['factor']:.3g}x apart ({forms['names']})")
     if spread and within_intervals:
         wide = agreement.get("too_wide_to_check") or {}
         why.append(f"approaches {spread:.3g}x apart, within their intervals"

@@ -35,6 +35,7 @@ from pipeline.fit.checks import (
     OUTLIER_RULES,
     approach_agreement,
     convention_sensitivity,
+    form_spread,
     outlier_keep,
     verdict,
 )
@@ -313,5 +314,8 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     }
     if identified.get("note"):
         warnings.append(identified["note"])
+    forms = form_spread(result)
+    if forms:   # the chosen form's interval alone would claim more than the forms agree on (checks.form_spread)
+        result["intervals"] = {**result["intervals"], "n_opt_across_forms": forms["span"]}
     result["verdict"] = verdict(result)
     return jsonable(result)
