@@ -128,6 +128,25 @@ def test_every_run_rounds_the_rules_batch_to_micro_batches_on_every_process():
         resolve_run(recorded, 512, world_size=2)
 
 
+def test_the_batch_split_lands_closest_to_the_rule_with_micro_batches_at_least_half_the_largest():
+    """The minimum accumulation alone rounded 100 sequences on 8 GPUs, 2 fitting, to 2 x 7 x 8 = 112 (+12%)."""
+    from pipeline.plan.launch import split_batch
+
+    assert split_batch(100, 8, 2) == (2, 6)              # 96 sequences, -4%
+    assert split_batch(1024, 8, 16) == (16, 8)           # exact when the rule divides
+    assert split_batch(24, 8, 16) == (3, 1)              # the share is below what fits: no accumulation
+    for rule in range(16, 2048, 13):
+        for world in (1, 8, 32):
+            for fits in (1, 2, 3, 5, 8, 16):
+                micro, accum = split_batch(rule, world, fits)
+                share = max(rule / world, 1.0)
+                top = max(1, min(fits, -(-rule // world)))
+                assert 1 <= micro <= fits and 2 * micro >= top and accum >= 1
+                # no micro-batch in [top/2, top] with its nearest accumulation comes closer
+                best = min(abs(m * max(1, round(share / m)) - share) for m in range((top + 1) // 2, top + 1))
+                assert abs(micro * accum - share) == pytest.approx(best)
+
+
 def test_the_demos_full_run_keeps_the_pilots_tied_embeddings_and_dry_runs(tmp_path):
     """The demo's fit (experiment=cpu_tiny: its budgets, V=512, T=128, budget 1e15) on a tiny pilot results folder
     (tests/test_fit_synthetic.py) whose runs were trained with tied embeddings."""
