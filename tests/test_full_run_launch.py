@@ -187,3 +187,25 @@ def test_micro_and_eval_batches_come_from_memory_and_odd_node_counts_are_refused
     bigger = plan_launch(shape, 256, 1, gpu_memory_gb=40.0, eval_batch_size=32)
     assert "set train.eval_batch_size=" in bigger.problems[0]
     assert "whole 8-GPU nodes" in plan_launch(shape, 256, 12).problems[0]
+
+
+def test_a_gpu_days_budget_with_pilots_launches_the_days_it_names(tmp_path):
+    """GPUs x days is PaLM FLOPs (MFU is defined on them): with pilots in the exact count the run is sized on the
+    PaLM line of their family, so the dry run, which times PaLM FLOPs, states the budget's days. On the pilots'
+    exact line it launched fewer days than named (the exact count also charges the embedding lookup)."""
+    write_sweep(tmp_path, isoflop_design(budgets=(5e11, 1e12, 2e12), sizes=5))
+    fit_dir = tmp_path / "fit"
+    proc = run("pipeline.fit", "experiment=cpu_tiny", f"results_dir={tmp_path}", "sweep_name=sweep", "bootstrap=0",
+               "budget.flops=null", "budget.gpu=h100_sxm", "budget.gpus=8", "budget.days=2e-5", f"out_dir={fit_dir}")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((fit_dir / "recommendation.json").read_text())
+    assert rec["count"]["name"] == "palm" and "PaLM line of the pilots' family" in rec["count"]["why"]
+    shape = ModelShape.from_dict(rec["model"]["shape"])
+    assert rec["model"]["count_flops_per_token"] == palm_mfu_flops_per_token(shape, 128)
+    out = dry_run_json(fit_dir)
+    assert out["est_days"] == pytest.approx(2e-5, rel=2e-3)   # whole steps of a tiny run: within 0.2%
+    given = tmp_path / "given"                                 # the same budget as FLOPs stays in the pilots' count
+    proc = run("pipeline.fit", "experiment=cpu_tiny", f"results_dir={tmp_path}", "sweep_name=sweep", "bootstrap=0",
+               f"budget.flops={rec['budget']['flops']}", f"out_dir={given}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((given / "recommendation.json").read_text())["count"]["name"] == "exact"

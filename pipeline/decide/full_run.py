@@ -19,7 +19,7 @@ import math
 from models.accounting import count_params, palm_mfu_flops_per_token, training_flops_per_token
 from models.shape import ModelShape
 from pipeline.config.presets import FULL_RUN_PRESETS, KNOWN_VOCAB_SIZES, STUDY_PRESET
-from pipeline.decide.allocation import FlopCount, palm_count
+from pipeline.decide.allocation import FamilyFlopsPerToken, FlopCount, palm_count
 from pipeline.errors import UserError
 from pipeline.plan.hparams import DEFAULT_RULE, resolve_hyperparameters
 from pipeline.plan.launch import plan_launch
@@ -84,6 +84,22 @@ def full_run_count(target: dict, convention: str, *, law: str | None = None, fro
         why = f"no count was given: the full run's, {timed}"
     tied = bool((target.get("architecture") or {}).get("tie_embeddings", False))
     return palm_count(int(target["vocab_size"]), int(target["seq_len"]), convention, tied, why)
+
+
+def budget_line_count(count: FlopCount, budget: dict) -> FlopCount:
+    """The count the budget line is drawn in. A budget of GPUs x days is PaLM FLOPs: GPUs x peak x MFU x seconds,
+    with MFU defined on PaLM's count (Chowdhery et al. 2022, App. B), the count the dry run times the launch with.
+    Pilots count in the exact count (their IsoFLOP budgets do), which also charges the input-embedding lookup
+    as a matmul, so sizing a GPU-days budget on their line launched 1-3% fewer days than it names (V = 50,257).
+    Such a budget is sized on the PaLM line of the pilots' own family; a budget in FLOPs keeps the pilots' count,
+    as do the fit's approaches (their C is the pilots')."""
+    family = count.flops_per_token
+    if budget.get("source") != "hardware" or count.name != "exact" or not isinstance(family, FamilyFlopsPerToken):
+        return count
+    return palm_count(family.vocab_size, family.seq_len, count.convention, family.tie,
+                      "the budget is GPUs x days, i.e. PaLM FLOPs (MFU is defined on them), so the run is sized on "
+                      "the PaLM line of the pilots' family and its days are the budget's; the pilots' IsoFLOP "
+                      "budgets and the fit's approaches stay in the exact count")
 
 
 # --- the launched run ------------------------------------------------------------------------------------

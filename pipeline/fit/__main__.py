@@ -19,8 +19,9 @@ steps=<dir of per-step CSVs>.
 One FLOP count runs through the decision (pipeline/decide/allocation.py): with pilots from a sweep, the exact
 count of their family at their vocabulary and sequence length (what their IsoFLOP budgets used); for a
 published law or runs from a file or W&B (no shape), the full run's own PaLM count, the one its launch is timed
-with (an L(N, D) law holds whatever count it was fitted with; Kaplan's frontier keeps 6 N D for N_opt). The
-output names the count and why.
+with (an L(N, D) law holds whatever count it was fitted with; Kaplan's frontier keeps 6 N D for N_opt). A budget of
+GPUs x days is PaLM FLOPs, so with pilots it is sized on the PaLM line of their family (full_run.budget_line_count):
+the launched run's days are the budget's. The output names the count and why.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pipeline.config.load import as_dict
 from pipeline.config.schema import Study
 from pipeline.decide.allocation import exact_count
 from pipeline.decide.budget import resolve_budget
-from pipeline.decide.full_run import full_run_count, target_from_pilots, target_from_preset
+from pipeline.decide.full_run import budget_line_count, full_run_count, target_from_pilots, target_from_preset
 from pipeline.decide.full_run_yaml import write_full_run_config
 from pipeline.decide.litgpt_export import write_litgpt_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
@@ -161,7 +162,7 @@ def main(overrides: list[str], flags: dict) -> int:
                                                    sd_log=(fit_result.get("noise") or {}).get("sd_log"))
     try:
         return write_outputs(study, out_dir, fit_result, law, law_samples, table, pilot, budget,
-                             (run_target, count, unique_tokens, unique_source))
+                             (run_target, budget_line_count(count, budget), unique_tokens, unique_source))
     except OSError as err:  # a read-only or full results folder: one line with the path
         raise writable_dir_error(out_dir, err, "out_dir (or results_dir)") from err
 
