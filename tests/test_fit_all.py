@@ -83,6 +83,20 @@ def test_plots_are_written(sweep, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_many_budgets_get_a_colour_bar_instead_of_a_legend_entry_each():
+    """Chinchilla's 58 budgets made a 3-column legend nobody could read; past LEGEND_MAX_BUDGETS a colour bar of C."""
+    from pipeline.fit.plots import LEGEND_MAX_BUDGETS, isoflop_figure
+
+    few = table_from_design(isoflop_design(noise=0.003, budgets=(1e17, 1e18, 1e19)))
+    fig = isoflop_figure(fit_all(few, TARGET_FLOPS, bootstrap=0), few)
+    assert len(fig.axes) == 1 and len(fig.axes[0].get_legend().get_texts()) == 3
+    budgets = tuple(np.geomspace(1e17, 1e19, LEGEND_MAX_BUDGETS + 1))
+    many = table_from_design(isoflop_design(noise=0.003, budgets=budgets))
+    fig = isoflop_figure(fit_all(many, TARGET_FLOPS, bootstrap=0), many)
+    assert len(fig.axes) == 2 and f"{len(budgets)} budgets" in fig.axes[1].get_ylabel()
+    assert fig.axes[0].get_legend() is None or len(fig.axes[0].get_legend().get_texts()) <= 1   # outliers only
+
+
 def test_headline_falls_back_to_isoflop_when_the_parametric_fit_fails(monkeypatch):
     def broken(*_args, **_kwargs):
         raise FitError("parametric fit did not converge (test)")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, LogFormatterSciNotation, NullLocator
@@ -48,6 +50,8 @@ class PowerOfTenFormatter(LogFormatter):
 # A log axis spanning at least this many decades has a labelled tick per decade and no minor ticks: its 8 minor
 # ticks per decade help no reading there, and building them was a third of a figure's time (docs/fit_benchmark.md).
 MINOR_TICKS_MAX_DECADES = 3.0
+# IsoFLOP profiles name each budget in a legend up to this many budgets; more get a colour bar of C.
+LEGEND_MAX_BUDGETS = 12
 
 
 def _plain_log_labels(fig: Figure) -> None:
@@ -96,6 +100,10 @@ def _legend_outside(ax, n_entries: int, handles: list | None = None) -> None:
 
 
 def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
+    return save_figure(isoflop_figure(result, table), path)
+
+
+def isoflop_figure(result: dict, table: RunsTable) -> Figure:
     """Loss vs N per budget, the parabolas of Approach 2 and their vertices; filled points are the ones
     each parabola used, hollow ones lie outside its window, x marks a run the outlier rule dropped; error bars
     are +-1 sd of the noise the zigzag check reads the profiles against."""
@@ -103,7 +111,9 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     ax = fig.add_subplot()
     groups = table.budget_groups()
     budgets = np.unique(groups)
-    colours = [matplotlib.colormaps["viridis"](x) for x in np.linspace(0, 0.9, budgets.size)]
+    palette = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0, 0.9, 256)))   # no pale yellow end
+    norm = LogNorm(budgets.min(), budgets.max()) if budgets.size > 1 else None
+    colours = [palette(norm(b) if norm else 0.0) for b in budgets]   # colour by log C: a colour bar can read it
     profiles = {p["planned_budget_flops"]: p for p in result["approaches"]["isoflop"].get("budgets", [])}
     dropped = {d["run_id"] for d in (result.get("outliers") or {}).get("dropped", [])}
     out = np.array([r in dropped for r in table.run_id], dtype=bool)
@@ -130,8 +140,12 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
     ax.scatter(table.n[kept & inside], table.loss[kept & inside], c=colour_of[kept & inside], s=18)
     ax.scatter(table.n[kept & ~inside], table.loss[kept & ~inside], facecolors="none",
                edgecolors=colour_of[kept & ~inside], s=18)
-    handles = [Line2D([], [], marker="o", ls="", color=colour, label=f"C = {budget:.2g}")
-               for budget, colour in zip(budgets, colours, strict=True)]
+    many = budgets.size > LEGEND_MAX_BUDGETS and norm is not None
+    handles = [] if many else [Line2D([], [], marker="o", ls="", color=colour, label=f"C = {budget:.2g}")
+                               for budget, colour in zip(budgets, colours, strict=True)]
+    if many:   # a legend of 58 budgets is unreadable (and was half this figure's time): a colour bar of C instead
+        fig.colorbar(ScalarMappable(norm=norm, cmap=palette), ax=ax, pad=0.02,
+                     label=f"budget C (FLOPs, {table.flop_method}), {budgets.size} budgets")
     if out.any():
         handles.append(ax.scatter(table.n[out], table.loss[out], marker="x", color="C3", s=30,
                                   label="dropped (outlier rule)"))
@@ -142,8 +156,12 @@ def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
             f"{noise_sd:.3g} in log loss)") if noise_sd else ""
     ax.set_title("IsoFLOP profiles (Approach 2): filled = in the parabola's window, hollow = outside; stars: vertices"
                  + bars, fontsize=8)
-    _legend_outside(ax, len(handles), handles)
-    return save_figure(fig, path)
+    if handles:
+        if many:
+            ax.legend(handles=handles, fontsize=7, loc="best")
+        else:
+            _legend_outside(ax, len(handles), handles)
+    return fig
 
 
 def _frontier_band(result: dict, c_grid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
