@@ -1,4 +1,4 @@
-"""The Markdown report and the terminal summary (pipeline.decide.report)."""
+"""The Markdown report and the terminal summary (pipeline.decide.report, pipeline.decide.summary)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.decide.budget import resolve_budget
 from pipeline.decide.recommend import recommend
-from pipeline.decide.report import count, render_report, terminal_summary
+from pipeline.decide.report import render_report
+from pipeline.decide.summary import count, terminal_summary
 from pipeline.fit.laws import published_law
 
 EPOCH = published_law("epoch")
@@ -81,7 +82,7 @@ def test_fit_intervals_without_a_method_still_render(rec, tmp_path):
 
 def test_the_range_line_spans_the_law_forms_when_they_disagree():
     """A narrow chosen form (alpha = beta) and a free form outside its interval: the range says both, and across."""
-    from pipeline.decide.report import range_line
+    from pipeline.decide.summary import range_line
 
     rows = [{"candidate": "chinchilla", "chosen": False, "n_opt": 7.5e5, "backtest_error": 0.03,
              "intervals": {"n_opt": [2.7e5, 1.8e6]}},

@@ -40,8 +40,10 @@ from pipeline.decide.full_run_yaml import write_full_run_config
 from pipeline.decide.litgpt_export import write_litgpt_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
-from pipeline.decide.report import REPORT_FIGURES, render_report, terminal_summary
+from pipeline.decide.report import render_report
+from pipeline.decide.report_figures import REPORT_FIGURES
 from pipeline.decide.rounds import design_summary, propose_next
+from pipeline.decide.summary import terminal_summary
 from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
 from pipeline.fit.fit_all import fit_all, law_from_fit

@@ -71,7 +71,7 @@ def _plain_log_labels(fig: Figure) -> None:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Lay out and write a Figure (one place, shared with pipeline.decide.report).
+    """Lay out and write a Figure (one place, shared with pipeline.decide.report_figures and target_report).
 
     Atomically, like every result file (pipeline.records): rendered into a temporary file beside it and
     renamed, so a full disk leaves the previous figure or none, never a 0-byte or truncated PNG.
