@@ -202,8 +202,10 @@ def test_a_gpu_days_budget_with_pilots_launches_the_days_it_names(tmp_path):
     assert rec["count"]["name"] == "palm" and "PaLM line of the pilots' family" in rec["count"]["why"]
     shape = ModelShape.from_dict(rec["model"]["shape"])
     assert rec["model"]["count_flops_per_token"] == palm_mfu_flops_per_token(shape, 128)
+    tokens_row = next(d for d in rec["differences"] if d["setting"] == "tokens")
+    assert "palm FLOPs per token" in tokens_row["why"]   # not "the same count" as the pilots' exact one
     out = dry_run_json(fit_dir)
-    assert out["est_days"] == pytest.approx(2e-5, rel=2e-3)   # whole steps of a tiny run: within 0.2%
+    assert out["est_days"] == pytest.approx(2e-5, rel=2e-3) and out["tokens"] == rec["model"]["tokens"]   # whole steps of a tiny run: within 0.2%
     given = tmp_path / "given"                                 # the same budget as FLOPs stays in the pilots' count
     proc = run("pipeline.fit", "experiment=cpu_tiny", f"results_dir={tmp_path}", "sweep_name=sweep", "bootstrap=0",
                f"budget.flops={rec['budget']['flops']}", f"out_dir={given}")

@@ -187,8 +187,10 @@ def differences(pilots: dict | None, model: dict, target: dict) -> list[dict]:
                  "why": target["source"]}]
     rows = [{"setting": "model size and shape", "pilots": "the sweep's sizes",
              "full_run": f"{model['describe']}", "why": "the law's optimum at the full budget, on the same sizing rule"},
-            {"setting": "tokens", "pilots": "each run's IsoFLOP budget / its FLOPs per token",
-             "full_run": f"{model['tokens']:,}", "why": "the full budget under the same count"},
+            {"setting": "tokens", "pilots": "each run's IsoFLOP budget / its exact FLOPs per token",
+             "full_run": f"{model['tokens']:,}",
+             "why": ("the full budget under the same count" if model.get("count") == "exact" else
+                     f"the full budget / the shape's {model.get('count')} FLOPs per token (the count the budget is in)")},
             {"setting": "learning rate, batch, warmup, beta2", "pilots": "the rules at each pilot's compute",
              "full_run": f"lr {model['lr']:.3g}, batch {model['batch_tokens']:,} tokens",
              "why": f"the same rules ({model.get('hparam_rule', DEFAULT_RULE)}; Porian et al. 2024) at the full run's N and D, "
