@@ -86,11 +86,24 @@ def short_schedule(schedule: dict) -> str:
 
 
 def range_line(rec: dict) -> str | None:
-    """N, D and loss each with its interval, and the approaches' N_opt: the range leads, not the point."""
+    """N, D and loss each with its interval, and the approaches' N_opt: the range leads, not the point.
+
+    When a law form that passed its backtest puts N_opt outside the chosen form's interval (checks.form_spread),
+    N_opt's range is the span across the forms' intervals, each form's given beside it: the chosen form's
+    own interval would claim a precision the forms do not share (a constrained form's is narrow by construction)."""
     iv = rec.get("intervals") or {}
     if not iv.get("n_opt"):
         return None
-    parts = [f"N_opt {count(rec['n_opt'])} [{count(iv['n_opt'][0])}, {count(iv['n_opt'][1])}]"]
+    forms = form_spread(rec)
+    if forms:
+        each = ", ".join(f"{r['candidate']}{' (chosen)' * bool(r.get('chosen'))} {count(r['n_opt'])} "
+                         f"[{count(r['intervals']['n_opt'][0])}, {count(r['intervals']['n_opt'][1])}]"
+                         for r in forms["forms"])
+        lead = (f"N_opt {count(rec['n_opt'])} [{count(forms['span'][0])}, {count(forms['span'][1])}] across the law "
+                f"forms ({each})")
+    else:
+        lead = f"N_opt {count(rec['n_opt'])} [{count(iv['n_opt'][0])}, {count(iv['n_opt'][1])}]"
+    parts = [lead]
     if iv.get("d_opt"):
         parts.append(f"D_opt {count(rec['d_opt'])} [{count(iv['d_opt'][0])}, {count(iv['d_opt'][1])}]")
     if iv.get("predicted_loss") and rec.get("predicted_loss") is not None:
@@ -99,11 +112,6 @@ def range_line(rec: dict) -> str | None:
     text = "90% range: " + ", ".join(parts)
     if len(spread) > 1:
         text += "; approaches' N_opt " + ", ".join(f"{k} {count(v)}" for k, v in spread.items())
-    forms = form_spread(rec)   # another law form that passed its backtest puts N_opt outside this interval
-    if forms:
-        text += ("; law forms' N_opt " + ", ".join(f"{r['candidate']} {count(r['n_opt'])} [{count(r['intervals']['n_opt'][0])}, "
-                                                   f"{count(r['intervals']['n_opt'][1])}]" for r in forms["forms"])
-                 + f": across them [{count(forms['span'][0])}, {count(forms['span'][1])}]")
     return text
 
 
