@@ -211,3 +211,16 @@ def test_a_gpu_days_budget_with_pilots_launches_the_days_it_names(tmp_path):
                f"budget.flops={rec['budget']['flops']}", f"out_dir={given}")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((given / "recommendation.json").read_text())["count"]["name"] == "exact"
+
+
+def test_an_fsdp_full_run_says_its_numerics_differ_from_the_pilots():
+    """FSDP2 gathers bf16 parameters (residual stream bf16); the pilots' autocast kept it fp32 (docs/multiprocess.md)."""
+    from pipeline.decide.full_run import differences
+
+    model = {"describe": "L=32 d=4096", "tokens": 10**12, "lr": 3e-4, "batch_tokens": 2**22, "precision": "bf16",
+             "launch": {"parallelism": "fsdp", "world_size": 256}}
+    target = {"tokenizer": "gpt2", "vocab_size": 50257, "seq_len": 2048, "source": "pilots"}
+    rows = {r["setting"]: r for r in differences({"precision": "bf16", "device": "cuda"}, model, target)}
+    assert rows["parallelism"]["full_run"] == "FSDP2 over 256 GPUs" and "residual stream is bf16" in rows["parallelism"]["why"]
+    model["launch"] = {"parallelism": "ddp", "world_size": 8}
+    assert "parallelism" not in {r["setting"] for r in differences({"precision": "bf16", "device": "cuda"}, model, target)}

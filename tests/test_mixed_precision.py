@@ -48,4 +48,9 @@ def test_bf16_compiled_run_trains_checkpoints_and_ends_near_the_fp32_loss(corpus
     record = load_record(run_dir)
     assert record["status"] == "ok" and record["precision"] == "bf16" and record["world_size"] == 2
     assert (run_dir / "checkpoints" / "ckpt-000000040.dcp").is_dir()
-    assert record["final_val_loss"] == pytest.approx(reference["final_val_loss"], rel=0.01)
+    # DDP computes under autocast (fp32 weights and residual stream, bf16 matmuls): 40 steps end 0.12% from fp32.
+    # FSDP2 gathers the parameters in bf16 (torchtitan's policy, half the traffic), so the whole block, residual
+    # stream included, runs in bf16: measured -1.5% compiled, +1.2% eager, where gathering fp32 under the same
+    # autocast gives the DDP run's loss bit for bit (docs/multiprocess.md). 2% bounds that; a broken path is far off.
+    tolerance = 0.02 if parallelism == "fsdp" else 0.01
+    assert record["final_val_loss"] == pytest.approx(reference["final_val_loss"], rel=tolerance)

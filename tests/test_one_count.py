@@ -36,10 +36,10 @@ from pipeline.sweep import __main__ as sweep_command
 REPO = Path(__file__).resolve().parents[1]
 CHINCHILLA = REPO.parent / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 EPOCH = published_law("epoch")
-# A real sweep small enough to run in about a minute: 3 sizes of 23K-86K parameters x 2 token counts, one LR
+# A real sweep small enough to run in about a minute: 3 sizes of 23K-86K parameters x 3 token counts (the law needs 3+ of each), one LR
 # for all (at these few hundred steps the LR rule's rates leave the larger models behind, so L would not fall
 # with N and the parametric fit would rightly refuse).
-TINY = ["sweep.design=grid", "sweep.sizes=[23k,46k,93k]", "sweep.tokens=[131072,393216]", "train.lr=0.003",
+TINY = ["sweep.design=grid", "sweep.sizes=[23k,46k,93k]", "sweep.tokens=[131072,262144,393216]", "train.lr=0.003",
         "train.batch_tokens=1024", "train.warmup_tokens=4096", "train.threads=1", "train.progress=false",
         "train.evals_per_run=2", "tracking.mode=disabled", "sweep_name=onecount"]
 FIT = ["budget.flops=1e13", "bootstrap=30"]
@@ -210,7 +210,7 @@ def test_tiny_sweep_headline_json_and_full_run_agree_and_stale_runs_are_not_mixe
     assert sweep_command.main(resweep, {}) == 0
     table = load_runs(tmp_path / "onecount")
     stale = [e for e in table.excluded if "not in the current plan" in e["reason"]]
-    assert len(table) == 6 and len(stale) == 6
+    assert len(table) == 9 and len(stale) == 9
     assert all("data.val_tokens (16384 vs 8192)" in e["reason"] for e in stale)
     # Fitting every record mixes two validation sets: refused with one line naming the field.
     with pytest.raises(UserError) as err:

@@ -200,6 +200,13 @@ def differences(pilots: dict | None, model: dict, target: dict) -> list[dict]:
         rows.append({"setting": "precision", "pilots": pilot_precision or "unknown", "full_run": model["precision"],
                      "why": "bf16 autocast (fp32 master weights and AdamW moments) is how GPUs train at scale; "
                             "the law assumes it leaves the loss unchanged (not measured here)"})
+    launch = model.get("launch") or {}
+    if launch.get("parallelism") == "fsdp" and model["precision"] == "bf16" and pilots.get("parallelism") != "fsdp":
+        rows.append({"setting": "parallelism", "pilots": pilots.get("parallelism") or "one process or DDP",
+                     "full_run": f"FSDP2 over {launch.get('world_size')} GPUs",
+                     "why": "the model states do not fit one GPU; FSDP2 gathers the parameters in bf16, so the "
+                            "residual stream is bf16 where the pilots' autocast kept it fp32 (40 CPU steps of a "
+                            "tiny model: 1.5% apart; at scale not measured here, docs/multiprocess.md)"})
     if pilots.get("device") and pilots["device"] != "cuda":
         rows.append({"setting": "device", "pilots": pilots["device"], "full_run": "cuda",
                      "why": "the full budget is GPU-days"})
