@@ -80,8 +80,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--baseline-rev", help="git revision to time beside this checkout (e.g. the commit before)")
     args = p.parse_args()
-    if missing_csv(args.csv):
-        print(missing_csv(args.csv))
+    if problem := missing_csv(args.csv):
+        print(problem)
         return 2
     if args.repeats < 1:
         print(f"--repeats {args.repeats}: give 1 or more")

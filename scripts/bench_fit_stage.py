@@ -49,8 +49,8 @@ def main() -> int:
     p.add_argument("--baseline-rev", help="git revision to compare against (e.g. the commit before the speed-up)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    if bench.missing_csv(args.csv):
-        print(bench.missing_csv(args.csv))
+    if problem := bench.missing_csv(args.csv):
+        print(problem)
         return 2
     sides = {"this checkout": bench.ROOT}
     with tempfile.TemporaryDirectory() as tmp:

@@ -241,7 +241,7 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
             stopped = ("every candidate is chosen" if taken.all() else
                        "the FLOPs left are spent" if picks else stopped)
             break
-        eligible = fits & np.array([len(m) <= slots for m in units])
+        eligible = fits & (unit_size <= slots)
         forced = bool(profile_first) and not picks and (eligible & (unit_size > 1)).any()
         if forced:
             eligible &= unit_size > 1

@@ -229,10 +229,9 @@ def verdict(result: dict) -> str:
     if forms:
         why.append(f"law forms {forms['factor']:.3g}x apart ({forms['names']})")
     if spread and within_intervals:
-        wide = agreement.get("too_wide_to_check") or {}
         why.append(f"approaches {spread:.3g}x apart, within their intervals"
                    + "".join(f"; {APPROACH_NAMES.get(k, k)}'s interval is {w:.3g}x wide, too wide to check the law"
-                             for k, w in wide.items()))
+                             for k, w in unchecked.items()))
     elif spread:
         why.append(f"approaches {spread:.3g}x apart")
     if unresolved:

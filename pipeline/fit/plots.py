@@ -158,7 +158,7 @@ def isoflop_figure(result: dict, table: RunsTable) -> Figure:
                  + bars, fontsize=8)
     if handles:
         if many:
-            ax.legend(handles=handles, fontsize=7, loc="best")
+            ax.legend(handles=handles, fontsize=7, loc="upper right")
         else:
             _legend_outside(ax, len(handles), handles)
     return fig
