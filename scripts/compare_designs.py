@@ -8,7 +8,8 @@ loss, docs/cooldown_reuse.md).
 * static   -- the tool's IsoFLOP grid: `--budgets` budgets 3x apart from 1e17 FLOPs x `--sizes` sizes
   1.6x apart around the 20-tokens-per-parameter guess, D = C / 6N.
 * adaptive -- the first `--seed-budgets` budgets of that grid, then rounds: fit (Chinchilla form,
-  noise model, a `--round-bootstrap`-resample parametric bootstrap), choose up to `--round-runs` runs
+  noise model, a `--round-bootstrap`-resample parametric bootstrap; the alpha = beta form's draws join the
+  ensemble when it disagrees, as in the sweep's rounds, unless `--one-form`), choose up to `--round-runs` runs
   by expected shrinkage of log N_opt's interval per FLOP (pipeline/decide/next_runs.py; with
   `--min-profiles` > 0 new budgets as whole profiles, as sweep.min_profiles), train them (simulate), until the static grid's FLOPs are spent (no width stop: equal pilot FLOPs). While no law
   can be fitted, a round adds the grid's next budget instead, as the sweep does.
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate_intervals import SEED_SD_LOG, design, true_law  # noqa: E402
 
 from pipeline.decide.next_runs import choose_next, isoflop_candidates, profile_rule  # noqa: E402
-from pipeline.decide.rounds import fit_ensemble  # noqa: E402
+from pipeline.decide.rounds import across_forms, fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
 
@@ -81,7 +82,10 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
         left = total - float(np.sum(6 * n * d))
         table = table_of(n, d, c, loss)
         try:
-            fit = fit_ensemble(table, target, args.round_bootstrap, int(rng.integers(1 << 30)))
+            seed = int(rng.integers(1 << 30))
+            fit = fit_ensemble(table, target, args.round_bootstrap, seed)
+            if args.across_forms:   # as the sweep's rounds (pipeline/decide/rounds.py: across_forms)
+                fit = across_forms(fit, table, target, args.round_bootstrap, seed)
         except UserError:
             nxt = grid[2] == static_budgets.pop(0) if static_budgets else None
             if nxt is None or float(np.sum(6 * grid[0][nxt] * grid[1][nxt])) > left:
@@ -96,7 +100,7 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
             break
         first = profile_rule(n, c, args.min_profiles)   # as the sweep: a new budget's profile first while too few
         choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=args.round_runs, flops_left=left,
-                             profile_first=first)
+                             profile_first=first, width_now=fit.get("span_width"))
         if not choice["picks"]:
             break
         picks = choice["picks"]
@@ -163,6 +167,8 @@ def main() -> int:
                    help="> 0: new budgets as 3-size profiles, one first while fewer budgets have one (sweep.min_profiles)")
     p.add_argument("--max-rounds", type=int, default=4)
     p.add_argument("--round-bootstrap", type=int, default=30, help="ensemble size between rounds")
+    p.add_argument("--one-form", dest="across_forms", action="store_false",
+                   help="rounds on the Chinchilla form's ensemble alone (the design before the rounds read the forms)")
     p.add_argument("--bootstrap", type=int, default=60, help="resamples of the final interval (both designs)")
     p.add_argument("--jobs", type=int, default=1, help="studies fitted in parallel processes")
     p.add_argument("--factor", type=float, default=300.0, help="target budget / the static grid's largest budget")

@@ -2,7 +2,8 @@
 
 The design starts from the pool's cheapest runs (`--seed-runs`, more while no law can be fitted to
 them), then in rounds fits them (pipeline.decide.rounds.fit_ensemble: Approach 3's Chinchilla form, the
-noise model, a `--round-bootstrap`-resample parametric bootstrap) and chooses up to `--round-runs` runs
+noise model, a `--round-bootstrap`-resample parametric bootstrap; the alpha = beta form's draws join when it
+disagrees, as in the sweep's rounds, rounds.across_forms, unless `--one-form`) and chooses up to `--round-runs` runs
 *from the pool only* by the expected shrinkage of log N_opt's 90% interval at `--target-flops` per FLOP
 (pipeline/decide/next_runs.py), until `--share` of the pool's FLOPs is spent or nothing fits (the
 design's own stop rule; `--max-rounds` caps the rounds only when given). The answer is compared with the
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decide.next_runs import Candidates, choose_next, log_n_opt  # noqa: E402
-from pipeline.decide.rounds import fit_ensemble  # noqa: E402
+from pipeline.decide.rounds import across_forms, fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.candidates import chinchilla_form, fit_candidate  # noqa: E402
 from pipeline.fit.sources import load_table_file  # noqa: E402
@@ -74,7 +75,7 @@ def reference(table, target: float, bootstrap: int, seed: int, tolerance: float)
 
 
 def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: int = 4, round_bootstrap: int = 40,
-           max_rounds: int | None = None, seed: int = 0, discrepancy: float = 0.0) -> dict:
+           max_rounds: int | None = None, seed: int = 0, discrepancy: float = 0.0, forms: bool = True) -> dict:
     cap = share * float(table.c.sum())
     order = np.argsort(table.c, kind="stable")
     used = np.zeros(len(table), dtype=bool)
@@ -85,6 +86,8 @@ def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: i
         sub = table.subset(used)
         try:
             fit = fit_ensemble(sub, target, round_bootstrap, seed + rounds)
+            if forms:
+                fit = across_forms(fit, sub, target, round_bootstrap, seed + rounds)
         except UserError as err:   # no law yet: the next-cheapest run, as a static design would add
             nxt = next((i for i in order if not used[i]), None)
             if nxt is None or float(table.c[used].sum() + table.c[nxt]) > cap:
@@ -94,7 +97,8 @@ def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: i
         cands, rest = pool_candidates(table, used)
         left = cap - float(table.c[used].sum())
         choice = choose_next(fit["samples"], fit["sd_log"], cands, target, max_runs=round_runs, flops_left=left,
-                             discrepancy_per_decade=discrepancy)
+                             discrepancy_per_decade=discrepancy,
+                             width_now=fit.get("span_width"))
         if not choice["picks"]:
             log.append(f"stopped: {choice['stopped']}")
             break
@@ -114,6 +118,8 @@ def main() -> int:
     p.add_argument("--seed-runs", type=int, default=8)
     p.add_argument("--round-runs", type=int, default=4)
     p.add_argument("--round-bootstrap", type=int, default=40)
+    p.add_argument("--one-form", dest="forms", action="store_false",
+                   help="rounds on the Chinchilla form's ensemble alone (the design before the rounds read the forms)")
     p.add_argument("--max-rounds", type=int, default=None, help="cap on the rounds (default: until the share is spent)")
     p.add_argument("--bootstrap", type=int, default=200, help="resamples of the replay's and the pool's 90%% intervals")
     p.add_argument("--tolerance", type=float, default=0.15, help="the criterion: |n_opt / n_opt_full - 1| at most this")
@@ -127,7 +133,7 @@ def main() -> int:
     try:
         table = load_pool(args.runs)
         result = replay(table, args.target_flops, args.share, args.seed_runs, args.round_runs, args.round_bootstrap,
-                        args.max_rounds, seed=args.seed, discrepancy=args.discrepancy)
+                        args.max_rounds, seed=args.seed, discrepancy=args.discrepancy, forms=args.forms)
         ours = reference(table.subset(result["used"]), args.target_flops, args.bootstrap, args.seed, args.tolerance)
         full = reference(table, args.target_flops, args.bootstrap, args.seed, args.tolerance)
     except UserError as err:

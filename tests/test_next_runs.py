@@ -17,7 +17,7 @@ from pipeline.decide.next_runs import (
     profiled_budgets,
     stop_reason,
 )
-from pipeline.decide.rounds import adaptive_round, fit_ensemble
+from pipeline.decide.rounds import across_forms, adaptive_round, design_section, fit_ensemble
 from pipeline.fit.isoflop import GRID_BIAS_WARN, fit_isoflop, grid_bias
 from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.table import RunsTable
@@ -157,6 +157,38 @@ def test_a_round_stops_when_narrow_enough_or_spent_and_otherwise_says_why_it_cho
     assert sum(p["flops"] for p in go["picks"]) <= 9 * spent
     assert all("shrinks N_opt's interval most per FLOP" in p["reason"] for p in go["picks"])
     assert go["expected_width_after"] < go["fit"]["width"]
+
+
+def test_a_round_reads_the_law_forms_disagreement_and_does_not_stop_on_one_forms_interval():
+    # alpha far from beta: the alpha = beta form puts N_opt ~10x from the free form's, whose own interval is
+    # 1.7x wide. The round must measure the span of both forms' intervals (as the final fit's range line does,
+    # pipeline/fit/checks.py: form_spread), so a stop width the free form alone meets does not stop it.
+    table = isoflop_table(budgets=(1e17, 3e17, 9e17), law=ParametricLaw(1.8, 400.0, 2000.0, 0.22, 0.45), sd=0.005,
+                          seed=2)
+    one = fit_ensemble(table, TARGET, bootstrap=40, seed=1)
+    both = across_forms(one, table, TARGET, bootstrap=40, seed=1)
+    lo, hi = one["interval"]
+    assert hi / lo < 3 and not (lo <= both["forms"]["overtrain"]["n_opt"] <= hi)
+    assert both["interval"] == [min(lo, both["forms"]["overtrain"]["interval"][0]),
+                                max(hi, both["forms"]["overtrain"]["interval"][1])]
+    tied = np.isclose(both["samples"][:, 3], both["samples"][:, 4])      # the alpha = beta form's draws
+    assert len(both["samples"]) == 2 * min(len(one["samples"]), tied.sum()) and tied.sum() == (~tied).sum()
+    spent = float(table.c.sum())
+    r = adaptive_round(table, TARGET, pilot_flops=10 * spent, stop_width=3.0, rounds_done=0, max_rounds=6,
+                       round_runs=3, bootstrap=40, seed=1)
+    assert r["stop"] is None and r["picks"] and r["fit"]["width"] > 10
+    assert r["fit"]["width_of"].startswith("N_opt's range across the law forms' 90% intervals (chinchilla ")
+    assert r["expected_width_after"] < r["fit"]["width"]
+    old = {k: v for k, v in r["fit"].items() if k != "width_of"}    # a round recorded before width_of existed
+    text = "\n".join(design_section({"rounds": [{"round": 1, "fit": r["fit"], "picks": r["picks"]},
+                                                {"round": 2, "fit": old, "picks": r["picks"]}], "stopped": None}))
+    assert "round 1: N_opt's range across the law forms' 90% intervals (chinchilla " in text
+    assert f"round 2: N_opt's 90% interval {old['width']:.3g}x wide" in text
+    # forms that agree (Besiroglu et al.'s alpha ~ beta): the round's ensemble is the free form's alone
+    table = isoflop_table(budgets=(1e17, 3e17, 9e17), sd=0.005, seed=2)
+    alone = fit_ensemble(table, TARGET, bootstrap=40, seed=1)
+    agreed = across_forms(alone, table, TARGET, bootstrap=40, seed=1)
+    assert "forms" not in agreed and agreed["interval"] == alone["interval"]
 
 
 def test_the_grid_bias_check_warns_with_the_size_only_for_a_wide_or_off_centre_grid():

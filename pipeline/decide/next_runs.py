@@ -202,7 +202,8 @@ def _ensemble(samples: np.ndarray, target_flops: float) -> tuple[np.ndarray, np.
 
 def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, target_flops: float, *,
                 max_runs: int | None = None, flops_left: float = np.inf, discrepancy_per_decade: float = 0.0,
-                quantity: tuple[str, str] | None = None, profile_first: str | None = None) -> dict:
+                quantity: tuple[str, str] | None = None, profile_first: str | None = None,
+                width_now: float | None = None) -> dict:
     """Greedy picks by expected variance reduction of log N_opt at `target_flops` per FLOP (module doc); the
     rows of `samples` are the law of the metric the quantity is on (a target's own), `quantity` its
     (label, text) from `decision_quantity` (default: the loss's N_opt).
@@ -212,13 +213,15 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
     `discrepancy_per_decade` adds a model-discrepancy sd (Kennedy & O'Hagan 2001) to each candidate's noise,
     growing with the decades of compute between it and the target: where the law's form may be off, a run
     far from the target says less about it than the noise alone implies (0, the default, trusts the form).
+    `width_now` replaces the ensemble's own 5-95% width as the width the expected ones scale from (a round across
+    law forms states the span of the forms' intervals, rounds.across_forms).
     Returns {"quantity", "label", "width_now", "expected_width_after", "picks": [{index, n, d, flops, budget,
     kind, shrink_per_flop, expected_width_after}], "spent_flops", "stopped": why the picking ended}.
     """
     if not (np.isfinite(sd_log) and sd_log > 0):
         raise UserError(f"noise sd {sd_log!r} must be a positive number (sd of log loss)")
     members, q = _ensemble(samples, target_flops)
-    width_now = interval_width(q)
+    width_now = interval_width(q) if width_now is None else float(width_now)
     f = log_loss_at(members, candidates.n, candidates.d)
     usable = np.all(np.isfinite(f), axis=0) & (candidates.flops > 0)
     z = np.column_stack([q, f[:, usable]])
@@ -298,10 +301,10 @@ def describe_pick(pick: dict, label: str = "N_opt") -> str:
 
 
 def stop_reason(width: float, stop_width: float | None, spent_flops: float, pilot_flops: float,
-                cheapest_flops: float, rounds: int, max_rounds: int, label: str = "N_opt") -> str | None:
-    """Why the adaptive design stops now, or None to run another round."""
+                cheapest_flops: float, rounds: int, max_rounds: int, width_of: str = "N_opt's 90% interval") -> str | None:
+    """Why the adaptive design stops now, or None to run another round (`width_of`: what `width` measures)."""
     if stop_width is not None and width <= stop_width:
-        return f"{label}'s 90% interval is {width:.3g}x wide, within sweep.stop_width={stop_width:g}x"
+        return f"{width_of} is {width:.3g}x wide, within sweep.stop_width={stop_width:g}x"
     if spent_flops + cheapest_flops > pilot_flops:
         return (f"pilot compute spent: {spent_flops:.3g} of {pilot_flops:.3g} FLOPs, "
                 + (f"the cheapest candidate needs {cheapest_flops:.3g}" if np.isfinite(cheapest_flops) else

@@ -4,6 +4,13 @@
   small parametric bootstrap (the chooser's ensemble); `decision_ensemble` the same for the quantity the
   user bets on: the loss's N_opt, or with `target=` the target's recommended N from the target's own fit
   and bootstrap (pipeline/fit/targets.py: fit_metric).
+* `across_forms` -- the rounds read the law forms' disagreement as the final fit does: when the alpha = beta
+  form puts N_opt outside the Chinchilla form's interval, the round's width is the span of both forms'
+  90% intervals (what the fit's range line leads with, pipeline/fit/checks.py: form_spread) and the
+  chooser's ensemble is both forms' draws in equal numbers, so it picks the runs that tell the forms apart
+  (their predictions differ there, and that difference moves N_opt; Box & Hill 1967 on designs that
+  discriminate between models). Without it a design could stop "within sweep.stop_width" on one form
+  while the fit afterwards reports the forms several times apart (the CPU demo did: 5.05x, then 12.2x).
 * `adaptive_round` -- one round of `sweep.design=adaptive` (pipeline/sweep/adaptive.py runs the rounds):
   fit the runs so far, stop (and say why) or choose the next runs.
 * `propose_next` -- `python -m pipeline.fit ... next=K`: the K runs to train next for any runs table,
@@ -26,7 +33,7 @@ from pipeline.decide.next_runs import (
 )
 from pipeline.errors import UserError
 from pipeline.fit.bootstrap import bootstrap_law
-from pipeline.fit.candidates import chinchilla_form, fit_candidate
+from pipeline.fit.candidates import chinchilla_form, fit_candidate, overtrain_form
 from pipeline.fit.intervals import percentile_interval
 from pipeline.fit.noise import noise_model
 from pipeline.fit.targets import MetricModel, fit_metric, parse_target
@@ -46,6 +53,35 @@ def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0)
     return {"law": law, "samples": boot["samples"], "sd_log": noise["sd_log"], "noise_source": noise["source"],
             "n_opt": float(law.optimal_allocation(target_flops)[0]), "interval": boot["intervals"].get("n_opt"),
             "n_failed": boot["n_failed"]}
+
+
+def across_forms(ensemble: dict, table, target_flops: float, bootstrap: int, seed: int) -> dict:
+    """`fit_ensemble`'s result, widened to the law forms' disagreement when there is one (module doc).
+
+    The alpha = beta form (pipeline/fit/candidates.py: overtrain) is fitted and bootstrapped with the same noise
+    sd and seed; when its N_opt lies outside the Chinchilla form's 90% interval, "interval" becomes the span of
+    both intervals ("span_width" its high/low, the width the chooser scales from), "samples" both forms' draws
+    (equal numbers, so neither form outweighs the other by how many draws converged) and "forms" names each
+    form's N_opt and interval. A form that cannot be fitted (too few runs, no optimum) leaves the ensemble as it
+    is: the final fit would not count it either."""
+    interval = ensemble.get("interval")
+    if not interval:
+        return ensemble
+    try:
+        other = fit_candidate(overtrain_form(), table.n, table.tokens, table.loss, table.convention)
+        boot = bootstrap_law(other, table.n, table.tokens, table.loss, target_flops, bootstrap, seed,
+                             sd_log=ensemble["sd_log"])
+    except UserError:
+        return ensemble
+    n_opt, other_interval = float(other.law().optimal_allocation(target_flops)[0]), boot["intervals"].get("n_opt")
+    if not other_interval or interval[0] <= n_opt <= interval[1]:
+        return ensemble
+    m = min(len(ensemble["samples"]), len(boot["samples"]))
+    forms = {"chinchilla": {"n_opt": ensemble["n_opt"], "interval": [float(v) for v in interval]},
+             "overtrain": {"n_opt": n_opt, "interval": [float(v) for v in other_interval]}}
+    lo, hi = min(interval[0], other_interval[0]), max(interval[1], other_interval[1])
+    return {**ensemble, "samples": np.vstack([ensemble["samples"][:m], boot["samples"][:m]]), "forms": forms,
+            "interval": [lo, hi], "span_width": float(hi / lo)}
 
 
 def target_ensemble(model: MetricModel, target_flops: float) -> dict:
@@ -68,8 +104,17 @@ def decision_ensemble(table, target_flops: float, bootstrap: int, seed: int, tar
     (fit_metric, with the fit's outlier rule), as `target_ensemble` reads them."""
     chosen = parse_target(target, table)
     if chosen.kind == "loss":
-        return {**fit_ensemble(table, target_flops, bootstrap, seed), "quantity": decision_quantity(target_flops)}
+        ensemble = across_forms(fit_ensemble(table, target_flops, bootstrap, seed), table, target_flops, bootstrap, seed)
+        return {**ensemble, "quantity": decision_quantity(target_flops)}
     return target_ensemble(fit_metric(table, chosen, bootstrap=bootstrap, seed=seed, outliers=outliers), target_flops)
+
+
+def width_of(label: str, forms: dict | None) -> str:
+    """What a round's width measures, as the round's lines print it."""
+    if not forms:
+        return f"{label}'s 90% interval"
+    each = ", ".join(f"{name} {f['n_opt']:.3g} [{f['interval'][0]:.3g}, {f['interval'][1]:.3g}]" for name, f in forms.items())
+    return f"{label}'s range across the law forms' 90% intervals ({each})"
 
 
 def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width: float | None, rounds_done: int,
@@ -96,9 +141,9 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
     width = float(hi / lo) if lo > 0 else np.inf
     label, quantity = fit["quantity"]
     summary = {"n_opt": fit["n_opt"], "interval": [float(lo), float(hi)], "width": width, "quantity": quantity,
-               "label": label, "sd_log": fit["sd_log"],
+               "label": label, "width_of": width_of(label, fit.get("forms")), "sd_log": fit["sd_log"],
                "noise_source": fit["noise_source"], "runs": len(table), "spent_flops": spent,
-               "target_flops": float(target_flops)}
+               "target_flops": float(target_flops), **({"forms": fit["forms"]} if fit.get("forms") else {})}
     left = pilot_flops - spent
     cands = isoflop_candidates(fit["law"], table.n, table.tokens, table.budget_groups(), size_ratio=size_ratio,
                                budget_ratio=budget_ratio, max_run_flops=max(left, 0.0), min_budget=min_budget,
@@ -109,12 +154,12 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
         keep = np.flatnonzero(cands.flops <= left)
         cands, keys = cands.subset(keep), [keys[i] for i in keep]
     cheapest = float(cands.flops.min()) if len(cands) else np.inf
-    reason = stop_reason(width, stop_width, spent, pilot_flops, cheapest, rounds_done, max_rounds, label)
+    reason = stop_reason(width, stop_width, spent, pilot_flops, cheapest, rounds_done, max_rounds, summary["width_of"])
     if reason:
         return {"fit": summary, "stop": reason, "picks": []}
     first = profile_rule(table.n, table.budget_groups(), min_profiles)
     choice = choose_next(fit["samples"], fit["sd_log"], cands, target_flops, max_runs=round_runs, flops_left=left,
-                         quantity=fit["quantity"], profile_first=first)
+                         quantity=fit["quantity"], profile_first=first, width_now=fit.get("span_width"))
     if not choice["picks"]:
         return {"fit": summary, "stop": choice["stopped"], "picks": []}
     picks = [{**p, "reason": describe_pick(p, label), "key": keys[p["index"]]} for p in choice["picks"]]
@@ -157,6 +202,11 @@ def design_summary(design: dict) -> str:
         design.get("stopped") or "not yet (relaunch the sweep to continue it)")
 
 
+def round_width_of(fit: dict) -> str:
+    """A recorded round's `width_of` (plan.json files written before it existed: the label's 90% interval)."""
+    return fit.get("width_of") or f"{fit.get('label', 'N_opt')}'s 90% interval"
+
+
 def design_section(design: dict | None) -> list[str]:
     """The report's section on the adaptive design: each round's fit and why each run was added."""
     if not design:
@@ -168,13 +218,13 @@ def design_section(design: dict | None) -> list[str]:
         lines += [f"Runs chosen by the expected shrinkage of the 90% interval of {quantity}, per FLOP.", ""]
     for r in design.get("rounds") or []:
         fit = r.get("fit") or {}
-        width = (f"{fit.get('label', 'N_opt')}'s 90% interval {fit['width']:.3g}x wide on {fit['runs']} runs; "
+        width = (f"{round_width_of(fit)} {fit['width']:.3g}x wide on {fit['runs']} runs; "
                  if fit.get("width") else "")
         lines.append(f"- round {r['round']}: {width}added {len(r['picks'])} runs"
                      + (f", expected {r['expected_width_after']:.3g}x after them" if r.get("expected_width_after") else ""))
         lines += [f"  - {reason}" for reason in dict.fromkeys(p["reason"] for p in r["picks"])]
     final = design.get("final_fit") or {}
     if final.get("width"):
-        lines.append(f"- at the stop: {final.get('label', 'N_opt')}'s 90% interval {final['width']:.3g}x wide on "
+        lines.append(f"- at the stop: {round_width_of(final)} {final['width']:.3g}x wide on "
                      f"{final['runs']} runs, {final['spent_flops']:.3g} pilot FLOPs (the light fit between rounds; the fit above is the product's)")
     return [*lines, ""]
