@@ -179,6 +179,7 @@ def test_a_round_reads_the_law_forms_disagreement_and_does_not_stop_on_one_forms
     assert r["stop"] is None and r["picks"] and r["fit"]["width"] > 10
     assert r["fit"]["width_of"].startswith("N_opt's range across the law forms' 90% intervals (chinchilla ")
     assert r["expected_width_after"] < r["fit"]["width"]
+    assert all("shrinks N_opt's range across the law forms most per FLOP" in p["reason"] for p in r["picks"])
     old = {k: v for k, v in r["fit"].items() if k != "width_of"}    # a round recorded before width_of existed
     text = "\n".join(design_section({"rounds": [{"round": 1, "fit": r["fit"], "picks": r["picks"]},
                                                 {"round": 2, "fit": old, "picks": r["picks"]}], "stopped": None}))

@@ -281,12 +281,13 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
             "rule": f"greedy by expected variance reduction of log {label} per FLOP (ensemble Kalman update)"}
 
 
-def describe_pick(pick: dict, label: str = "N_opt") -> str:
-    """One line: what the run is and why it was chosen."""
+def describe_pick(pick: dict, label: str = "N_opt", interval: str = "interval") -> str:
+    """One line: what the run is and why it was chosen (`interval`: what of `label` it narrows, e.g. the range
+    across the law forms when a round reads them, rounds.across_forms)."""
     if pick.get("profile_first"):
         return (f"budget {pick['budget']:.3g} added as a {pick['unit_size']}-size profile: N {pick['n']:.3g}, D "
                 f"{pick['d']:.3g} ({pick['flops']:.3g} FLOPs); {pick['profile_first']}, and of the new budgets' "
-                f"profiles this one shrinks {label}'s interval most per FLOP (expected width "
+                f"profiles this one shrinks {label}'s {interval} most per FLOP (expected width "
                 f"{pick['expected_width_after']:.3g}x after it)")
     if pick["kind"] == "new budget" and pick.get("unit_size", 1) > 1:
         what = f"budget {pick['budget']:.3g} added as a {pick['unit_size']}-size profile (Approach 2 can fit it)"
@@ -296,7 +297,7 @@ def describe_pick(pick: dict, label: str = "N_opt") -> str:
         what = f"new size at budget {pick['budget']:.3g}" if pick["budget"] else "new size"
     else:
         what = "another seed"
-    return (f"{what}: N {pick['n']:.3g}, D {pick['d']:.3g} ({pick['flops']:.3g} FLOPs) shrinks {label}'s interval "
+    return (f"{what}: N {pick['n']:.3g}, D {pick['d']:.3g} ({pick['flops']:.3g} FLOPs) shrinks {label}'s {interval} "
             f"most per FLOP (expected width {pick['expected_width_after']:.3g}x after it)")
 
 

@@ -162,7 +162,8 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
                          quantity=fit["quantity"], profile_first=first, width_now=fit.get("span_width"))
     if not choice["picks"]:
         return {"fit": summary, "stop": choice["stopped"], "picks": []}
-    picks = [{**p, "reason": describe_pick(p, label), "key": keys[p["index"]]} for p in choice["picks"]]
+    interval = "range across the law forms" if fit.get("forms") else "interval"
+    picks = [{**p, "reason": describe_pick(p, label, interval), "key": keys[p["index"]]} for p in choice["picks"]]
     return {"fit": summary, "stop": None, "picks": picks, "expected_width_after": choice["expected_width_after"],
             "rule": choice["rule"]}
 
