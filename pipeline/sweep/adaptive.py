@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.schema import Study
-from pipeline.decide.rounds import round_width_of
 from pipeline.errors import UserError
 from pipeline.plan.adaptive import run_at, static_round
 from pipeline.plan.design import PlannedRun, plan_table
@@ -134,7 +133,7 @@ def run_adaptive(study: Study, seed_runs: list[PlannedRun], vocab_size: int, wor
             "picks": [{k: p.get(k) for k in ("key", "n", "d", "flops", "budget", "kind", "reason")}
                       for p in result["picks"]]}]}
         width = result["fit"].get("width")
-        print(f"round {len(state['rounds'])}: " + (f"{round_width_of(result['fit'])} {width:.3g}x wide; " if width else "")
+        print(f"round {len(state['rounds'])}: " + (f"{result['fit']['width_of']} {width:.3g}x wide; " if width else "")
               + f"{len(result['picks'])} runs chosen", flush=True)
         for reason in dict.fromkeys(p["reason"] for p in result["picks"]):
             print(f"  {reason}")
