@@ -39,8 +39,9 @@ class BatchedResult:
 def _two_loop(grad, s_hist, y_hist, rho, gamma, newest, filled):
     """H_k @ grad for each problem (Nocedal & Wright Algorithm 7.4); slots with rho == 0 are empty.
 
-    Only the `filled` slots written so far are visited: a never-written slot (s = y = rho = 0) leaves q and r as
-    they are, so skipping it changes no bit and saves the first iterations of every minimisation a pass each."""
+    Only the `filled` slots written so far are visited: a never-written slot (s = y = rho = 0) subtracts and adds
+    zeros (at most a zero's sign could flip), so skipping it saves the first iterations of every minimisation a
+    pass each; the fit's whole result stayed byte for byte the same (docs/fit_benchmark.md)."""
     m = s_hist.shape[1]
     order = [(newest - j) % m for j in range(filled)]      # newest to oldest
     q = grad.copy()
