@@ -77,8 +77,8 @@ def set_margins(fig: Figure, *, left: float, bottom: float, top: float, right: f
     of the drawing (0.2 s of the fit command's three figures, docs/fit_benchmark.md). A legend outside the axes on
     the right is measured (its own texts only) and the right margin widened to hold it."""
     width, height = fig.get_size_inches()
-    if legend is not None:
-        right += legend.get_window_extent().width / fig.dpi
+    if legend is not None:   # at most half the figure: a freak label may get cut, the axes never vanish
+        right = min(right + legend.get_window_extent().width / fig.dpi, 0.5 * width)
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
                         wspace=wspace)
 
