@@ -83,6 +83,23 @@ def test_plots_are_written(sweep, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_fixed_margins_make_room_for_a_legend_outside_the_axes():
+    """Figures set their margins once (set_margins, no tight_layout pass): the legend right of the axes must end
+    inside the figure, and a label longer than the figure must not break the layout."""
+    from matplotlib.figure import Figure
+
+    from pipeline.fit.plots import _legend_outside, set_margins
+
+    for label, fits in (("recommended N = 7.2e+10", True), ("x" * 300, False)):
+        fig = Figure(figsize=(8.5, 4.5))
+        ax = fig.add_subplot()
+        ax.plot([1, 2], [1, 2], label=label)
+        set_margins(fig, left=0.8, bottom=0.6, top=0.35, right=0.25, legend=_legend_outside(ax, 1))
+        assert 0.5 <= fig.subplotpars.right < 1
+        right_edge = ax.get_legend().get_window_extent().x1
+        assert (right_edge <= fig.bbox.width) == fits
+
+
 def test_many_budgets_get_a_colour_bar_instead_of_a_legend_entry_each():
     """Chinchilla's 58 budgets made a 3-column legend nobody could read; past LEGEND_MAX_BUDGETS a colour bar of C."""
     from pipeline.fit.plots import LEGEND_MAX_BUDGETS, isoflop_figure

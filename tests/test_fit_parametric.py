@@ -76,6 +76,46 @@ def test_batched_lbfgs_minimises_independent_quadratics():
     assert res.converged.all()
 
 
+def test_batched_lbfgs_gives_each_problem_what_it_gets_alone():
+    """The running problems' state is compacted as problems stop (pipeline/fit/lbfgs.py): every problem must still
+    follow its own path to the bit, whatever stops around it (Rosenbrock from starts that need 0 to ~40 iterations,
+    one at the optimum, one with a non-finite start)."""
+    def rosenbrock(theta, rows):
+        x, y = theta[:, 0], theta[:, 1]
+        f = (1 - x) ** 2 + 100 * (y - x * x) ** 2
+        return f, np.column_stack([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])
+
+    starts = np.array([[-1.2, 1.0], [1.0, 1.0], [0.5, 0.2], [np.nan, 0.0], [2.0, 3.0], [0.9, 0.8], [-0.5, 2.5]])
+    together = minimize_batched(rosenbrock, starts, max_iter=300)
+    assert together.n_iter.min() == 0 and together.n_iter.max() > 20 and together.converged.sum() >= 5
+    for i, start in enumerate(starts):
+        alone = minimize_batched(rosenbrock, start[None, :], max_iter=300)
+        for field in ("theta", "fun", "grad", "n_iter", "converged", "stalled"):
+            np.testing.assert_array_equal(getattr(together, field)[i], getattr(alone, field)[0], err_msg=field)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_objective_is_the_same_to_the_bit_in_any_pass_size(monkeypatch, dtype):
+    """Passes of PASS_ELEMENTS values in reused workspaces (pipeline/fit/objective.py) give the values and gradients of
+    passes one gemv block long, bit for bit: the screening ranks the same starts, the fit lands on the same optimum."""
+    from pipeline.fit import objective as module
+
+    rows = isoflop_design(noise=0.01)
+    n, d, loss = (np.array([r[k] for r in rows]) for k in ("n", "tokens", "loss"))
+    rng = np.random.default_rng(0)
+    theta = chinchilla_grid()[rng.choice(4500, 1001, replace=False)] + rng.normal(0, 0.3, (1001, 5))
+    weights = rng.integers(0, 3, size=(1001, len(n))).astype(float)
+    losses = loss * np.exp(rng.normal(0, 0.01, (1001, len(n))))
+    problems = [HuberLogObjective(n, d, loss, dtype=dtype), HuberLogObjective(n, d, loss, weights=weights, dtype=dtype),
+                HuberLogObjective(n, d, losses, dtype=dtype)]
+    wide = [objective(theta, np.arange(1001)) for objective in problems]
+    monkeypatch.setattr(module, "PASS_ELEMENTS", module.BLOCK_ELEMENTS)
+    for objective, (f, g) in zip(problems, wide, strict=True):
+        f_block, g_block = objective(theta, np.arange(1001))
+        np.testing.assert_array_equal(f, f_block)
+        np.testing.assert_array_equal(g, g_block)
+
+
 @needs_chinchilla
 def test_chinchilla_points_give_epochs_law_at_an_objective_no_higher(chinchilla_result):
     table, result = chinchilla_result

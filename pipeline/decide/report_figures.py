@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.fit.plots import save_figure
+from pipeline.fit.plots import save_figure, set_margins
 
 REPORT_FIGURES = ("deviation.png", "inference_aware.png")  # written beside report.md by render_report
 
@@ -33,7 +33,8 @@ def plot_deviation(rec: dict, path: Path) -> Path | None:
     ax.set_ylabel("loss above the optimum (nats)")
     ax.set_title(f"Deviation penalty at {rec['budget']['flops']:.3g} FLOPs")
     ax.grid(True, which="both", alpha=0.3)
-    return save_figure(fig, path)
+    set_margins(fig, left=0.8, bottom=0.6, top=0.35, right=0.2)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_inference(rec: dict, path: Path) -> Path | None:

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.decide.predict import optimum_on_budget
 from pipeline.fit.intervals import percentile_band
 from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN
-from pipeline.fit.plots import save_figure
+from pipeline.fit.plots import save_figure, set_margins
 from pipeline.fit.targets import MetricModel
 
 MAX_PLOTS = 8          # the target, then other metrics in name order up to this many
@@ -79,7 +79,8 @@ def plot_metric(model: MetricModel, budget_flops: float, n_center: float, path: 
     fig.suptitle(f"{model.name}: {best['value']:.4g}"
                  + (f" [{best['interval'][0]:.4g}, {best['interval'][1]:.4g}]" if best["interval"] else "")
                  + f" at {budget_flops:.3g} FLOPs")
-    return save_figure(fig, path)
+    set_margins(fig, left=0.75, bottom=0.6, top=0.5, right=0.2, wspace=0.3)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_targets(models: dict[str, MetricModel], target_name: str, budget_flops: float, n_center: float,

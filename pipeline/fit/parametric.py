@@ -12,7 +12,7 @@ et al. 2024, arXiv:2404.10102, sec. 2-3):
 Speed: every start runs in one vectorised L-BFGS (pipeline.fit.lbfgs). Starts are pruned by
 successive halving (Jamieson & Talwalkar 2016): after a few iterations only the best share goes on,
 since the lowest objective is reached from many starts (e.g. 31% of them on Chinchilla's points).
-The screening iterations evaluate the objective in float32 (`HuberLogObjective.screening`): they only
+The screening iterations evaluate the objective (pipeline/fit/objective.py) in float32 (`HuberLogObjective.screening`): they only
 rank the starts, and float32's exp and log run twice as fast; the survivors then converge in float64.
 The best few finish at tight tolerances (`polish`: the same L-BFGS, scipy L-BFGS-B's tolerances). scripts/bench_fit.py
 checks the result against a plain loop of scipy over all 4500 starts.
@@ -20,7 +20,6 @@ checks the result against a plain loop of scipy over all 4500 starts.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,12 +27,9 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.fit.laws import ParametricLaw, optimum_on_line
 from pipeline.fit.lbfgs import minimize_batched
+from pipeline.fit.objective import HUBER_DELTA, HuberLogObjective
 
-HUBER_DELTA = 1e-3
 SAMPLE_COLUMNS = ("E", "A", "B", "alpha", "beta")   # order of the bootstrap samples; theta is (a, b, e, alpha, beta)
-# Problems per numpy pass: temporaries of at most 8192 doubles (64 KiB) stay below glibc's 128 KiB
-# mmap threshold, so they are recycled from the heap instead of page-faulted in afresh (3x faster).
-CHUNK_ELEMENTS = 8192
 SCREEN_ITERS = (15, 40)     # successive halving: after 15 iterations keep 1/8, after 40 more keep 1/4 of those
 SCREEN_KEEP = (1 / 8, 1 / 4)
 SCREEN_MIN_KEEP = 64
@@ -43,13 +39,6 @@ POLISH_STARTS = 8           # distinct best candidates finished at tight toleran
 POLISH_OPTIONS = {"ftol": 1e-15, "gtol": 1e-12, "history": 20, "max_iter": 10_000}
 MOVED_TOL = 1e-6            # a best solution closer than this to its start "did not move"
 LOG_CONSTANT_LIMIT = 700.0  # exp(+-709.8) bounds float64: log E, log A, log B beyond this are no law
-# The objective takes exp of log(A/N^alpha), log(B/D^beta) and log E with their exponents clipped to +-300:
-# exp stays off its overflow and denormal slow path (35x slower), and no law a loss of nats could fit has a
-# term beyond e^+-300 (1e+-130); a wild line-search trial there just gets a huge residual and is rejected.
-EXP_LIMIT = 300.0
-# float32 (the screening passes) overflows at exp(88.7): its terms are clipped to e^+-80 instead. A loss of nats
-# is fitted by terms far inside that; a trial beyond it gets a huge residual either way.
-SCREEN_EXP_LIMIT = 80.0
 
 
 class FitError(UserError):
@@ -63,83 +52,6 @@ def chinchilla_grid() -> np.ndarray:
     coefs = np.arange(0.0, 25.01, 5.0)
     mesh = np.meshgrid(coefs, coefs, es, exps, exps, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1)
-
-
-class HuberLogObjective:
-    """Sum of Huber(log L_hat - log L) and its exact gradient, for many thetas at once.
-
-    `weights` (n_problems, n_runs) gives each problem its own run multiplicities (a bootstrap
-    resample is a vector of counts); None weighs every run once for every problem. `loss` may also be
-    (n_problems, n_runs): each problem its own losses (a parametric bootstrap redraws them).
-    """
-
-    def __init__(self, n_params, tokens, loss, weights: np.ndarray | None = None, delta: float = HUBER_DELTA,
-                 dtype=np.float64):
-        self.dtype = np.dtype(dtype)
-        self.log_n = np.log(np.asarray(n_params, dtype=float)).astype(self.dtype)
-        self.log_d = np.log(np.asarray(tokens, dtype=float)).astype(self.dtype)
-        self.log_loss = np.log(np.asarray(loss, dtype=float)).astype(self.dtype)
-        self.per_problem = self.log_loss.ndim == 2
-        self.weights = None if weights is None else np.asarray(weights).astype(self.dtype, copy=False)
-        self.delta = delta
-        self.exp_limit = EXP_LIMIT if self.dtype == np.float64 else SCREEN_EXP_LIMIT
-        self._inputs = (n_params, tokens, loss, weights)
-
-    def screening(self) -> HuberLogObjective:
-        """The same objective in float32, for the passes that only rank starts (module doc)."""
-        return HuberLogObjective(*self._inputs, delta=self.delta, dtype=np.float32)
-
-    def _chunk(self, theta: np.ndarray, weights: np.ndarray | None, log_loss: np.ndarray | None = None):
-        theta = theta.astype(self.dtype, copy=False)
-        a, b, e, alpha, beta = (theta[:, i:i + 1] for i in range(5))
-        lo, hi = -self.exp_limit, self.exp_limit
-        # exp of each term's exponent clipped to +-EXP_LIMIT (see its comment): no max-subtraction pass needed
-        exp_n = np.multiply(alpha, -self.log_n)            # log(A / N^alpha), then its exp, in place
-        exp_n += a
-        np.exp(np.minimum(np.maximum(exp_n, lo, out=exp_n), hi, out=exp_n), out=exp_n)
-        exp_d = np.multiply(beta, -self.log_d)             # log(B / D^beta)
-        exp_d += b
-        np.exp(np.minimum(np.maximum(exp_d, lo, out=exp_d), hi, out=exp_d), out=exp_d)
-        exp_e = np.exp(np.minimum(np.maximum(e, lo), hi))  # (k, 1)
-        total = exp_n + exp_d
-        total += exp_e
-        resid = np.log(total)
-        resid -= self.log_loss if log_loss is None else log_loss
-        clipped = np.minimum(np.maximum(resid, -self.delta), self.delta)
-        huber = resid - 0.5 * clipped                      # Huber = c (r - c/2), c = clip(r, -delta, delta)
-        huber *= clipped
-        dres = clipped                                     # d huber / d resid = c, times d LSE / d t_i = exp_i / total
-        dres /= total
-        if weights is not None:
-            huber *= weights
-            dres *= weights
-        exp_n *= dres                                      # now the gradient terms of a and alpha
-        exp_d *= dres
-        grad = np.empty((len(theta), 5))
-        grad[:, 0], grad[:, 1] = exp_n.sum(1), exp_d.sum(1)
-        grad[:, 2] = dres.sum(1) * exp_e[:, 0]
-        grad[:, 3], grad[:, 4] = -(exp_n @ self.log_n), -(exp_d @ self.log_d)
-        return huber.sum(1, dtype=np.float64), grad
-
-    def __call__(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f = np.empty(len(theta))
-        g = np.empty((len(theta), 5))
-        step = max(1, CHUNK_ELEMENTS // len(self.log_n))
-        # float32 overflows on a wild line-search trial (alpha * log N past 3.4e38) where float64 does not: the
-        # trial's objective is then non-finite and the line search rejects it, as it rejects any such trial
-        quiet = np.errstate(over="ignore", invalid="ignore") if self.dtype != np.float64 else contextlib.nullcontext()
-        with quiet:
-            for lo in range(0, len(theta), step):
-                hi = lo + step
-                w = None if self.weights is None else self.weights[rows[lo:hi]]
-                f[lo:hi], g[lo:hi] = self._chunk(theta[lo:hi], w,
-                                                 self.log_loss[rows[lo:hi]] if self.per_problem else None)
-        return f, g
-
-    def single(self, theta: np.ndarray, row: int = 0) -> tuple[float, np.ndarray]:
-        """One problem, in scipy's (f, grad) form."""
-        f, g = self(np.asarray(theta, dtype=float)[None, :], np.array([row]))
-        return float(f[0]), g[0]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -70,19 +71,34 @@ def _plain_log_labels(fig: Figure) -> None:
                 axis.set_minor_formatter(PowerOfTenFormatter(labelOnlyBase=minor.labelOnlyBase))
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
+def set_margins(fig: Figure, *, left: float, bottom: float, top: float, right: float = 0.15, wspace: float | None = None,
+                legend=None) -> None:
+    """Fixed margins in inches instead of tight_layout, which measures every tick label in a pass as long as a third
+    of the drawing (0.2 s of the fit command's three figures, docs/fit_benchmark.md). A legend outside the axes on
+    the right is measured (its own texts only) and the right margin widened to hold it."""
+    width, height = fig.get_size_inches()
+    if legend is not None:   # at most half the figure: a freak label may get cut, the axes never vanish
+        right = min(right + legend.get_window_extent().width / fig.dpi, 0.5 * width)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=wspace)
+
+
+def save_figure(fig: Figure, path: Path, tight: bool = True) -> Path:
     """Lay out and write a Figure (one place, shared with pipeline.decide.report_figures and target_report).
 
-    Atomically, like every result file (pipeline.records): rendered into a temporary file beside it and
-    renamed, so a full disk leaves the previous figure or none, never a 0-byte or truncated PNG.
+    `tight=False` keeps the margins the figure set (`set_margins`). Atomically, like every result file
+    (pipeline.records): rendered into a temporary file beside it and renamed, so a full disk leaves the previous
+    figure or none, never a 0-byte or truncated PNG. PNGs at zlib level 1: 5% larger, a third faster to encode.
     """
     path = Path(path)
     _plain_log_labels(fig)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fmt = path.suffix.lstrip(".") or "png"
     try:
         with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=120, format=path.suffix.lstrip(".") or "png")
+            fig.savefig(f, dpi=120, format=fmt, **({"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -93,14 +109,14 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _legend_outside(ax, n_entries: int, handles: list | None = None) -> None:
+def _legend_outside(ax, n_entries: int, handles: list | None = None):
     """Legends sit right of the axes, never over the data (a 57-budget table has 57 entries)."""
-    ax.legend(**({"handles": handles} if handles else {}), fontsize=6 if n_entries > 12 else 7, loc="upper left",
+    return ax.legend(**({"handles": handles} if handles else {}), fontsize=6 if n_entries > 12 else 7, loc="upper left",
               bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=max(1, n_entries // 25 + 1))
 
 
 def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
-    return save_figure(isoflop_figure(result, table), path)
+    return save_figure(isoflop_figure(result, table), path, tight=False)
 
 
 def isoflop_figure(result: dict, table: RunsTable) -> Figure:
@@ -123,6 +139,7 @@ def isoflop_figure(result: dict, table: RunsTable) -> Figure:
     # scatters, most of this figure's time); the legend gets one proxy per budget.
     colour_of = np.array([colours[i] for i in np.searchsorted(budgets, groups)])
     inside = np.zeros(len(table), dtype=bool)
+    parabolas, parabola_colours, vertices, vertex_colours = [], [], [], []
     for budget, colour in zip(budgets, colours, strict=True):
         prof = profiles.get(float(budget))
         if prof and prof.get("window_log_n"):
@@ -130,9 +147,16 @@ def isoflop_figure(result: dict, table: RunsTable) -> Figure:
             inside |= (groups == budget) & (np.log(table.n) >= lo - 1e-9) & (np.log(table.n) <= hi + 1e-9)
         if prof and prof.get("parabola"):
             x = np.linspace(*prof["window_log_n"], 50)
-            ax.plot(np.exp(x), np.polyval(prof["parabola"], x), color=colour, lw=1.2)
+            parabolas.append(np.column_stack([np.exp(x), np.polyval(prof["parabola"], x)]))
+            parabola_colours.append(colour)
         if prof and prof.get("bracketed"):
-            ax.scatter([prof["n_opt"]], [prof["loss_min"]], color=colour, marker="*", s=120, edgecolor="k")
+            vertices.append((prof["n_opt"], prof["loss_min"]))
+            vertex_colours.append(colour)
+    # One collection for the parabolas and one for the vertices (not an artist per budget: fewer to draw)
+    if parabolas:
+        ax.add_collection(LineCollection(parabolas, colors=parabola_colours, linewidths=1.2))
+    if vertices:
+        ax.scatter(*np.transpose(vertices), c=vertex_colours, marker="*", s=120, edgecolor="k", zorder=2.5)
     kept = ~out
     if noise_sd:   # each run's +-1 sd of the noise, to read a zigzag against (pipeline/fit/noise.py)
         ax.vlines(table.n[kept], table.loss[kept] * (1 - noise_sd), table.loss[kept] * (1 + noise_sd),
@@ -156,11 +180,14 @@ def isoflop_figure(result: dict, table: RunsTable) -> Figure:
             f"{noise_sd:.3g} in log loss)") if noise_sd else ""
     ax.set_title("IsoFLOP profiles (Approach 2): filled = in the parabola's window, hollow = outside; stars: vertices"
                  + bars, fontsize=8)
+    legend = None
     if handles:
         if many:
             ax.legend(handles=handles, fontsize=7, loc="upper right")
         else:
-            _legend_outside(ax, len(handles), handles)
+            legend = _legend_outside(ax, len(handles), handles)
+    # a colour bar takes its share of the axes' width (fig.colorbar), its ticks and label need ~0.7 in beside it
+    set_margins(fig, left=0.75, bottom=0.6, top=0.5 if bars else 0.35, right=0.7 if many else 0.25, legend=legend)
     return fig
 
 
@@ -204,8 +231,8 @@ def plot_frontier(result: dict, table: RunsTable, path: Path) -> Path:
     ax.set_xlabel(f"training compute C (FLOPs, {table.flop_method})")
     ax.set_ylabel(f"compute-optimal N ({table.convention})")
     ax.set_title("Compute-optimal model size: fitted range shaded, the rest is extrapolation", fontsize=9)
-    _legend_outside(ax, 7)
-    return save_figure(fig, path)
+    set_margins(fig, left=0.8, bottom=0.6, top=0.35, right=0.25, legend=_legend_outside(ax, 7))
+    return save_figure(fig, path, tight=False)
 
 
 def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
@@ -236,7 +263,8 @@ def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
     ax2.set_xlabel(f"training compute C (FLOPs, {table.flop_method})")
     ax2.set_ylabel("log predicted - log observed")
     ax2.set_title("residuals")
-    return save_figure(fig, path)
+    set_margins(fig, left=0.75, bottom=0.85, top=0.35, right=0.2, wspace=0.3)   # the legend sits below the left axes
+    return save_figure(fig, path, tight=False)
 
 
 def plot_fit(result: dict, table: RunsTable, out_dir: str | Path) -> list[Path]:
