@@ -155,7 +155,9 @@ def test_a_round_stops_when_narrow_enough_or_spent_and_otherwise_says_why_it_cho
     go = adaptive_round(table, TARGET, pilot_flops=10 * spent, stop_width=1.5, **common)
     assert go["stop"] is None and 1 <= len(go["picks"]) <= 3
     assert sum(p["flops"] for p in go["picks"]) <= 9 * spent
-    assert all("shrinks N_opt's interval most per FLOP" in p["reason"] for p in go["picks"])
+    # two budgets leave the forms apart here (rounds.across_forms): the reasons name what the round measured
+    narrowed = "range across the law forms" if go["fit"].get("forms") else "interval"
+    assert all(f"shrinks N_opt's {narrowed} most per FLOP" in p["reason"] for p in go["picks"])
     assert go["expected_width_after"] < go["fit"]["width"]
 
 

@@ -97,9 +97,9 @@ class HuberLogObjective:
         grad = np.empty((len(theta), 5))
         grad[:, 0], grad[:, 1] = exp_n.sum(1), exp_d.sum(1)
         grad[:, 2] = dres.sum(1) * exp_e[:, 0]
-        for lo in range(0, len(theta), self.block_rows):    # BLOCK_ELEMENTS' blocks (see its comment)
-            hi = lo + self.block_rows
-            grad[lo:hi, 3], grad[lo:hi, 4] = -(exp_n[lo:hi] @ self.log_n), -(exp_d[lo:hi] @ self.log_d)
+        for start in range(0, len(theta), self.block_rows):    # BLOCK_ELEMENTS' blocks (see its comment)
+            block = slice(start, start + self.block_rows)
+            grad[block, 3], grad[block, 4] = -(exp_n[block] @ self.log_n), -(exp_d[block] @ self.log_d)
         return huber.sum(1, dtype=np.float64), grad
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
