@@ -224,6 +224,26 @@ def test_fit_next_k_prints_and_writes_the_runs_with_the_expected_width(tmp_path,
     assert json.loads((tmp_path / "fit" / "recommendation.json").read_text())["next_runs"]["picks"]
 
 
+def test_fit_next_k_aims_at_the_law_forms_spread_when_the_fit_reports_one(tmp_path, capsys):
+    # the table of the round test above: the fit reports the forms ~10x apart, so next=K proposes what a sweep's round
+    # would (both forms' draws), and says so, instead of narrowing the chosen form's own interval
+    from pipeline.fit.__main__ import main
+
+    table = isoflop_table(budgets=(1e17, 3e17, 9e17), law=ParametricLaw(1.8, 400.0, 2000.0, 0.22, 0.45), sd=0.005,
+                          seed=2)
+    csv = tmp_path / "runs.csv"
+    csv.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{loss}\n" for n, d, loss in
+                                                    zip(table.n, table.tokens, table.loss, strict=True)))
+    assert main([f"runs={csv}", "budget.flops=3e20", "bootstrap=20", "next=2", f"out_dir={tmp_path / 'fit'}"],
+                {"cfg": False, "debug": False}) == 0
+    out = capsys.readouterr().out
+    proposal = json.loads((tmp_path / "fit" / "next_runs.json").read_text())
+    assert "Chinchilla and alpha = beta forms" in proposal["ensemble_source"]
+    assert proposal["width_of"].startswith("N_opt's range across the law forms' 90% intervals")
+    assert f"{proposal['width_of']} now {proposal['width_now']:.3g}x wide" in out
+    assert all("shrinks N_opt's range across the law forms most per FLOP" in p["reason"] for p in proposal["picks"])
+
+
 def test_too_few_profiles_make_the_round_start_with_a_new_budgets_profile(seed_fit):
     """Two profiled budgets and sweep.min_profiles=3: the round's first picks are a new budget's whole profile,
     the best of them per FLOP, with the rule in its reason; with min_profiles met the per-FLOP rule alone picks."""

@@ -179,3 +179,25 @@ def test_a_fit_without_bootstrap_is_told_to_bootstrap_not_called_a_published_law
     assert not any("published law is a point estimate" in w for w in rec["warnings"])
     published = recommend(published_law("chinchilla"), resolve_budget({"flops": 1e21}), vocab_size=VOCAB, seq_len=SEQ)
     assert any("published law is a point estimate" in w for w in published["warnings"])
+
+
+def test_a_law_no_budget_makes_data_hungry_enough_loses_the_data_constrained_plan_not_the_answer():
+    # A degenerate fit (beta 1.6: D_opt grows as C^0.13) on a 3.5e11-token corpus: no budget's optimum needs that
+    # much data. The search for one used to grow the family's FLOPs table towards N ~ 1e30 (16 GB, no return);
+    # now the table stops at its cap and the plan is left out with a warning, the recommendation stands.
+    law = ParametricLaw(2.3705, 478.04, 7.1444e12, 0.23332, 1.5988)
+    rec = recommend(law, resolve_budget({"flops": 3e20}), vocab_size=50257, seq_len=2048, unique_tokens=3.5e11)
+    assert rec["data_constrained"] is None and rec["n_opt"] > 0
+    assert any(w.startswith("no data-constrained plan: no budget makes 3.5e+11 tokens compute-optimal")
+               for w in rec["warnings"])
+
+
+def test_the_family_flops_table_stops_growing_at_its_cap():
+    from pipeline.decide.allocation import FAMILY_TABLE_MAX_N, FamilyFlopsPerToken
+
+    family = FamilyFlopsPerToken(50257, 2048, "total")
+    rho_cap = float(family(np.array([FAMILY_TABLE_MAX_N]))[0]) / FAMILY_TABLE_MAX_N
+    anchors = len(family._anchors)
+    huge = float(family(np.array([1e30]))[0])          # beyond the cap: rho held, nothing more built
+    assert len(family._anchors) == anchors and huge / 1e30 == pytest.approx(rho_cap, rel=2e-3)
+    assert 6.0 < rho_cap < 6.01

@@ -54,6 +54,11 @@ from pipeline.fit.intervals import INTERVAL_PERCENTILES, percentile_interval
 from pipeline.fit.laws import SEARCH_DECADES, minimise_log
 
 SHAPE_FACTORS = (1 / 1.35, 1 / 1.15, 1.0, 1.15, 1.35)  # neighbouring grid shapes tried around N_opt
+# The family's FLOPs-per-token table grows to at most this N; beyond it rho = F(N)/N is held at the last anchor's
+# (np.interp clamps), within 0.1% of the value the walk would reach: 6.0041 at 1e15 against 6.0007 at 1e17
+# (V = 50257, T = 2048). Unbounded, a wild law's data-constrained search asked for N ~ 1e30 and the walk along the
+# chain (one anchor per 64-wide step) filled 16 GB before it returned.
+FAMILY_TABLE_MAX_N = 1e15
 SHAPE_TOLERANCES = (0.10, 0.35)
 
 
@@ -136,8 +141,8 @@ class FamilyFlopsPerToken:
     def __call__(self, n) -> np.ndarray:
         n = np.asarray(n, dtype=float)
         top = float(np.nanmax(n)) if n.size else 0.0
-        if math.isfinite(top) and top > math.exp(self._log_n[-1]):
-            self._grow(top)
+        if math.isfinite(top) and top > math.exp(self._log_n[-1]) and self._anchors[-1][0] < FAMILY_TABLE_MAX_N:
+            self._grow(min(top, FAMILY_TABLE_MAX_N))
         return n * np.interp(np.log(n), self._log_n, self._rho)
 
 

@@ -115,8 +115,14 @@ def _tradeoff_sections(law, budget_flops, inference_tokens, unique_tokens, warni
     out = {"deviation": tradeoffs.deviation_penalty(law, budget_flops, count=count),
            "inference_aware": (tradeoffs.inference_aware(law, budget_flops, inference_tokens, count=count)
                                if inference_tokens is not None else None),
-           "data_constrained": (tradeoffs.data_constrained(law, budget_flops, unique_tokens, count=count)
-                                if unique_tokens is not None else None)}
+           "data_constrained": None}
+    if unique_tokens is not None:
+        # a side analysis, on whenever the unique tokens are known (often from the corpus, not asked for): a law
+        # whose optimum never needs that much data (no budget's D_opt reaches it) loses this section, not the answer
+        try:
+            out["data_constrained"] = tradeoffs.data_constrained(law, budget_flops, unique_tokens, count=count)
+        except UserError as err:
+            warnings.append(f"no data-constrained plan: {err}")
     return out
 
 

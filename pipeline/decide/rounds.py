@@ -169,31 +169,44 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
 
 
 def propose_next(table, target_flops: float, k: int, law=None, samples=None, sd_log: float | None = None,
-                 bootstrap: int = 100, seed: int = 0, size_ratio: float = 2.0, target: MetricModel | None = None) -> dict:
+                 bootstrap: int = 100, seed: int = 0, size_ratio: float = 2.0, target: MetricModel | None = None,
+                 forms_apart: bool = False) -> dict:
     """The `k` runs that shrink log N_opt's 90% interval at `target_flops` most per FLOP, with the expected
     width after them. `law`, `samples` and `sd_log` are the fit's own (pipeline.fit.fit_all: the chosen law,
     its bootstrap rows and the noise model); without enough samples the light fit above supplies them.
     With `target` (the fitted model of `target=`) the quantity is the target's recommended N, from the
-    target's law, bootstrap rows and noise (target_ensemble), candidates centred on its optimum."""
+    target's law, bootstrap rows and noise (target_ensemble), candidates centred on its optimum. `forms_apart` (the
+    fit reports the law forms apart, pipeline/fit/checks.py: form_spread): the ensemble a sweep's round would use,
+    both forms' draws (across_forms), so the proposal aims at the range the fit leads with."""
     if not (isinstance(k, int) and k >= 1):
         raise UserError(f"next={k!r} must be a positive number of runs to propose")
     source = f"the bootstrap of {target.name}'s fit" if target is not None else "the fit's bootstrap"
+    fit: dict = {}
     if target is not None:
         if target.law_samples is None or len(target.law_samples) < MIN_ENSEMBLE:
             target = fit_metric(table, target.target, bootstrap=bootstrap, seed=seed)
             source = f"a {bootstrap}-resample parametric bootstrap of {target.name}'s law (the fit had none)"
         fit = target_ensemble(target, target_flops)
         law, samples, sd_log = fit["law"], fit["samples"], fit["sd_log"]
-    elif law is None or samples is None or len(samples) < MIN_ENSEMBLE or not sd_log:
-        fit = fit_ensemble(table, target_flops, bootstrap, seed)
+    elif forms_apart or law is None or samples is None or len(samples) < MIN_ENSEMBLE or not sd_log:
+        fit = decision_ensemble(table, target_flops, bootstrap, seed) if forms_apart else \
+            fit_ensemble(table, target_flops, bootstrap, seed)
         law, samples, sd_log = fit["law"], fit["samples"], fit["sd_log"]
-        source = f"a {bootstrap}-resample parametric bootstrap of the Chinchilla form (the fit had none)"
+        if fit.get("forms"):
+            source = (f"{bootstrap}-resample parametric bootstraps of the Chinchilla and alpha = beta forms, their "
+                      "draws pooled as a sweep's round pools them (the fit reports the forms apart)")
+        elif forms_apart:
+            source = (f"a {bootstrap}-resample parametric bootstrap of the Chinchilla form (the fit reports the law "
+                      "forms apart; this light fit does not)")
+        else:
+            source = f"a {bootstrap}-resample parametric bootstrap of the Chinchilla form (the fit had none)"
     quantity = decision_quantity(target_flops, *((target.name, target.higher_is_better) if target else ()))
     cands = isoflop_candidates(law, table.n, table.tokens, table.budget_groups(), size_ratio=size_ratio)
-    choice = choose_next(samples, sd_log, cands, target_flops, max_runs=k, quantity=quantity)
+    choice = choose_next(samples, sd_log, cands, target_flops, max_runs=k, quantity=quantity,
+                         width_now=fit.get("span_width"))
     for pick in choice["picks"]:
-        pick["reason"] = describe_pick(pick, quantity[0])
-    return {**choice, "ensemble_source": source}
+        pick["reason"] = describe_pick(pick, quantity[0], "range across the law forms" if fit.get("forms") else "interval")
+    return {**choice, "ensemble_source": source, "width_of": width_of(quantity[0], fit.get("forms"))}
 
 
 def design_summary(design: dict) -> str:

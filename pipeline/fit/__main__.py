@@ -47,6 +47,7 @@ from pipeline.decide.rounds import design_summary, propose_next
 from pipeline.decide.summary import terminal_summary
 from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
 from pipeline.errors import UserError
+from pipeline.fit.checks import form_spread
 from pipeline.fit.fit_all import fit_all, law_from_fit
 from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.laws import ParametricLaw, published_law
@@ -162,7 +163,8 @@ def main(overrides: list[str], flags: dict) -> int:
         if study.next and str(study.target).strip() == "loss":   # a target's: target_metric_sections, from its fit
             fit_result["next_runs"] = propose_next(table.with_convention(study.convention), budget["flops"], study.next,
                                                    law=law, samples=law_samples, seed=study.seed,
-                                                   sd_log=(fit_result.get("noise") or {}).get("sd_log"))
+                                                   sd_log=(fit_result.get("noise") or {}).get("sd_log"),
+                                                   forms_apart=form_spread(fit_result) is not None)
     try:
         return write_outputs(study, out_dir, fit_result, law, law_samples, table, pilot, budget,
                              (run_target, budget_line_count(count, budget), unique_tokens, unique_source))
@@ -233,7 +235,7 @@ def adaptive_design(study: Study) -> dict | None:
 def next_runs_summary(proposal: dict, out_dir: Path) -> str:
     """Writes next_runs.json; the lines to print: each proposed run and why, and the width expected after."""
     atomic_write_json(out_dir / "next_runs.json", proposal)
-    lines = [f"next {len(proposal['picks'])} runs ({proposal['rule']}; {proposal['label']}'s 90% interval now "
+    lines = [f"next {len(proposal['picks'])} runs ({proposal['rule']}; {proposal['width_of']} now "
              f"{proposal['width_now']:.3g}x wide, expected {proposal['expected_width_after']:.3g}x after them; "
              f"the quantity: {proposal['quantity']}):"]
     lines += [f"  {p['reason']}" for p in proposal["picks"]]
