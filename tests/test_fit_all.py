@@ -140,3 +140,13 @@ def test_bad_arguments_are_one_line_user_errors(kwargs, fragment):
     with pytest.raises(UserError) as err:
         fit_all(table, **{"budget_flops": TARGET_FLOPS, "bootstrap": 0, **kwargs})
     assert fragment in str(err.value)
+
+
+def test_losses_too_close_to_their_law_are_said_to_give_intervals_of_near_certainty():
+    # the law's exact losses (a table of predictions, or smoothed ones): the parametric bootstrap redraws them with
+    # the ~0 sd they show, so the intervals collapse; the fit must say so instead of presenting them plainly
+    exact = fit_all(table_from_design(isoflop_design(noise=0.0)), TARGET_FLOPS, bootstrap=20, seed=0)
+    said = [w for w in exact["warnings"] if w.startswith("the noise measured on these runs is sd")]
+    assert exact["noise"]["sd_log"] < 5e-4 and len(said) == 1 and "read as near certainty" in said[0]
+    noisy = fit_all(table_from_design(isoflop_design(noise=0.003)), TARGET_FLOPS, bootstrap=0, seed=0)
+    assert not any(w.startswith("the noise measured on these runs is sd") for w in noisy["warnings"])

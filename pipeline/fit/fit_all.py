@@ -44,7 +44,13 @@ from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.isoflop import fit_isoflop, grid_bias
 from pipeline.fit.laws import TRAIN_FLOPS_PER_PARAM_TOKEN, ParametricLaw, optimum_on_line
 from pipeline.fit.lr_check import hparam_check
-from pipeline.fit.noise import ZIGZAG_Z, minimum_resolution, noise_model, profile_zigzags
+from pipeline.fit.noise import (
+    ZIGZAG_Z,
+    implausible_noise_warning,
+    minimum_resolution,
+    noise_model,
+    profile_zigzags,
+)
 from pipeline.fit.parametric import HUBER_DELTA, derived_quantities
 from pipeline.fit.refits import TableFits
 from pipeline.fit.selection import chosen_backtest, select_law
@@ -238,6 +244,8 @@ def fit_all(table: RunsTable, budget_flops: float, bootstrap: int = 1000, outlie
     law3 = ParametricLaw(*(law[k] for k in ("E", "A", "B", "alpha", "beta"))) if law else None
     noise = noise_model(clean, law3)
     sd_log = noise["sd_log"] if noise else None
+    if implausible := implausible_noise_warning(noise):
+        warnings.append(implausible)
     chosen_law, chosen_boot, candidate_rows = _candidates(fits, keep, clean, budget_flops, fpt, selection, fixed_E,
                                                           candidate, bootstrap, seed, sd_log, warnings)
     fit3 = next((r for r in candidate_rows if r["candidate"] == "chinchilla" and "intervals" in r), None)

@@ -20,6 +20,11 @@ from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.table import RunsTable
 
 MIN_SEED_DOF = 2          # a pooled sd from fewer degrees of freedom is not used alone
+# Below this sd of log loss no table of real final losses has been seen: CPU pilots measure 0.0055-0.0067 between
+# seeds, Chinchilla's points scatter 0.005-0.006 about the law where they are tightest (docs/adaptive_design.md);
+# a mean of 10 seeds would still be ~0.002. A table this close to its law holds smoothed, averaged or predicted
+# losses, and the parametric bootstrap, which redraws the losses with this sd, then gives intervals of ~zero width.
+IMPLAUSIBLE_SD_LOG = 5e-4
 RESOLVE_Z = 2.0           # a minimum is resolved when it beats both neighbours by 2 sd of the difference
 # A zigzag is flagged beyond 3 sd: a study has up to one per interior size (the demo 9, a 5-budget x 7-size
 # design 25), and near a flat minimum noise alone makes small bumps; 2 sd would flag some in most studies.
@@ -137,3 +142,12 @@ def profile_zigzags(table: RunsTable, noise: dict | None) -> dict | None:
     return {"checked": checked, "zigzags": found, "largest": max(found, key=lambda e: e["z"], default=None),
             "flagged": [e for e in found if e["z"] > ZIGZAG_Z], "sd_log": float(sd), "sd_source": source,
             "measured": measured}
+
+
+def implausible_noise_warning(noise: dict | None) -> str | None:
+    """A warning when the measured noise is below what real runs show (IMPLAUSIBLE_SD_LOG), else None."""
+    if not noise or noise["sd_log"] >= IMPLAUSIBLE_SD_LOG:
+        return None
+    return (f"the noise measured on these runs is sd {noise['sd_log']:.2g} of log loss ({noise['source']}), below any "
+            f"real run's seed noise ({IMPLAUSIBLE_SD_LOG:g} and up): the intervals carry only that noise and read as "
+            "near certainty; if these are smoothed, averaged or predicted losses, fit the runs' own final losses")
