@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate_intervals import SEED_SD_LOG, design, true_law  # noqa: E402
 
 from pipeline.decide.next_runs import choose_next, isoflop_candidates, profile_rule  # noqa: E402
-from pipeline.decide.rounds import across_forms, fit_ensemble  # noqa: E402
+from pipeline.decide.rounds import fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.table import RunsTable  # noqa: E402
 
@@ -82,10 +82,8 @@ def adaptive_design(law, n, d, c, args, rng, target: float) -> tuple:
         left = total - float(np.sum(6 * n * d))
         table = table_of(n, d, c, loss)
         try:
-            seed = int(rng.integers(1 << 30))
-            fit = fit_ensemble(table, target, args.round_bootstrap, seed)
-            if args.across_forms:   # as the sweep's rounds (pipeline/decide/rounds.py: across_forms)
-                fit = across_forms(fit, table, target, args.round_bootstrap, seed)
+            # as the sweep's rounds (pipeline/decide/rounds.py: across_forms) unless --one-form
+            fit = fit_ensemble(table, target, args.round_bootstrap, int(rng.integers(1 << 30)), forms=args.across_forms)
         except UserError:
             nxt = grid[2] == static_budgets.pop(0) if static_budgets else None
             if nxt is None or float(np.sum(6 * grid[0][nxt] * grid[1][nxt])) > left:

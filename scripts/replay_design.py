@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decide.next_runs import Candidates, choose_next, log_n_opt  # noqa: E402
-from pipeline.decide.rounds import across_forms, fit_ensemble  # noqa: E402
+from pipeline.decide.rounds import fit_ensemble  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.fit.candidates import chinchilla_form, fit_candidate  # noqa: E402
 from pipeline.fit.sources import load_table_file  # noqa: E402
@@ -85,9 +85,7 @@ def replay(table, target: float, share: float, seed_runs: int = 8, round_runs: i
     while max_rounds is None or rounds < max_rounds:   # each round adds a run of a finite pool: it ends
         sub = table.subset(used)
         try:
-            fit = fit_ensemble(sub, target, round_bootstrap, seed + rounds)
-            if forms:
-                fit = across_forms(fit, sub, target, round_bootstrap, seed + rounds)
+            fit = fit_ensemble(sub, target, round_bootstrap, seed + rounds, forms=forms)
         except UserError as err:   # no law yet: the next-cheapest run, as a static design would add
             nxt = next((i for i in order if not used[i]), None)
             if nxt is None or float(table.c[used].sum() + table.c[nxt]) > cap:

@@ -281,9 +281,10 @@ def choose_next(samples: np.ndarray, sd_log: float, candidates: Candidates, targ
             "rule": f"greedy by expected variance reduction of log {label} per FLOP (ensemble Kalman update)"}
 
 
-def describe_pick(pick: dict, label: str = "N_opt", interval: str = "interval") -> str:
-    """One line: what the run is and why it was chosen (`interval`: what of `label` it narrows, e.g. the range
-    across the law forms when a round reads them, rounds.across_forms)."""
+def describe_pick(pick: dict, label: str = "N_opt", across_forms: bool = False) -> str:
+    """One line: what the run is and why it was chosen (`across_forms`: it narrows `label`'s range across the law
+    forms, when a round reads them, rounds.across_forms, not one form's interval)."""
+    interval = "range across the law forms" if across_forms else "interval"
     if pick.get("profile_first"):
         return (f"budget {pick['budget']:.3g} added as a {pick['unit_size']}-size profile: N {pick['n']:.3g}, D "
                 f"{pick['d']:.3g} ({pick['flops']:.3g} FLOPs); {pick['profile_first']}, and of the new budgets' "

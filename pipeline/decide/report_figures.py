@@ -34,7 +34,7 @@ def plot_deviation(rec: dict, path: Path) -> Path | None:
     ax.set_title(f"Deviation penalty at {rec['budget']['flops']:.3g} FLOPs")
     ax.grid(True, which="both", alpha=0.3)
     set_margins(fig, left=0.8, bottom=0.6, top=0.35, right=0.2)
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_inference(rec: dict, path: Path) -> Path | None:
@@ -65,4 +65,5 @@ def plot_inference(rec: dict, path: Path) -> Path | None:
         ax.grid(True, which="both", alpha=0.3)
     right.legend()
     fig.suptitle(f"Iso-loss L = {inf['target_loss']:.4f} with {inf['inference_tokens']:.3g} inference tokens")
+    set_margins(fig, left=0.85, bottom=0.6, top=0.5, right=0.2, wspace=0.3)
     return save_figure(fig, path)

@@ -39,9 +39,10 @@ from pipeline.fit.noise import noise_model
 from pipeline.fit.targets import MetricModel, fit_metric, parse_target
 
 
-def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0) -> dict:
+def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0, forms: bool = False) -> dict:
     """A light fit for the rounds of a design: Approach 3's Chinchilla form (pipeline/fit/candidates.py),
-    the noise model (pipeline/fit/noise.py) and its parametric bootstrap of `bootstrap` resamples.
+    the noise model (pipeline/fit/noise.py) and its parametric bootstrap of `bootstrap` resamples; with `forms`,
+    widened to the law forms' disagreement as a sweep's round reads it (across_forms).
 
     {"law", "samples" (E, A, B, alpha, beta rows), "sd_log", "n_opt", "interval" (5-95% of N_opt)}."""
     fit = fit_candidate(chinchilla_form(), table.n, table.tokens, table.loss, table.convention)
@@ -50,9 +51,10 @@ def fit_ensemble(table, target_flops: float, bootstrap: int = 40, seed: int = 0)
     if not noise:
         raise UserError(f"{len(table)} runs leave no degrees of freedom to measure the noise: add runs or seeds")
     boot = bootstrap_law(fit, table.n, table.tokens, table.loss, target_flops, bootstrap, seed, sd_log=noise["sd_log"])
-    return {"law": law, "samples": boot["samples"], "sd_log": noise["sd_log"], "noise_source": noise["source"],
-            "n_opt": float(law.optimal_allocation(target_flops)[0]), "interval": boot["intervals"].get("n_opt"),
-            "n_failed": boot["n_failed"]}
+    out = {"law": law, "samples": boot["samples"], "sd_log": noise["sd_log"], "noise_source": noise["source"],
+           "n_opt": float(law.optimal_allocation(target_flops)[0]), "interval": boot["intervals"].get("n_opt"),
+           "n_failed": boot["n_failed"]}
+    return across_forms(out, table, target_flops, bootstrap, seed) if forms else out
 
 
 def across_forms(ensemble: dict, table, target_flops: float, bootstrap: int, seed: int) -> dict:
@@ -104,8 +106,8 @@ def decision_ensemble(table, target_flops: float, bootstrap: int, seed: int, tar
     (fit_metric, with the fit's outlier rule), as `target_ensemble` reads them."""
     chosen = parse_target(target, table)
     if chosen.kind == "loss":
-        ensemble = across_forms(fit_ensemble(table, target_flops, bootstrap, seed), table, target_flops, bootstrap, seed)
-        return {**ensemble, "quantity": decision_quantity(target_flops)}
+        return {**fit_ensemble(table, target_flops, bootstrap, seed, forms=True),
+                "quantity": decision_quantity(target_flops)}
     return target_ensemble(fit_metric(table, chosen, bootstrap=bootstrap, seed=seed, outliers=outliers), target_flops)
 
 
@@ -162,8 +164,8 @@ def adaptive_round(table, target_flops: float, *, pilot_flops: float, stop_width
                          quantity=fit["quantity"], profile_first=first, width_now=fit.get("span_width"))
     if not choice["picks"]:
         return {"fit": summary, "stop": choice["stopped"], "picks": []}
-    interval = "range across the law forms" if fit.get("forms") else "interval"
-    picks = [{**p, "reason": describe_pick(p, label, interval), "key": keys[p["index"]]} for p in choice["picks"]]
+    picks = [{**p, "reason": describe_pick(p, label, bool(fit.get("forms"))), "key": keys[p["index"]]}
+             for p in choice["picks"]]
     return {"fit": summary, "stop": None, "picks": picks, "expected_width_after": choice["expected_width_after"],
             "rule": choice["rule"]}
 
@@ -189,8 +191,7 @@ def propose_next(table, target_flops: float, k: int, law=None, samples=None, sd_
         fit = target_ensemble(target, target_flops)
         law, samples, sd_log = fit["law"], fit["samples"], fit["sd_log"]
     elif forms_apart or law is None or samples is None or len(samples) < MIN_ENSEMBLE or not sd_log:
-        fit = decision_ensemble(table, target_flops, bootstrap, seed) if forms_apart else \
-            fit_ensemble(table, target_flops, bootstrap, seed)
+        fit = fit_ensemble(table, target_flops, bootstrap, seed, forms=forms_apart)
         law, samples, sd_log = fit["law"], fit["samples"], fit["sd_log"]
         if fit.get("forms"):
             source = (f"{bootstrap}-resample parametric bootstraps of the Chinchilla and alpha = beta forms, their "
@@ -205,7 +206,7 @@ def propose_next(table, target_flops: float, k: int, law=None, samples=None, sd_
     choice = choose_next(samples, sd_log, cands, target_flops, max_runs=k, quantity=quantity,
                          width_now=fit.get("span_width"))
     for pick in choice["picks"]:
-        pick["reason"] = describe_pick(pick, quantity[0], "range across the law forms" if fit.get("forms") else "interval")
+        pick["reason"] = describe_pick(pick, quantity[0], bool(fit.get("forms")))
     return {**choice, "ensemble_source": source, "width_of": width_of(quantity[0], fit.get("forms"))}
 
 
@@ -218,7 +219,7 @@ def design_summary(design: dict) -> str:
 
 def round_width_of(fit: dict) -> str:
     """A recorded round's `width_of` (plan.json files written before it existed: the label's 90% interval)."""
-    return fit.get("width_of") or f"{fit.get('label', 'N_opt')}'s 90% interval"
+    return fit.get("width_of") or width_of(fit.get("label", "N_opt"), None)
 
 
 def design_section(design: dict | None) -> list[str]:

@@ -80,7 +80,7 @@ def plot_metric(model: MetricModel, budget_flops: float, n_center: float, path: 
                  + (f" [{best['interval'][0]:.4g}, {best['interval'][1]:.4g}]" if best["interval"] else "")
                  + f" at {budget_flops:.3g} FLOPs")
     set_margins(fig, left=0.75, bottom=0.6, top=0.5, right=0.2, wspace=0.3)
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_targets(models: dict[str, MetricModel], target_name: str, budget_flops: float, n_center: float,

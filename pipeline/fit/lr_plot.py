@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.fit.plots import save_figure
+from pipeline.fit.plots import save_figure, set_margins
 
 
 def plot_probe(law: dict, path: Path) -> Path:
@@ -34,4 +34,5 @@ def plot_probe(law: dict, path: Path) -> Path:
     ax.set_title("LR probe: best LR per size (*), parabola in ln LR; a 2x miss costs "
                  f"{law['cost_2x_median']:.2%}", fontsize=9)
     ax.legend(fontsize=7)
+    set_margins(fig, left=0.75, bottom=0.6, top=0.35, right=0.2)
     return save_figure(fig, path)

@@ -83,17 +83,16 @@ def set_margins(fig: Figure, *, left: float, bottom: float, top: float, right: f
                         wspace=wspace)
 
 
-def save_figure(fig: Figure, path: Path, tight: bool = True) -> Path:
-    """Lay out and write a Figure (one place, shared with pipeline.decide.report_figures and target_report).
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write a Figure laid out by `set_margins` (one place, shared with pipeline.decide.report_figures,
+    target_report and fit.lr_plot).
 
-    `tight=False` keeps the margins the figure set (`set_margins`). Atomically, like every result file
-    (pipeline.records): rendered into a temporary file beside it and renamed, so a full disk leaves the previous
-    figure or none, never a 0-byte or truncated PNG. PNGs at zlib level 1: 5% larger, a third faster to encode.
+    Atomically, like every result file (pipeline.records): rendered into a temporary file beside it and renamed,
+    so a full disk leaves the previous figure or none, never a 0-byte or truncated PNG. PNGs at zlib level 1: 5%
+    larger, a third faster to encode.
     """
     path = Path(path)
     _plain_log_labels(fig)
-    if tight:
-        fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     fmt = path.suffix.lstrip(".") or "png"
     try:
@@ -111,12 +110,12 @@ def save_figure(fig: Figure, path: Path, tight: bool = True) -> Path:
 
 def _legend_outside(ax, n_entries: int, handles: list | None = None):
     """Legends sit right of the axes, never over the data (a 57-budget table has 57 entries)."""
-    return ax.legend(**({"handles": handles} if handles else {}), fontsize=6 if n_entries > 12 else 7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=max(1, n_entries // 25 + 1))
+    return ax.legend(**({"handles": handles} if handles else {}), fontsize=6 if n_entries > 12 else 7,
+                     loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=max(1, n_entries // 25 + 1))
 
 
 def plot_isoflop(result: dict, table: RunsTable, path: Path) -> Path:
-    return save_figure(isoflop_figure(result, table), path, tight=False)
+    return save_figure(isoflop_figure(result, table), path)
 
 
 def isoflop_figure(result: dict, table: RunsTable) -> Figure:
@@ -232,7 +231,7 @@ def plot_frontier(result: dict, table: RunsTable, path: Path) -> Path:
     ax.set_ylabel(f"compute-optimal N ({table.convention})")
     ax.set_title("Compute-optimal model size: fitted range shaded, the rest is extrapolation", fontsize=9)
     set_margins(fig, left=0.8, bottom=0.6, top=0.35, right=0.25, legend=_legend_outside(ax, 7))
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
@@ -264,7 +263,7 @@ def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
     ax2.set_ylabel("log predicted - log observed")
     ax2.set_title("residuals")
     set_margins(fig, left=0.75, bottom=0.85, top=0.35, right=0.2, wspace=0.3)   # the legend sits below the left axes
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_fit(result: dict, table: RunsTable, out_dir: str | Path) -> list[Path]:
