@@ -8,6 +8,7 @@ import pytest
 from pipeline.decide.budget import resolve_budget
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import render_report
+from pipeline.decide.report_figures import report_figures
 from pipeline.decide.summary import count, terminal_summary
 from pipeline.fit.laws import published_law
 
@@ -34,7 +35,8 @@ def test_report_has_headline_first_and_every_section(rec, tmp_path):
     fit = {"approaches": {"isoflop": {"n_opt": 1.1e10, "a": 0.51, "b": 0.49, "n_opt_interval": [9e9, 1.3e10]},
                           "parametric": {"n_opt": 1.13e10, "a": 0.513, "b": 0.487}},
            "excluded": [{"run_id": "n50k-d2M-abc", "reason": "diverged"}], "warnings": ["backtest error 0.02 nats"]}
-    path = render_report(tmp_path / "out", fit, rec, [fit_png])
+    own = report_figures(rec, tmp_path / "out")   # drawn by the caller (the fit command: in its worker)
+    path = render_report(tmp_path / "out", fit, rec, [fit_png, *own])
     text = path.read_text()
     assert path.name == "report.md"
     # The launched shape is the family chain's nearest to N_opt (models/sizing.py): 11B, hence 223B tokens
@@ -58,7 +60,7 @@ def test_report_has_headline_first_and_every_section(rec, tmp_path):
 
 def test_report_for_a_published_law_without_fit(tmp_path):
     plain = recommend(EPOCH, resolve_budget({"flops": 1e21}), vocab_size=512, seq_len=128)
-    text = render_report(tmp_path, None, plain, []).read_text()
+    text = render_report(tmp_path, None, plain, report_figures(plain, tmp_path)).read_text()
     assert "No fit: the recommendation uses a published law." in text
     assert "no interval: the law has no samples" in text
     assert "inference_aware.png" not in text and "deviation.png" in text

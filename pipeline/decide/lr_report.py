@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.fit import worker
 from pipeline.fit.lr_law import law_of_rule, markdown
-from pipeline.fit.lr_plot import plot_probe
 
 
 def lr_section(rec: dict, fit_result: dict | None, out_dir: Path) -> list[str]:
@@ -15,8 +15,8 @@ def lr_section(rec: dict, fit_result: dict | None, out_dir: Path) -> list[str]:
     check = (fit_result or {}).get("hparams") or {}
     law = law_of_rule(rule) if rule else None
     lines: list[str] = []
-    if law:
-        figure = plot_probe(law, Path(out_dir) / "lr_probe.png")
+    if law:   # drawn by name: matplotlib stays out of the fit command's own process (pipeline/fit/worker.py)
+        figure = worker.run("pipeline.fit.lr_plot:plot_probe", law, Path(out_dir) / "lr_probe.png")
         lines += markdown(law, figure.name).splitlines()
     else:
         lines += ["## Learning rate", "", f"The pilots' LR and batch came from {rule.get('name', 'the default rule')} "

@@ -13,7 +13,6 @@ from pathlib import Path
 from pipeline.decide.convention_report import convention_lines
 from pipeline.decide.lr_report import lr_section
 from pipeline.decide.recommend import schedule_text
-from pipeline.decide.report_figures import plot_deviation, plot_inference
 from pipeline.decide.rounds import design_section
 from pipeline.decide.summary import (
     band,
@@ -262,11 +261,11 @@ METHODS = """## How these numbers are computed
 
 
 def render_report(out_dir, fit_result: dict | None, recommendation: dict, plots: list[Path]) -> Path:
-    """Write <out_dir>/report.md (and deviation.png / inference_aware.png beside it); return its path."""
+    """Write <out_dir>/report.md, showing the figures `plots` (drawn by the caller: the fit's, the target metrics',
+    pipeline.decide.report_figures.report_figures'); return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    own = [plot_deviation(recommendation, out / "deviation.png"), plot_inference(recommendation, out / "inference_aware.png")]
-    images = [Path(p) for p in plots] + [p for p in own if p is not None]
+    images = [Path(p) for p in plots]
     lines = (_headline(recommendation) + _budget_section(recommendation) + _full_run_section(recommendation)
              + target_lines(recommendation) + design_section(recommendation.get("design"))
              + lr_section(recommendation, fit_result, out)

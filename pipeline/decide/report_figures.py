@@ -10,7 +10,13 @@ from pathlib import Path
 
 from pipeline.fit.plots import save_figure, set_margins
 
-REPORT_FIGURES = ("deviation.png", "inference_aware.png")  # written beside report.md by render_report
+
+def report_figures(rec: dict, out_dir) -> list[Path]:
+    """The decision's two figures beside report.md, those the recommendation has data for."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = [plot_deviation(rec, out / "deviation.png"), plot_inference(rec, out / "inference_aware.png")]
+    return [p for p in drawn if p is not None]
 
 
 def plot_deviation(rec: dict, path: Path) -> Path | None:

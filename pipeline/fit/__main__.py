@@ -42,21 +42,24 @@ from pipeline.decide.litgpt_export import write_litgpt_config
 from pipeline.decide.predict import loss_model, predictions_only, target_sections
 from pipeline.decide.recommend import recommend
 from pipeline.decide.report import render_report
-from pipeline.decide.report_figures import REPORT_FIGURES
 from pipeline.decide.rounds import design_summary, propose_next
 from pipeline.decide.summary import terminal_summary
-from pipeline.decide.target_report import METRIC_FIGURES, plot_targets, target_summary
+from pipeline.decide.target_report import target_summary
 from pipeline.errors import UserError
+from pipeline.fit import worker
 from pipeline.fit.checks import form_spread
 from pipeline.fit.fit_all import fit_all, law_from_fit
 from pipeline.fit.identifiability import require_identifiable
 from pipeline.fit.laws import ParametricLaw, published_law
-from pipeline.fit.plots import FIT_FIGURES, plot_fit
 from pipeline.fit.sources import columns_from_config, load_runs
 from pipeline.fit.targets import Target, check_target_signal, fit_metric, fit_targets, parse_target
 from pipeline.records import atomic_write_json, check_writable_dir, writable_dir_error
 
 USAGE = __doc__
+# The figures this command writes beside report.md; a fit into a folder first removes the previous fit's copies.
+FIT_FIGURES = ("isoflop_profiles.png", "frontier.png", "parametric_fit.png")   # pipeline/fit/plots.py: plot_fit
+REPORT_FIGURES = ("deviation.png", "inference_aware.png")                      # pipeline/decide/report_figures.py
+METRIC_FIGURES = "metric_*.png"                                               # pipeline/decide/target_figures.py
 
 
 def output_dir(study: Study) -> Path:
@@ -103,7 +106,7 @@ def remove_previous_figures(out_dir: Path) -> None:
     """A fit into a folder replaces the previous fit's figures: only the files the fit itself writes."""
     for name in (*FIT_FIGURES, *REPORT_FIGURES):
         (out_dir / name).unlink(missing_ok=True)
-    for path in out_dir.glob(METRIC_FIGURES):  # one per recorded metric (decide/target_report.py)
+    for path in out_dir.glob(METRIC_FIGURES):  # one per recorded metric
         path.unlink(missing_ok=True)
 
 
@@ -175,11 +178,13 @@ def main(overrides: list[str], flags: dict) -> int:
 def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, table, pilot, budget,
                   inputs: tuple) -> int:
     run_target, count, unique_tokens, unique_source = inputs
-    plots = []
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_previous_figures(out_dir)
-    if fit_result is not None:
-        plots = plot_fit(fit_result, table, out_dir)
+    # Figures go to the second process while this one decides (pipeline/fit/worker.py); their paths, for the report,
+    # are collected last. Each names its function: this process never imports matplotlib.
+    figures = worker.runner()
+    drawing = [figures.submit("pipeline.fit.plots:plot_fit", fit_result, table, out_dir, names) for names in
+               (FIT_FIGURES[:1], FIT_FIGURES[1:])] if fit_result is not None else []   # two at once (the slowest alone)
     rec = recommend(law, budget, law_samples=law_samples, target=run_target, count=count, pilot=pilot,
                     pilot_setup=table.setup if table is not None else None,
                     inference_tokens=study.inference.tokens, unique_tokens=unique_tokens,
@@ -199,7 +204,10 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
         rec["intervals"] = {**fit_result.get("intervals", {}), **(rec.get("intervals") or {})}
         rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
     if isinstance(law, ParametricLaw):  # target metrics (pipeline/fit/targets.py), their decision (decide/predict.py)
-        plots += target_metric_sections(study, rec, table, law, law_samples, budget, count, out_dir)
+        models, target_name = target_metric_sections(study, rec, table, law, law_samples, budget, count)
+        drawing.append(figures.submit("pipeline.decide.target_figures:plot_targets", models, target_name,
+                                      budget["flops"], rec["n_opt"], out_dir))
+    drawing.append(figures.submit("pipeline.decide.report_figures:report_figures", rec, out_dir))
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
                      "experiment": study.experiment, "bootstrap": study.bootstrap}
@@ -209,7 +217,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     rec["litgpt_config"] = str(write_litgpt_config(rec, out_dir))  # or why there is none
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "recommendation.json", rec)
-    report = render_report(out_dir, fit_result, rec, plots)
+    report = render_report(out_dir, fit_result, rec, [path for job in drawing for path in figures.result(job)])
     print(terminal_summary(rec))
     if target_summary(rec):
         print(target_summary(rec))
@@ -242,9 +250,10 @@ def next_runs_summary(proposal: dict, out_dir: Path) -> str:
     return "\n".join([*lines, f"next runs: {out_dir / 'next_runs.json'}"])
 
 
-def target_metric_sections(study: Study, rec: dict, table, law, law_samples, budget: dict, count, out_dir: Path) -> list:
+def target_metric_sections(study: Study, rec: dict, table, law, law_samples, budget: dict, count) -> tuple[dict, str]:
     """Every recorded metric at the recommended run, the chosen target's optimum on the budget line (under
-    the decision's FLOP count), the serving cap and the predictions; returns the per-metric plots."""
+    the decision's FLOP count), the serving cap and the predictions; returns the metrics' models to plot (the loss's
+    too when it is the target) and the target's name."""
     target, models, failed = (fit_targets(table.with_convention(study.convention), study.target,
                                           bootstrap=study.bootstrap, seed=study.seed, outliers=study.outliers)
                               if table is not None else (Target("loss", "loss", "loss"), {}, {}))
@@ -259,12 +268,12 @@ def target_metric_sections(study: Study, rec: dict, table, law, law_samples, bud
         metric_fit_failures=failed)
     if study.next and target.kind != "loss":   # the chooser on the target's own bootstrap (decide/rounds.py)
         rec["next_runs"] = propose_next(runs, budget["flops"], study.next, seed=study.seed, target=models[target.name])
-    return plot_targets({"loss": loss, **models} if target.kind == "loss" else models, target.name,
-                        budget["flops"], rec["n_opt"], out_dir)
+    return ({"loss": loss, **models} if target.kind == "loss" else models), target.name
 
 
 if __name__ == "__main__":
     # The imports' objects (matplotlib, Hydra: ~90,000 the collector tracks) live as long as this process: frozen, the
     # collector's full passes no longer walk them (0.05 of its 0.1 s in the command; docs/fit_benchmark.md).
     gc.freeze()
-    run_main(main, USAGE)
+    with worker.started():   # a second process for half the fits and the figures, forked now (pipeline/fit/worker.py)
+        run_main(main, USAGE)

@@ -132,6 +132,9 @@ class FormObjective:
     def screening(self) -> FormObjective:
         return FormObjective(self.form, self.base.screening())
 
+    def subset(self, rows: np.ndarray) -> FormObjective:
+        return FormObjective(self.form, self.base.subset(rows))
+
     def __call__(self, theta: np.ndarray, rows: np.ndarray):
         f, g = self.base(self.form.full(theta), rows)
         return f, g @ self.form.matrix

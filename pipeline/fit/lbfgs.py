@@ -15,15 +15,21 @@ Hessian approximation positive definite without a Wolfe search.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
+
+from pipeline.fit import worker
 
 # f, g = objective(theta[rows], rows): values (k,) and gradients (k, dim) of the problems `rows`.
 BatchedObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 ARMIJO_C1 = 1e-4        # sufficient-decrease constant (Nocedal & Wright, sec. 3.1)
 MAX_BACKTRACKS = 40     # 0.5**40 ~ 1e-12: a step that small means the search has stalled
+# A batch of at least this many problems runs its second half in the fit command's second process, when there is one
+# (pipeline/fit/worker.py). Smaller ones (the polish's 8 problems) are not worth the trip: pickling the objective and
+# back costs ~1 ms; an iteration over 64 problems about as much.
+SPLIT_MIN_PROBLEMS = 128
 
 
 @dataclass
@@ -57,10 +63,31 @@ def _two_loop(grad, s_hist, y_hist, rho, gamma, newest, filled):
     return r
 
 
-def minimize_batched(objective: BatchedObjective, theta0: np.ndarray, *, max_iter: int = 500,
-                     history: int = 10, gtol: float = 1e-10, ftol: float = 1e-13,
-                     first_step: float = 1.0) -> BatchedResult:
-    """Minimise n independent problems from theta0 (n, dim); each stops on its own criteria.
+def minimize_batched(objective: BatchedObjective, theta0: np.ndarray, **options) -> BatchedResult:
+    """Minimise n independent problems from theta0 (n, dim); each stops on its own criteria (`minimize_here`).
+
+    With the fit command's second process (pipeline/fit/worker.py) and SPLIT_MIN_PROBLEMS or more problems, the
+    second half runs there (on `objective.subset`, the objective of those problems alone) while this process runs
+    the first: the problems are independent, so each half is the same minimisation. Not to the bit: the gradient's
+    matrix products round a problem by its place in a block of problems (pipeline/fit/objective.py), and a half
+    moves the places. An objective without `subset` always runs here.
+    """
+    n = len(theta0)
+    helper = worker.active()
+    if helper is None or n < SPLIT_MIN_PROBLEMS or not hasattr(objective, "subset"):
+        return minimize_here(objective, theta0, **options)
+    half = n // 2
+    ticket = helper.submit("pipeline.fit.lbfgs:minimize_here", objective.subset(np.arange(half, n)),
+                           np.asarray(theta0)[half:], **options)
+    first = minimize_here(objective, np.asarray(theta0)[:half], **options)
+    second = helper.result(ticket)
+    return BatchedResult(*(np.concatenate([getattr(first, f.name), getattr(second, f.name)]) for f in fields(BatchedResult)))
+
+
+def minimize_here(objective: BatchedObjective, theta0: np.ndarray, *, max_iter: int = 500,
+                  history: int = 10, gtol: float = 1e-10, ftol: float = 1e-13,
+                  first_step: float = 1.0) -> BatchedResult:
+    """Minimise n independent problems from theta0 (n, dim) in this process; each stops on its own criteria.
 
     A problem stops when max|grad| <= gtol, when one iteration lowers f by less than
     ftol * max(|f|, tiny) (scipy L-BFGS-B's `factr` test), or when the line search stalls.

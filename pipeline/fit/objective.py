@@ -30,6 +30,10 @@ EXP_LIMIT = 300.0
 SCREEN_EXP_LIMIT = 80.0
 
 
+def _rebuild(inputs: tuple, delta: float, dtype: str) -> HuberLogObjective:
+    return HuberLogObjective(*inputs, delta=delta, dtype=np.dtype(dtype))
+
+
 class HuberLogObjective:
     """Sum of Huber(log L_hat - log L) and its exact gradient, for many thetas at once.
 
@@ -56,6 +60,19 @@ class HuberLogObjective:
     def screening(self) -> HuberLogObjective:
         """The same objective in float32, for the passes that only rank starts (module doc)."""
         return HuberLogObjective(*self._inputs, delta=self.delta, dtype=np.float32)
+
+    def subset(self, rows: np.ndarray) -> HuberLogObjective:
+        """The objective of problems `rows` alone, numbered from 0 (minimize_batched hands half a batch to the
+        fit command's second process with it); problems that share the runs' weights and losses share all."""
+        n_params, tokens, loss, weights = self._inputs
+
+        def pick(per_problem):
+            return per_problem if per_problem is None or np.ndim(per_problem) < 2 else np.asarray(per_problem)[rows]
+        return HuberLogObjective(n_params, tokens, pick(loss), weights=pick(weights), delta=self.delta, dtype=self.dtype)
+
+    def __reduce__(self):
+        """Pickled as its inputs (to the second process): not the float copies, not the workspace."""
+        return _rebuild, (self._inputs, self.delta, self.dtype.str)
 
     def _workspace(self, rows: int) -> np.ndarray:
         """Six (rows, n_runs) arrays reused by every chunk: fresh temporaries per numpy call cost an allocation each

@@ -26,10 +26,6 @@ from pipeline.fit.laws import ParametricLaw
 from pipeline.fit.table import RunsTable
 from pipeline.records import FILE_MODE
 
-# The figures `plot_fit` writes; a new fit removes the previous fit's copies first (pipeline/fit/__main__.py).
-FIT_FIGURES = ("isoflop_profiles.png", "frontier.png", "parametric_fit.png")
-
-
 _SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
 
 
@@ -266,16 +262,15 @@ def plot_parametric(result: dict, table: RunsTable, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_fit(result: dict, table: RunsTable, out_dir: str | Path) -> list[Path]:
-    """Write every figure the result supports into `out_dir`; returns their paths.
+def plot_fit(result: dict, table: RunsTable, out_dir: str | Path, names: tuple[str, ...] | None = None) -> list[Path]:
+    """Write every figure the result supports into `out_dir` (of `names` only, when given); returns their paths.
 
     `table` is the table given to fit_all (outliers included: they are drawn as x).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = table.with_convention(result["convention"])
-    paths = [plot_isoflop(result, table, out_dir / "isoflop_profiles.png"),
-             plot_frontier(result, table, out_dir / "frontier.png")]
+    drawers = {"isoflop_profiles.png": plot_isoflop, "frontier.png": plot_frontier}
     if result.get("law"):
-        paths.append(plot_parametric(result, table, out_dir / "parametric_fit.png"))
-    return paths
+        drawers["parametric_fit.png"] = plot_parametric
+    return [draw(result, table, out_dir / name) for name, draw in drawers.items() if names is None or name in names]

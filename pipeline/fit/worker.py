@@ -1,0 +1,188 @@
+"""Worker processes beside the fit command: half of each large batched L-BFGS, and every figure.
+
+Why: on Chinchilla's 240 points `python -m pipeline.fit` spent ~2.2-3 s on one core of an idle 2-core machine:
+imports ~0.5 s (matplotlib's ~0.3 of them), the config 0.2 s, the law selection's fits 0.9-1.1 s, five figures
+0.7-0.8 s, the decision and report 0.2 s (docs/fit_benchmark.md). A second core can take matplotlib and the figures
+off that path and run half of every large fit batch. So the command forks WORKER_PROCESSES workers when it starts
+(they inherit every module imported so far); each imports the drawing modules while the parent composes the config,
+then runs its jobs in the order they come. A job names its function as "module:function", so the parent never
+imports what only the workers need (matplotlib: tests/test_fit_worker.py checks the command's own imports).
+
+Only the fit command starts them (its `__main__` block): a library call, a test or a sweep round finds none and runs
+every job in its own process (`RunHere`, the same functions). None either where fork is missing or only one core is
+ours, or with PIPELINE_FIT_WORKER=0. A worker that dies (killed, out of memory) costs time, never the answer: its
+pending jobs run in the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+from collections.abc import Iterator
+
+# Imported by the worker before its first job: what the figures need (matplotlib is ~0.3 s of the command's imports).
+FIGURE_MODULES = ("pipeline.fit.plots", "pipeline.decide.report_figures", "pipeline.decide.target_figures")
+# Two: while the parent fits, one takes half of each batch (the other waits, matplotlib imported); once the parent has
+# decided it only waits, and both draw (the three fit figures are 0.15-0.22 s each).
+WORKER_PROCESSES = 2
+# How long a result may take before the parent checks the worker is still alive (then keeps waiting), and an idle
+# worker waits before it checks its parent is.
+POLL_SECONDS = 1.0
+
+_active: Worker | None = None
+
+
+def call(target: str, args: tuple = (), kwargs: dict | None = None):
+    """Run the function named "package.module:function" with these arguments."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(*args, **(kwargs or {}))
+
+
+def _serve(jobs, results, warm: tuple[str, ...], parent: int) -> None:
+    """The worker's loop: warm imports, then each job in order; a result or the exception goes back pickled. It ends
+    on the parent's stop (None) or when the parent is gone (killed: no one would read its results)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the worker
+    for name in warm:
+        with contextlib.suppress(Exception):         # a module that fails to import fails its job, with its error
+            importlib.import_module(name)
+    while True:
+        try:
+            job = jobs.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
+        if job is None:
+            return
+        ticket, target, args, kwargs = job
+        try:
+            payload = pickle.dumps((True, call(target, args, kwargs)))
+        except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which raises it
+            try:
+                payload = pickle.dumps((False, err))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as its text
+                payload = pickle.dumps((False, RuntimeError(f"{type(err).__name__}: {err}")))
+        results.put((ticket, payload))
+
+
+class Worker:
+    """Forked processes, each running its named jobs in order (module doc); `submit` gives a job to the one with the
+    fewest pending and returns a ticket, `result` the job's value."""
+
+    def __init__(self, processes: int, warm: tuple[str, ...] = FIGURE_MODULES):
+        context = multiprocessing.get_context("fork")
+        self._results = context.Queue()
+        self._jobs = [context.Queue() for _ in range(processes)]
+        self._processes = [context.Process(target=_serve, args=(jobs, self._results, warm, os.getpid()), daemon=True,
+                                           name=f"pipeline-fit-worker-{i}") for i, jobs in enumerate(self._jobs)]
+        for process in self._processes:
+            process.start()
+        self._pending: dict[int, tuple] = {}        # ticket -> (process, the job): rerun here if that process is lost
+        self._done: dict[int, tuple[bool, object]] = {}
+        self._next = 0
+
+    def submit(self, target: str, *args, **kwargs) -> int:
+        ticket, self._next = self._next, self._next + 1
+        load = [sum(1 for p, _ in self._pending.values() if p == i) for i in range(len(self._processes))]
+        process = load.index(min(load))
+        self._pending[ticket] = (process, (target, args, kwargs))
+        self._jobs[process].put((ticket, target, args, kwargs))
+        return ticket
+
+    def result(self, ticket: int):
+        """The job's value, or its exception raised here; the job runs here if its process is gone."""
+        process, job = self._pending[ticket]
+        while ticket not in self._done:
+            try:
+                got, payload = self._results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if not self._processes[process].is_alive():
+                    break
+                continue
+            self._done[got] = pickle.loads(payload)
+        del self._pending[ticket]
+        if ticket not in self._done:
+            return call(*job)
+        ok, value = self._done.pop(ticket)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Stop the processes: at once when nothing is pending; after their jobs (a figure half written) otherwise."""
+        for i, (jobs, process) in enumerate(zip(self._jobs, self._processes, strict=True)):
+            if process.is_alive() and any(p == i for p, _ in self._pending.values()):
+                jobs.put(None)
+                process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+            process.join()
+        for q in (*self._jobs, self._results):
+            q.close()
+            q.cancel_join_thread()   # nothing left to deliver; never block the exit on a queue's feeder thread
+
+
+class RunHere:
+    """The same interface without a second process: each job runs when submitted."""
+
+    def __init__(self):
+        self._done: dict[int, tuple[bool, object]] = {}
+        self._next = 0
+
+    def submit(self, target: str, *args, **kwargs) -> int:
+        ticket, self._next = self._next, self._next + 1
+        try:
+            self._done[ticket] = (True, call(target, args, kwargs))
+        except Exception as err:  # noqa: BLE001 - raised by `result`, where the worker's would be
+            self._done[ticket] = (False, err)
+        return ticket
+
+    def result(self, ticket: int):
+        ok, value = self._done.pop(ticket)
+        if not ok:
+            raise value
+        return value
+
+
+def _cores() -> int:
+    if os.environ.get("PIPELINE_FIT_WORKER", "1") == "0" or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def started(warm: tuple[str, ...] = FIGURE_MODULES) -> Iterator[Worker | None]:
+    """Worker processes for the duration of the block (None where they cannot help: module doc), found by `active()`.
+
+    WORKER_PROCESSES of them with two cores or more: the fits split in two (this process and one worker) and the
+    figures draw two at a time, while this process, done deciding, only waits for them."""
+    global _active
+    worker = Worker(WORKER_PROCESSES, warm) if _cores() >= 2 else None
+    _active = worker
+    try:
+        yield worker
+    finally:
+        _active = None
+        if worker is not None:
+            worker.close()
+
+
+def active() -> Worker | None:
+    """The worker the fit command started, in its own process; None anywhere else (its worker included)."""
+    return _active
+
+
+def runner() -> Worker | RunHere:
+    """Where jobs go: the worker when there is one, else this process."""
+    return _active or RunHere()
+
+
+def run(target: str, *args, **kwargs):
+    """One job, waited for: in a worker when there is one (a figure: matplotlib stays out of this process)."""
+    jobs = runner()
+    return jobs.result(jobs.submit(target, *args, **kwargs))
