@@ -42,6 +42,9 @@ def test_jobs_come_back_with_their_values_and_their_exceptions(one_worker):
     assert one_worker.result(last) == 5.0 and one_worker.result(first) == 4.0     # any order of asking
     with pytest.raises(UserError, match="no budget"):      # the worker's exception, raised here with its type
         one_worker.result(failing)
+    with pytest.raises(RuntimeError, match="threading:Lock: lock could not be sent back"):   # nothing hangs on it
+        one_worker.result(one_worker.submit("threading:Lock"))
+    assert one_worker.result(one_worker.submit("math:sqrt", 1.0)) == 1.0      # and the worker goes on
 
 
 def test_a_lost_worker_costs_time_not_the_answer(one_worker):

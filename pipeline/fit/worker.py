@@ -20,10 +20,10 @@ import contextlib
 import importlib
 import multiprocessing
 import os
-import pickle
 import queue
 import signal
 from collections.abc import Iterator
+from multiprocessing import connection
 
 # Imported by the worker before its first job: what the figures need (matplotlib is ~0.3 s of the command's imports).
 FIGURE_MODULES = ("pipeline.fit.plots", "pipeline.decide.report_figures", "pipeline.decide.target_figures")
@@ -44,8 +44,9 @@ def call(target: str, args: tuple = (), kwargs: dict | None = None):
 
 
 def _serve(jobs, results, warm: tuple[str, ...], parent: int) -> None:
-    """The worker's loop: warm imports, then each job in order; a result or the exception goes back pickled. It ends
-    on the parent's stop (None) or when the parent is gone (killed: no one would read its results)."""
+    """The worker's loop: warm imports, then each job in order; its value or its exception goes back on `results` (a
+    pipe: sent whole or, when it cannot be, not at all). It ends on the parent's stop (None) or when the parent is
+    gone (killed: no one would read its results)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the worker
     for name in warm:
         with contextlib.suppress(Exception):         # a module that fails to import fails its job, with its error
@@ -61,13 +62,14 @@ def _serve(jobs, results, warm: tuple[str, ...], parent: int) -> None:
             return
         ticket, target, args, kwargs = job
         try:
-            payload = pickle.dumps((True, call(target, args, kwargs)))
+            outcome = (True, call(target, args, kwargs))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which raises it
-            try:
-                payload = pickle.dumps((False, err))
-            except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as its text
-                payload = pickle.dumps((False, RuntimeError(f"{type(err).__name__}: {err}")))
-        results.put((ticket, payload))
+            outcome = (False, err)
+        try:
+            results.send((ticket, *outcome))
+        except Exception as err:  # noqa: BLE001 - a value or exception that cannot travel goes back as text
+            results.send((ticket, False, RuntimeError(f"{target}: {type(outcome[1]).__name__} could not be sent "
+                                                      f"back ({err}): {outcome[1]}")))
 
 
 class Worker:
@@ -76,12 +78,18 @@ class Worker:
 
     def __init__(self, processes: int, warm: tuple[str, ...] = FIGURE_MODULES):
         context = multiprocessing.get_context("fork")
-        self._results = context.Queue()
+        # Jobs on queues (a put never blocks this process), results on pipes (the worker's send fails whole, never
+        # half; this process waits on all of them at once).
         self._jobs = [context.Queue() for _ in range(processes)]
-        self._processes = [context.Process(target=_serve, args=(jobs, self._results, warm, os.getpid()), daemon=True,
-                                           name=f"pipeline-fit-worker-{i}") for i, jobs in enumerate(self._jobs)]
+        pipes = [context.Pipe(duplex=False) for _ in range(processes)]
+        self._results = [read for read, _ in pipes]
+        self._processes = [context.Process(target=_serve, args=(jobs, write, warm, os.getpid()), daemon=True,
+                                           name=f"pipeline-fit-worker-{i}")
+                           for i, (jobs, (_, write)) in enumerate(zip(self._jobs, pipes, strict=True))]
         for process in self._processes:
             process.start()
+        for _, write in pipes:
+            write.close()        # the workers' ends: only they write
         self._pending: dict[int, tuple] = {}        # ticket -> (process, the job): rerun here if that process is lost
         self._done: dict[int, tuple[bool, object]] = {}
         self._next = 0
@@ -97,14 +105,14 @@ class Worker:
     def result(self, ticket: int):
         """The job's value, or its exception raised here; the job runs here if its process is gone."""
         process, job = self._pending[ticket]
-        while ticket not in self._done:
-            try:
-                got, payload = self._results.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if not self._processes[process].is_alive():
-                    break
-                continue
-            self._done[got] = pickle.loads(payload)
+        while ticket not in self._done and self._processes[process].is_alive():
+            for conn in connection.wait(self._results, timeout=POLL_SECONDS):
+                try:
+                    got, ok, value = conn.recv()
+                except (EOFError, OSError):     # that worker is gone: its jobs run here
+                    self._results.remove(conn)
+                    continue
+                self._done[got] = (ok, value)
         del self._pending[ticket]
         if ticket not in self._done:
             return call(*job)
@@ -122,9 +130,11 @@ class Worker:
             if process.is_alive():
                 process.terminate()
             process.join()
-        for q in (*self._jobs, self._results):
-            q.close()
-            q.cancel_join_thread()   # nothing left to deliver; never block the exit on a queue's feeder thread
+        for jobs in self._jobs:
+            jobs.close()
+            jobs.cancel_join_thread()   # nothing left to deliver; never block the exit on a queue's feeder thread
+        for conn in self._results:
+            conn.close()
 
 
 class RunHere:
