@@ -29,28 +29,29 @@ LAW = ParametricLaw(1.7, 400.0, 1200.0, 0.34, 0.28)
 @pytest.fixture
 def one_worker(monkeypatch):
     """A worker process made active as the fit command makes its own (whatever this machine's core count)."""
-    jobs = worker.Worker(1, warm=())
+    jobs = worker.Worker((("fit", (), 0), ("figures", (), 0)))
     monkeypatch.setattr(worker, "_active", jobs)
     yield jobs
     jobs.close()
 
 
 def test_jobs_come_back_with_their_values_and_their_exceptions(one_worker):
-    first = one_worker.submit("math:sqrt", 16.0)
-    failing = one_worker.submit("pipeline.decide.budget:resolve_budget", {})
-    last = one_worker.submit("math:hypot", 3.0, 4.0)
+    first = one_worker.submit("figures", "math:sqrt", 16.0)
+    failing = one_worker.submit("figures", "pipeline.decide.budget:resolve_budget", {})
+    last = one_worker.submit("figures", "math:hypot", 3.0, 4.0)
     assert one_worker.result(last) == 5.0 and one_worker.result(first) == 4.0     # any order of asking
     with pytest.raises(UserError, match="no budget"):      # the worker's exception, raised here with its type
         one_worker.result(failing)
     with pytest.raises(RuntimeError, match="threading:Lock: lock could not be sent back"):   # nothing hangs on it
-        one_worker.result(one_worker.submit("threading:Lock"))
-    assert one_worker.result(one_worker.submit("math:sqrt", 1.0)) == 1.0      # and the worker goes on
+        one_worker.result(one_worker.submit("figures", "threading:Lock"))
+    assert one_worker.result(one_worker.submit("figures", "math:sqrt", 1.0)) == 1.0      # and the worker goes on
 
 
 def test_a_lost_worker_costs_time_not_the_answer(one_worker):
-    os.kill(one_worker._processes[0].pid, signal.SIGKILL)
-    one_worker._processes[0].join()
-    assert one_worker.result(one_worker.submit("math:hypot", 6.0, 8.0)) == 10.0   # ran here instead
+    for process in one_worker._processes:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+    assert one_worker.result(one_worker.submit("figures", "math:hypot", 6.0, 8.0)) == 10.0   # ran here instead
     assert worker.run("math:sqrt", 9.0) == 3.0
 
 
@@ -59,7 +60,7 @@ def test_without_a_worker_every_job_runs_here():
     assert worker.run("math:sqrt", 4.0) == 2.0
     jobs = worker.runner()
     with pytest.raises(UserError):
-        jobs.result(jobs.submit("pipeline.decide.budget:resolve_budget", {}))
+        jobs.result(jobs.submit("figures", "pipeline.decide.budget:resolve_budget", {}))
 
 
 def test_a_subset_objective_is_its_problems_alone():

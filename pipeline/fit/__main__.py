@@ -183,7 +183,7 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     # Figures go to the second process while this one decides (pipeline/fit/worker.py); their paths, for the report,
     # are collected last. Each names its function: this process never imports matplotlib.
     figures = worker.runner()
-    drawing = [figures.submit("pipeline.fit.plots:plot_fit", fit_result, table, out_dir, names) for names in
+    drawing = [figures.submit("figures", "pipeline.fit.plots:plot_fit", fit_result, table, out_dir, names) for names in
                (FIT_FIGURES[:1], FIT_FIGURES[1:])] if fit_result is not None else []   # two at once (the slowest alone)
     rec = recommend(law, budget, law_samples=law_samples, target=run_target, count=count, pilot=pilot,
                     pilot_setup=table.setup if table is not None else None,
@@ -205,9 +205,9 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
         rec["warnings"] = list(dict.fromkeys([*fit_result.get("warnings", []), *rec["warnings"]]))
     if isinstance(law, ParametricLaw):  # target metrics (pipeline/fit/targets.py), their decision (decide/predict.py)
         models, target_name = target_metric_sections(study, rec, table, law, law_samples, budget, count)
-        drawing.append(figures.submit("pipeline.decide.target_figures:plot_targets", models, target_name,
+        drawing.append(figures.submit("figures", "pipeline.decide.target_figures:plot_targets", models, target_name,
                                       budget["flops"], rec["n_opt"], out_dir))
-    drawing.append(figures.submit("pipeline.decide.report_figures:report_figures", rec, out_dir))
+    drawing.append(figures.submit("figures", "pipeline.decide.report_figures:report_figures", rec, out_dir))
     rec["budget_flops"] = budget["flops"]
     rec["source"] = {"runs": runs_source(study) if study.law is None else None, "law": study.law,
                      "experiment": study.experiment, "bootstrap": study.bootstrap}
@@ -275,5 +275,5 @@ if __name__ == "__main__":
     # The imports' objects (matplotlib, Hydra: ~90,000 the collector tracks) live as long as this process: frozen, the
     # collector's full passes no longer walk them (0.05 of its 0.1 s in the command; docs/fit_benchmark.md).
     gc.freeze()
-    with worker.started():   # a second process for half the fits and the figures, forked now (pipeline/fit/worker.py)
+    with worker.started():   # processes for half of each fit batch and for the figures, forked now (pipeline/fit/worker.py)
         run_main(main, USAGE)

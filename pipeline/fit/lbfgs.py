@@ -77,7 +77,7 @@ def minimize_batched(objective: BatchedObjective, theta0: np.ndarray, **options)
     if helper is None or n < SPLIT_MIN_PROBLEMS or not hasattr(objective, "subset"):
         return minimize_here(objective, theta0, **options)
     half = n // 2
-    ticket = helper.submit("pipeline.fit.lbfgs:minimize_here", objective.subset(np.arange(half, n)),
+    ticket = helper.submit("fit", "pipeline.fit.lbfgs:minimize_here", objective.subset(np.arange(half, n)),
                            np.asarray(theta0)[half:], **options)
     first = minimize_here(objective, np.asarray(theta0)[:half], **options)
     second = helper.result(ticket)

@@ -27,9 +27,13 @@ from multiprocessing import connection
 
 # Imported by the worker before its first job: what the figures need (matplotlib is ~0.3 s of the command's imports).
 FIGURE_MODULES = ("pipeline.fit.plots", "pipeline.decide.report_figures", "pipeline.decide.target_figures")
-# Two: while the parent fits, one takes half of each batch (the other waits, matplotlib imported); once the parent has
-# decided it only waits, and both draw (the three fit figures are 0.15-0.22 s each).
-WORKER_PROCESSES = 2
+# The figure workers run at this niceness (Linux: ~1.5% of a core against a normal process): their imports of
+# matplotlib then use only the CPU the command and the fit worker leave, which the fit's serial refits do; when the
+# command has decided and only waits, they get the cores (the three fit figures are 0.15-0.22 s each).
+FIGURE_NICENESS = 19
+# (role, modules imported before the first job, niceness) of each worker: one takes half of each large fit batch
+# while the command runs the other half; two draw the figures, two at a time, once the command has decided.
+PROCESSES = (("fit", (), 0), ("figures", FIGURE_MODULES, FIGURE_NICENESS), ("figures", FIGURE_MODULES, FIGURE_NICENESS))
 # How long a result may take before the parent checks the worker is still alive (then keeps waiting), and an idle
 # worker waits before it checks its parent is.
 POLL_SECONDS = 1.0
@@ -43,11 +47,12 @@ def call(target: str, args: tuple = (), kwargs: dict | None = None):
     return getattr(importlib.import_module(module), name)(*args, **(kwargs or {}))
 
 
-def _serve(jobs, results, warm: tuple[str, ...], parent: int) -> None:
+def _serve(jobs, results, warm: tuple[str, ...], parent: int, niceness: int) -> None:
     """The worker's loop: warm imports, then each job in order; its value or its exception goes back on `results` (a
     pipe: sent whole or, when it cannot be, not at all). It ends on the parent's stop (None) or when the parent is
     gone (killed: no one would read its results)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the worker
+    os.nice(niceness)
     for name in warm:
         with contextlib.suppress(Exception):         # a module that fails to import fails its job, with its error
             importlib.import_module(name)
@@ -73,19 +78,21 @@ def _serve(jobs, results, warm: tuple[str, ...], parent: int) -> None:
 
 
 class Worker:
-    """Forked processes, each running its named jobs in order (module doc); `submit` gives a job to the one with the
-    fewest pending and returns a ticket, `result` the job's value."""
+    """Forked processes, each running its named jobs in order (module doc); `submit` gives a job to the process of
+    its role with the fewest pending and returns a ticket, `result` the job's value."""
 
-    def __init__(self, processes: int, warm: tuple[str, ...] = FIGURE_MODULES):
+    def __init__(self, processes: tuple[tuple[str, tuple[str, ...], int], ...] = PROCESSES):
         context = multiprocessing.get_context("fork")
         # Jobs on queues (a put never blocks this process), results on pipes (the worker's send fails whole, never
         # half; this process waits on all of them at once).
-        self._jobs = [context.Queue() for _ in range(processes)]
-        pipes = [context.Pipe(duplex=False) for _ in range(processes)]
+        self._roles = [role for role, _, _ in processes]
+        self._jobs = [context.Queue() for _ in processes]
+        pipes = [context.Pipe(duplex=False) for _ in processes]
         self._results = [read for read, _ in pipes]
-        self._processes = [context.Process(target=_serve, args=(jobs, write, warm, os.getpid()), daemon=True,
-                                           name=f"pipeline-fit-worker-{i}")
-                           for i, (jobs, (_, write)) in enumerate(zip(self._jobs, pipes, strict=True))]
+        self._processes = [
+            context.Process(target=_serve, args=(jobs, write, warm, os.getpid(), niceness), daemon=True,
+                            name=f"pipeline-fit-{role}-{i}")
+            for i, (jobs, (_, write), (role, warm, niceness)) in enumerate(zip(self._jobs, pipes, processes, strict=True))]
         for process in self._processes:
             process.start()
         for _, write in pipes:
@@ -94,10 +101,11 @@ class Worker:
         self._done: dict[int, tuple[bool, object]] = {}
         self._next = 0
 
-    def submit(self, target: str, *args, **kwargs) -> int:
+    def submit(self, role: str, target: str, *args, **kwargs) -> int:
         ticket, self._next = self._next, self._next + 1
-        load = [sum(1 for p, _ in self._pending.values() if p == i) for i in range(len(self._processes))]
-        process = load.index(min(load))
+        load = {i: sum(1 for p, _ in self._pending.values() if p == i)
+                for i, mine in enumerate(self._roles) if mine == role}
+        process = min(load, key=load.get)
         self._pending[ticket] = (process, (target, args, kwargs))
         self._jobs[process].put((ticket, target, args, kwargs))
         return ticket
@@ -144,7 +152,7 @@ class RunHere:
         self._done: dict[int, tuple[bool, object]] = {}
         self._next = 0
 
-    def submit(self, target: str, *args, **kwargs) -> int:
+    def submit(self, role: str, target: str, *args, **kwargs) -> int:
         ticket, self._next = self._next, self._next + 1
         try:
             self._done[ticket] = (True, call(target, args, kwargs))
@@ -166,13 +174,10 @@ def _cores() -> int:
 
 
 @contextlib.contextmanager
-def started(warm: tuple[str, ...] = FIGURE_MODULES) -> Iterator[Worker | None]:
-    """Worker processes for the duration of the block (None where they cannot help: module doc), found by `active()`.
-
-    WORKER_PROCESSES of them with two cores or more: the fits split in two (this process and one worker) and the
-    figures draw two at a time, while this process, done deciding, only waits for them."""
+def started(processes: tuple[tuple[str, tuple[str, ...], int], ...] = PROCESSES) -> Iterator[Worker | None]:
+    """Worker processes for the duration of the block (None where they cannot help: module doc), found by `active()`."""
     global _active
-    worker = Worker(WORKER_PROCESSES, warm) if _cores() >= 2 else None
+    worker = Worker(processes) if _cores() >= 2 else None
     _active = worker
     try:
         yield worker
@@ -193,6 +198,6 @@ def runner() -> Worker | RunHere:
 
 
 def run(target: str, *args, **kwargs):
-    """One job, waited for: in a worker when there is one (a figure: matplotlib stays out of this process)."""
+    """One figure job, waited for: in a worker when there is one (matplotlib stays out of this process)."""
     jobs = runner()
-    return jobs.result(jobs.submit(target, *args, **kwargs))
+    return jobs.result(jobs.submit("figures", target, *args, **kwargs))
