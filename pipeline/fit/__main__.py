@@ -180,8 +180,8 @@ def write_outputs(study: Study, out_dir: Path, fit_result, law, law_samples, tab
     run_target, count, unique_tokens, unique_source = inputs
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_previous_figures(out_dir)
-    # Figures go to the second process while this one decides (pipeline/fit/worker.py); their paths, for the report,
-    # are collected last. Each names its function: this process never imports matplotlib.
+    # Figures go to the figure workers while this process decides (pipeline/fit/worker.py); their paths, for the
+    # report, are collected last. Each names its function: this process never imports matplotlib.
     figures = worker.runner()
     drawing = [figures.submit("figures", "pipeline.fit.plots:plot_fit", fit_result, table, out_dir, names) for names in
                (FIT_FIGURES[:1], FIT_FIGURES[1:])] if fit_result is not None else []   # two at once (the slowest alone)

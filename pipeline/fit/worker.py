@@ -3,10 +3,11 @@
 Why: on Chinchilla's 240 points `python -m pipeline.fit` spent ~2.2-3 s on one core of an idle 2-core machine:
 imports ~0.5 s (matplotlib's ~0.3 of them), the config 0.2 s, the law selection's fits 0.9-1.1 s, five figures
 0.7-0.8 s, the decision and report 0.2 s (docs/fit_benchmark.md). A second core can take matplotlib and the figures
-off that path and run half of every large fit batch. So the command forks WORKER_PROCESSES workers when it starts
-(they inherit every module imported so far); each imports the drawing modules while the parent composes the config,
-then runs its jobs in the order they come. A job names its function as "module:function", so the parent never
-imports what only the workers need (matplotlib: tests/test_fit_worker.py checks the command's own imports).
+off that path and run half of every large fit batch. So the command forks its workers when it starts (PROCESSES;
+they inherit every module imported so far): a fit worker, ready at once, takes half of each large batched L-BFGS
+(pipeline/fit/lbfgs.py); two figure workers import matplotlib at low priority while the command fits, and draw once
+it has decided. A job names its function as "module:function", so the command never imports what only the workers
+need (matplotlib: tests/test_fit_worker.py checks it).
 
 Only the fit command starts them (its `__main__` block): a library call, a test or a sweep round finds none and runs
 every job in its own process (`RunHere`, the same functions). None either where fork is missing or only one core is
