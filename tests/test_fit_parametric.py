@@ -95,9 +95,10 @@ def test_batched_lbfgs_gives_each_problem_what_it_gets_alone():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_objective_is_the_same_to_the_bit_in_any_pass_size(monkeypatch, dtype):
+def test_the_objective_is_the_same_to_the_bit_in_any_pass_size_and_any_batch(monkeypatch, dtype):
     """Passes of PASS_ELEMENTS values in reused workspaces (pipeline/fit/objective.py) give the values and gradients of
-    passes one gemv block long, bit for bit: the screening ranks the same starts, the fit lands on the same optimum."""
+    short passes, bit for bit, and a problem's do not depend on the problems beside it (no gemv): the screening ranks
+    the same starts and the fit lands on the same optimum in one batch, two halves (pipeline/fit/worker.py) or alone."""
     from pipeline.fit import objective as module
 
     rows = isoflop_design(noise=0.01)
@@ -109,11 +110,16 @@ def test_the_objective_is_the_same_to_the_bit_in_any_pass_size(monkeypatch, dtyp
     problems = [HuberLogObjective(n, d, loss, dtype=dtype), HuberLogObjective(n, d, loss, weights=weights, dtype=dtype),
                 HuberLogObjective(n, d, losses, dtype=dtype)]
     wide = [objective(theta, np.arange(1001)) for objective in problems]
-    monkeypatch.setattr(module, "PASS_ELEMENTS", module.BLOCK_ELEMENTS)
     for objective, (f, g) in zip(problems, wide, strict=True):
-        f_block, g_block = objective(theta, np.arange(1001))
-        np.testing.assert_array_equal(f, f_block)
-        np.testing.assert_array_equal(g, g_block)
+        for rows in (np.arange(3, 1001), np.arange(500, 1001), np.array([7]), np.array([1000, 2, 999])):
+            f_rows, g_rows = objective(theta[rows], rows)
+            np.testing.assert_array_equal(f[rows], f_rows)
+            np.testing.assert_array_equal(g[rows], g_rows)
+    monkeypatch.setattr(module, "PASS_ELEMENTS", 1000)     # 28 problems a pass
+    for objective, (f, g) in zip(problems, wide, strict=True):
+        f_short, g_short = objective(theta, np.arange(1001))
+        np.testing.assert_array_equal(f, f_short)
+        np.testing.assert_array_equal(g, g_short)
 
 
 @needs_chinchilla

@@ -74,21 +74,19 @@ def test_a_subset_objective_is_its_problems_alone():
     f_all, g_all = base(theta[rows], rows)
     half = pickle.loads(pickle.dumps(base.subset(rows)))      # as it travels to the worker
     f_half, g_half = half(theta[rows], np.arange(rows.size))
-    np.testing.assert_allclose(f_half, f_all, rtol=1e-12)
-    np.testing.assert_allclose(g_half, g_all, rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(f_half, f_all)
+    np.testing.assert_array_equal(g_half, g_all)
 
 
-def test_a_batch_split_with_the_worker_finds_the_same_minima(one_worker):
+def test_a_batch_split_with_the_worker_is_the_whole_batch_to_the_bit(one_worker):
     table = table_from_design(isoflop_design(noise=0.01, seed=3, law=LAW))
     form = candidate_forms(None)[0]
     objective = FormObjective(form, HuberLogObjective(table.n, table.tokens, table.loss))
     starts = form.starts()[::15][:2 * lbfgs.SPLIT_MIN_PROBLEMS]
     split = lbfgs.minimize_batched(objective, starts, max_iter=2000)
     whole = lbfgs.minimize_here(objective, starts, max_iter=2000)
-    assert split.theta.shape == whole.theta.shape
-    assert split.fun.min() == pytest.approx(whole.fun.min(), rel=1e-9)
-    same = np.isclose(split.fun, whole.fun, rtol=1e-7) | ~np.isfinite(whole.fun)
-    assert same.mean() >= 0.95          # a problem's last bits may differ (its place in a gemv block; lbfgs doc)
+    for field in ("theta", "fun", "grad", "n_iter", "converged", "stalled"):
+        np.testing.assert_array_equal(getattr(split, field), getattr(whole, field), err_msg=field)
 
 
 def write_runs(path: Path) -> Path:
@@ -120,5 +118,5 @@ def test_the_fit_command_answers_the_same_with_and_without_its_workers(tmp_path)
         assert sorted(p.name for p in out.glob("*.png")) == ["deviation.png", "frontier.png", "isoflop_profiles.png",
                                                                "metric_loss.png", "parametric_fit.png"]
         assert "![parametric_fit](parametric_fit.png)" in (out / "report.md").read_text()
-    assert answers["1"]["n_opt"] == pytest.approx(answers["0"]["n_opt"], rel=1e-6)
-    assert answers["1"]["selection"]["chosen"] == answers["0"]["selection"]["chosen"]
+    for key in ("n_opt", "intervals", "selection", "law"):
+        assert answers["1"][key] == answers["0"][key], key          # the same numbers, to the last digit

@@ -14,7 +14,8 @@ full_run_preset=study (without pilots: size the full run for this config's token
 target=<metric> | <task>:acc (docs/downstream.md), predict.params=[...] predict.tokens=[...],
 serving.max_params=N, next=K (the K runs that would shrink N_opt's interval most per FLOP, written to
 next_runs.json; docs/adaptive_design.md), columns.params=<column> (also tokens, loss, flops, run_id, status, step),
-steps=<dir of per-step CSVs>.
+steps=<dir of per-step CSVs>. With two cores or more the command forks worker processes for half of each large fit
+batch and for its figures (pipeline/fit/worker.py); PIPELINE_FIT_WORKER=0 keeps everything in this process.
 
 One FLOP count runs through the decision (pipeline/decide/allocation.py): with pilots from a sweep, the exact
 count of their family at their vocabulary and sequence length (what their IsoFLOP budgets used); for a

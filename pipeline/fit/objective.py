@@ -17,10 +17,6 @@ HUBER_DELTA = 1e-3
 # passes mean fewer Python-level numpy calls: one objective on 4500 starts took 14 ms (float64) and 10 ms
 # (float32) in passes of 8192 values, 10 and 6 ms in passes of 65536.
 PASS_ELEMENTS = 65536
-# The gradient's two matrix-vector products still go BLOCK_ELEMENTS at a time (34 problems of 240 runs), the blocks
-# the objective always used: OpenBLAS's gemv rounds a row differently when it is among the last (rows mod 4) of a
-# call, so the same blocks keep every gradient, and the screening's ranking of the starts, as they were to the bit.
-BLOCK_ELEMENTS = 8192
 # The objective takes exp of log(A/N^alpha), log(B/D^beta) and log E with their exponents clipped to +-300:
 # exp stays off its overflow and denormal slow path (35x slower), and no law a loss of nats could fit has a
 # term beyond e^+-300 (1e+-130); a wild line-search trial there just gets a huge residual and is rejected.
@@ -53,7 +49,6 @@ class HuberLogObjective:
         self.delta = delta
         self.exp_limit = EXP_LIMIT if self.dtype == np.float64 else SCREEN_EXP_LIMIT
         self._neg_log_n, self._neg_log_d = -self.log_n, -self.log_d
-        self.block_rows = max(1, BLOCK_ELEMENTS // len(self.log_n))
         self._work: np.ndarray | None = None
         self._inputs = (n_params, tokens, loss, weights)
 
@@ -114,15 +109,18 @@ class HuberLogObjective:
         grad = np.empty((len(theta), 5))
         grad[:, 0], grad[:, 1] = exp_n.sum(1), exp_d.sum(1)
         grad[:, 2] = dres.sum(1) * exp_e[:, 0]
-        for start in range(0, len(theta), self.block_rows):    # BLOCK_ELEMENTS' blocks (see its comment)
-            block = slice(start, start + self.block_rows)
-            grad[block, 3], grad[block, 4] = -(exp_n[block] @ self.log_n), -(exp_d[block] @ self.log_d)
+        # Each row's product with log N (log D) as its own sum, not BLAS's gemv: gemv rounds a row by its place in the
+        # call (among the last rows mod 4 or not), which made a problem's gradient depend on the problems beside it;
+        # einsum sums each row alone, as fast here. So a problem follows the same path in any batch, in any half of
+        # one (pipeline/fit/lbfgs.py), bit for bit.
+        grad[:, 3] = -np.einsum("pr,r->p", exp_n, self.log_n)
+        grad[:, 4] = -np.einsum("pr,r->p", exp_d, self.log_d)
         return huber.sum(1, dtype=np.float64), grad
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = np.empty(len(theta))
         g = np.empty((len(theta), 5))
-        step = self.block_rows * max(1, PASS_ELEMENTS // BLOCK_ELEMENTS)   # a whole number of gemv blocks
+        step = max(1, PASS_ELEMENTS // len(self.log_n))
         work = self._workspace(min(step, len(theta)))
         # float32 overflows on a wild line-search trial (alpha * log N past 3.4e38) where float64 does not: the
         # trial's objective is then non-finite and the line search rejects it, as it rejects any such trial
