@@ -26,7 +26,7 @@ BatchedObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
 
 ARMIJO_C1 = 1e-4        # sufficient-decrease constant (Nocedal & Wright, sec. 3.1)
 MAX_BACKTRACKS = 40     # 0.5**40 ~ 1e-12: a step that small means the search has stalled
-# A batch of at least this many problems runs its second half in the fit command's second process, when there is one
+# A batch of at least this many problems runs its second half in the fit command's fit worker, when there is one
 # (pipeline/fit/worker.py). Smaller ones (the polish's 8 problems) are not worth the trip: pickling the objective and
 # back costs ~1 ms; an iteration over 64 problems about as much.
 SPLIT_MIN_PROBLEMS = 128
@@ -66,11 +66,11 @@ def _two_loop(grad, s_hist, y_hist, rho, gamma, newest, filled):
 def minimize_batched(objective: BatchedObjective, theta0: np.ndarray, **options) -> BatchedResult:
     """Minimise n independent problems from theta0 (n, dim); each stops on its own criteria (`minimize_here`).
 
-    With the fit command's second process (pipeline/fit/worker.py) and SPLIT_MIN_PROBLEMS or more problems, the
-    second half runs there (on `objective.subset`, the objective of those problems alone) while this process runs
-    the first: the problems are independent, so each half is the same minimisation. Not to the bit: the gradient's
-    matrix products round a problem by its place in a block of problems (pipeline/fit/objective.py), and a half
-    moves the places. An objective without `subset` always runs here.
+    With the fit command's fit worker (pipeline/fit/worker.py) and SPLIT_MIN_PROBLEMS or more problems, the second
+    half runs there (on `objective.subset`, the objective of those problems alone) while this process runs the
+    first: the problems are independent, and each problem's objective is computed row by row (no product rounds it
+    by its neighbours, pipeline/fit/objective.py), so the result is the whole batch's to the bit. An objective
+    without `subset` always runs here.
     """
     n = len(theta0)
     helper = worker.active()
