@@ -4,7 +4,7 @@ Plot of a metric: its runs (points) against training compute C = 6 N D, the fitt
 metric's own compute-optimal frontier from the smallest run to the budget (with the 5-95% band of the
 bootstrap pairs at those (N, D)), and the prediction at the budget's optimum with its interval. An
 accuracy gets a second panel: step 2, accuracy against bits per byte (all the points it was fitted on),
-the sigmoid, its band, the chance floor and the predicted point. Drawn by the fit command's second process
+the sigmoid, its band, the chance floor and the predicted point. Drawn by the fit command's figure workers
 (pipeline/fit/worker.py); the Markdown is pipeline/decide/target_report.py.
 """
 

@@ -58,7 +58,7 @@ class HuberLogObjective:
 
     def subset(self, rows: np.ndarray) -> HuberLogObjective:
         """The objective of problems `rows` alone, numbered from 0 (minimize_batched hands half a batch to the
-        fit command's second process with it); problems that share the runs' weights and losses share all."""
+        fit command's fit worker with it); problems that share the runs' weights and losses share all."""
         n_params, tokens, loss, weights = self._inputs
 
         def pick(per_problem):
@@ -66,7 +66,7 @@ class HuberLogObjective:
         return HuberLogObjective(n_params, tokens, pick(loss), weights=pick(weights), delta=self.delta, dtype=self.dtype)
 
     def __reduce__(self):
-        """Pickled as its inputs (to the second process): not the float copies, not the workspace."""
+        """Pickled as its inputs (to the fit worker): not the float copies, not the workspace."""
         return _rebuild, (self._inputs, self.delta, self.dtype.str)
 
     def _workspace(self, rows: int) -> np.ndarray:

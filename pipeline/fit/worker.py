@@ -147,7 +147,7 @@ class Worker:
 
 
 class RunHere:
-    """The same interface without a second process: each job runs when submitted."""
+    """The same interface without worker processes: each job runs when submitted."""
 
     def __init__(self):
         self._done: dict[int, tuple[bool, object]] = {}
