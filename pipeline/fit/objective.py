@@ -109,12 +109,12 @@ class HuberLogObjective:
         grad = np.empty((len(theta), 5))
         grad[:, 0], grad[:, 1] = exp_n.sum(1), exp_d.sum(1)
         grad[:, 2] = dres.sum(1) * exp_e[:, 0]
-        # Each row's product with log N (log D) as its own sum, not BLAS's gemv: gemv rounds a row by its place in the
-        # call (among the last rows mod 4 or not), which made a problem's gradient depend on the problems beside it;
-        # einsum sums each row alone, as fast here. So a problem follows the same path in any batch, in any half of
-        # one (pipeline/fit/lbfgs.py), bit for bit.
-        grad[:, 3] = -np.einsum("pr,r->p", exp_n, self.log_n)
-        grad[:, 4] = -np.einsum("pr,r->p", exp_d, self.log_d)
+        # Each row's product with log N (log D) as its own dot product (np.vecdot: numpy >= 2.0), not one gemv over the
+        # rows: gemv rounds a row by its place in the call (among the last rows mod 4 or not), which made a problem's
+        # gradient depend on the problems beside it. So a problem follows the same path in any batch, in either half
+        # of one (pipeline/fit/lbfgs.py), bit for bit; and one call is faster than gemv in blocks (docs/fit_benchmark.md).
+        grad[:, 3] = -np.vecdot(exp_n, self.log_n)
+        grad[:, 4] = -np.vecdot(exp_d, self.log_d)
         return huber.sum(1, dtype=np.float64), grad
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
