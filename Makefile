@@ -21,8 +21,8 @@ install: $(STAMP)
 # The CPU demo: a real adaptive IsoFLOP study (conf/experiment/cpu_tiny_adaptive.yaml: two seed budgets, then
 # rounds of runs the fit chooses), then the fit and recommendation. The static 3 x 5 grid: experiment=cpu_tiny.
 # Measured side by side (one core each): 18m18s against the static grid's 17m07s, N_opt's 90% interval 6.6x
-# wide against 13.6x; with the rounds across law forms (3 rounds, 19 runs, 15.5 minutes): the free form's 4.2x, the
-# span across the forms 12.9x (docs/adaptive_design.md).
+# wide against 13.6x; with the rounds across law forms (one more round, 22 runs, 15m06s idle): the free form's
+# 6.2x, the span across the forms 11.1x (docs/adaptive_design.md).
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.sweep experiment=cpu_tiny_adaptive
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline.fit experiment=cpu_tiny_adaptive
