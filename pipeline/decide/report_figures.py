@@ -1,12 +1,15 @@
 """The report's two decision figures, beside report.md: the deviation penalty and the inference-aware trade-off.
 
-Drawn with matplotlib's object API (pipeline/fit/plots.py: save_figure), never pyplot; matplotlib is imported
-inside each function, so a run without these sections never loads it for them.
+Drawn with matplotlib's object API (pipeline/fit/plots.py: save_figure), never pyplot, by the fit command's figure
+workers (pipeline/fit/worker.py): the command itself never imports this module or matplotlib.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from pipeline.fit.plots import save_figure, set_margins
 
@@ -24,9 +27,6 @@ def plot_deviation(rec: dict, path: Path) -> Path | None:
     dev = rec.get("deviation")
     if not dev:
         return None
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-
     fig = Figure(figsize=(6, 4))  # the object API: no global pyplot state (as pipeline.fit.plots)
     ax = fig.subplots()
     ax.plot(dev["curve"]["factor"], dev["curve"]["delta_loss"], color="tab:blue")
@@ -48,9 +48,6 @@ def plot_inference(rec: dict, path: Path) -> Path | None:
     inf = rec.get("inference_aware")
     if not inf:
         return None
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-
     curve = inf["curve"]
     pairs = [(n, d, t) for n, d, t in zip(curve["n_params"], curve["train_tokens"], curve["total_flops"], strict=True)
              if d is not None and t is not None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from pipeline.decide.predict import optimum_on_budget
 from pipeline.fit.intervals import percentile_band
@@ -29,8 +30,6 @@ def _frontier(model: MetricModel, c_grid: np.ndarray, n_center: float):
 
 
 def plot_metric(model: MetricModel, budget_flops: float, n_center: float, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
     pts = model.points or {}
     step2 = model.sigmoid is not None
     fig = Figure(figsize=(11 if step2 else 6.5, 4.2))

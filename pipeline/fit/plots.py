@@ -81,7 +81,7 @@ def set_margins(fig: Figure, *, left: float, bottom: float, top: float, right: f
 
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write a Figure laid out by `set_margins` (one place, shared with pipeline.decide.report_figures,
-    target_report and fit.lr_plot).
+    target_figures and fit.lr_plot).
 
     Atomically, like every result file (pipeline.records): rendered into a temporary file beside it and renamed,
     so a full disk leaves the previous figure or none, never a 0-byte or truncated PNG. PNGs at zlib level 1: 5%

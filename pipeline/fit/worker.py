@@ -78,6 +78,13 @@ def _serve(jobs, results, warm: tuple[str, ...], parent: int, niceness: int) -> 
                                                       f"back ({err}): {outcome[1]}")))
 
 
+def _unwrap(ok: bool, value):
+    """A job's value, or its exception raised here."""
+    if not ok:
+        raise value
+    return value
+
+
 class Worker:
     """Forked processes, each running its named jobs in order (module doc); `submit` gives a job to the process of
     its role with the fewest pending and returns a ticket, `result` the job's value."""
@@ -123,12 +130,7 @@ class Worker:
                     continue
                 self._done[got] = (ok, value)
         del self._pending[ticket]
-        if ticket not in self._done:
-            return call(*job)
-        ok, value = self._done.pop(ticket)
-        if not ok:
-            raise value
-        return value
+        return _unwrap(*self._done.pop(ticket)) if ticket in self._done else call(*job)
 
     def close(self) -> None:
         """Stop the processes: at once when nothing is pending; after their jobs (a figure half written) otherwise."""
@@ -162,10 +164,7 @@ class RunHere:
         return ticket
 
     def result(self, ticket: int):
-        ok, value = self._done.pop(ticket)
-        if not ok:
-            raise value
-        return value
+        return _unwrap(*self._done.pop(ticket))
 
 
 def _cores() -> int:
